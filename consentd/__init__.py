@@ -1,0 +1,1 @@
+"""consentd: call-recording consent for Asterisk."""

@@ -1,0 +1,5 @@
+import sys
+
+from consentd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,188 @@
+"""A small AMI client, and the recording actions consentd needs from it.
+
+panoramisk re-sends unanswered actions after a reconnect (a second MixMonitor
+on the same call) and leaves actions sent while disconnected pending forever.
+This client does the opposite on purpose: an action is written once, waits
+with a timeout, and fails at once with ``AmiUnavailable`` when the connection
+is down or drops, so the call flow can record the failure in the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Callable
+
+import structlog
+
+Message = dict[str, str]
+EventHandler = Callable[[Message], None]
+
+
+class AmiError(Exception):
+    """An AMI action was refused (``Response: Error``)."""
+
+
+class AmiUnavailable(AmiError):
+    """No AMI connection, or no answer within the timeout."""
+
+
+def encode(fields: dict[str, str]) -> bytes:
+    lines = [f"{key}: {value}" for key, value in fields.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def decode(block: bytes) -> Message:
+    message: Message = {}
+    for line in block.decode(errors="replace").split("\r\n"):
+        key, sep, value = line.partition(":")
+        if sep:
+            message.setdefault(key.strip(), value.strip())
+    return message
+
+
+class AmiClient:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        secret: str,
+        *,
+        events: str = "off",
+        action_timeout: float = 5.0,
+        ping_interval: float = 10.0,
+    ) -> None:
+        """``events`` is the AMI event mask to log in with ("off", or e.g. "call,agent")."""
+        self._addr = (host, port)
+        self._login = {"Username": username, "Secret": secret, "Events": events}
+        self._timeout = action_timeout
+        self._ping_interval = ping_interval
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[Message]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._handlers: list[EventHandler] = []
+        self._log = structlog.get_logger("consentd.ami")
+        self.connected = asyncio.Event()
+
+    def on_event(self, handler: EventHandler) -> None:
+        self._handlers.append(handler)
+
+    async def send(self, action: str, **fields: str) -> Message:
+        """Send one action once; raise AmiError on refusal, AmiUnavailable on no answer."""
+        writer = self._writer
+        if writer is None or not self.connected.is_set():
+            raise AmiUnavailable(f"{action}: not connected to AMI")
+        action_id = f"consentd-{next(self._ids)}"
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[action_id] = future
+        try:
+            writer.write(encode({"Action": action, "ActionID": action_id, **fields}))
+            response = await asyncio.wait_for(future, self._timeout)
+        except TimeoutError:
+            raise AmiUnavailable(f"{action}: no answer within {self._timeout:g}s") from None
+        finally:
+            self._pending.pop(action_id, None)
+        if response.get("Response", "").lower() == "error":
+            raise AmiError(f"{action}: {response.get('Message', 'refused')}")
+        return response
+
+    async def run(self, *, min_backoff: float = 0.2, max_backoff: float = 5.0) -> None:
+        """Stay connected forever, reconnecting with backoff."""
+        backoff = min_backoff
+        while True:
+            try:
+                await self._session()
+                backoff = min_backoff
+            except (OSError, AmiError, asyncio.IncompleteReadError) as exc:
+                self._log.warning("ami_connection_failed", error=str(exc) or type(exc).__name__)
+            finally:
+                self._disconnected()
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(max_backoff, backoff * 2)
+
+    async def _session(self) -> None:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*self._addr), 5)
+        self._writer = writer
+        try:
+            banner = await asyncio.wait_for(reader.readline(), 5)
+            if not banner.startswith(b"Asterisk Call Manager"):
+                raise AmiError(f"unexpected AMI banner {banner[:60]!r}")
+            reading = asyncio.create_task(self._read(reader))
+            try:
+                self.connected.set()  # so that Login itself can be sent
+                try:
+                    await self.send("Login", **self._login)
+                except AmiError as exc:
+                    raise AmiError(
+                        f"AMI login as {self._login['Username']!r} failed: {exc}"
+                    ) from None
+                self._log.info("ami_connected", host=self._addr[0], port=self._addr[1])
+                await self._keepalive(reading)
+            finally:
+                reading.cancel()
+        finally:
+            writer.close()
+
+    async def _keepalive(self, reading: asyncio.Task[None]) -> None:
+        """Ping and check the reply: a silent half-open socket must count as lost."""
+        while not reading.done():
+            done, _ = await asyncio.wait({reading}, timeout=self._ping_interval)
+            if done:
+                break
+            await self.send("Ping")
+        reading.result()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            block = await reader.readuntil(b"\r\n\r\n")
+            message = decode(block)
+            action_id = message.get("ActionID", "")
+            if "Response" in message:
+                future = self._pending.get(action_id)
+                if future is not None and not future.done():
+                    future.set_result(message)
+            elif "Event" in message:
+                for handler in self._handlers:
+                    handler(message)
+
+    def _disconnected(self) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        self._writer = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(AmiUnavailable("AMI connection lost"))
+        self._pending.clear()
+        if was_connected:
+            self._log.warning("ami_disconnected")
+
+
+class Recorder:
+    """MixMonitor control for one PBX: the only place that speaks these AMI actions."""
+
+    def __init__(self, ami: AmiClient) -> None:
+        self._ami = ami
+
+    async def start(self, channel: str, file: str, options: str = "") -> None:
+        fields = {"Channel": channel, "File": file}
+        if options:
+            fields["Options"] = options
+        await self._ami.send("MixMonitor", **fields)
+
+    async def stop(self, channel: str) -> None:
+        # MixMonitorID is optional; consentd runs one recording per channel at a time.
+        await self._ami.send("StopMixMonitor", Channel=channel)
+
+    async def mute(self, channel: str, muted: bool, direction: str = "both") -> None:
+        await self._ami.send(
+            "MixMonitorMute", Channel=channel, Direction=direction, State="1" if muted else "0"
+        )
+
+    def on_event(self, handler: EventHandler) -> None:
+        self._ami.on_event(handler)
+
+    @property
+    def connected(self) -> bool:
+        return self._ami.connected.is_set()

@@ -1,0 +1,134 @@
+"""Start-up and shutdown of the daemon: the one place where dependencies are wired.
+
+Long-lived tasks (ARI events, AMI connection, ledger writer, one task per
+call) run under one TaskGroup. On SIGTERM the daemon stops taking events,
+gives calls in progress a grace period, stores (or journals) every ledger
+event, and exits. Calls still up afterwards are adopted by the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from consentd.ami import AmiClient, Recorder
+from consentd.ari import AriClient
+from consentd.call_details import recent_calls
+from consentd.dispatcher import Dispatcher, NodeConfig
+from consentd.greetings import GreetingLibrary
+from consentd.http_api import Health, init_app, register_gauges
+from consentd.journal import Journal
+from consentd.ledger import LedgerWriter
+from consentd.ledger_pg import DatabaseError, PostgresLedger
+from consentd.policy import PolicyBook
+from consentd.runner import Ports, utc_now
+from consentd.settings import Settings
+
+
+async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: float = 5.0) -> None:
+    log = structlog.get_logger("consentd")
+    greetings = GreetingLibrary.install(book, settings.on_host(settings.sounds_dir))
+    store = PostgresLedger(settings.database_url)
+    try:
+        await store.connect()
+    except DatabaseError as exc:
+        log.warning("database_unavailable_at_start", error=str(exc), action="journalling")
+    journal = Journal(settings.journal_dir / f"{settings.node}.jsonl")
+    writer = LedgerWriter(store, journal)
+    ami = AmiClient(
+        settings.ami_host,
+        settings.ami_port,
+        settings.ami_user,
+        settings.ami_secret,
+        action_timeout=settings.ami_timeout,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    auth = aiohttp.BasicAuth(settings.ari_user, settings.ari_password)
+    async with aiohttp.ClientSession(auth=auth) as session, asyncio.TaskGroup() as tg:
+        ari = AriClient(session, settings.ari_url, settings.ari_app)
+        ports = Ports(ari=ari, recorder=Recorder(ami), ledger=writer)
+        config = NodeConfig(
+            node=settings.node,
+            app=settings.ari_app,
+            recording_dir=settings.recording_dir,
+            asterisk_root=str(settings.asterisk_root),
+            boot_id=uuid.uuid4().hex[:8],
+        )
+        call_tasks: set[asyncio.Task[Any]] = set()
+
+        def spawn(coro: Any, name: str) -> asyncio.Task[Any]:
+            task = tg.create_task(coro, name=name)
+            call_tasks.add(task)
+            task.add_done_callback(call_tasks.discard)
+            return task
+
+        dispatcher = Dispatcher(config, book, greetings, ports, spawn)
+
+        def health() -> Health:
+            return Health(
+                ari=ari.connected,
+                ami=ami.connected.is_set(),
+                database=writer.store_reachable,
+                active_calls=len(dispatcher.calls),
+                ledger_backlog=writer.backlog,
+            )
+
+        registry = CollectorRegistry()
+        register_gauges(registry, health)
+        http = web.AppRunner(
+            init_app(health, registry, lambda limit: recent_calls(store, limit, utc_now()))
+        )
+        await http.setup()
+        await web.TCPSite(http, settings.http_host, settings.http_port).start()
+
+        ami_task = tg.create_task(ami.run(), name="ami")
+        writer_task = tg.create_task(writer.run(), name="ledger-writer")
+        events_task = tg.create_task(_consume(ari, dispatcher), name="ari-events")
+        log.info(
+            "consentd_started",
+            node=settings.node,
+            policies=str(book.file),
+            numbers=len(book.config.numbers),
+            http=f"{settings.http_host}:{settings.http_port}",
+        )
+        await stop.wait()
+
+        log.info("consentd_stopping", active_calls=len(dispatcher.calls))
+        events_task.cancel()
+        if call_tasks:
+            await asyncio.wait(set(call_tasks), timeout=shutdown_grace)
+        for task in list(call_tasks):
+            task.cancel()
+        await writer.close()
+        await writer_task
+        ami_task.cancel()
+        await http.cleanup()
+    await store.close()
+    log.info("consentd_stopped", stored=writer.stored, journalled=writer.journalled)
+
+
+async def _consume(ari: AriClient, dispatcher: Dispatcher) -> None:
+    log = structlog.get_logger("consentd.ari")
+    async for event in ari.events():
+        try:
+            await dispatcher.handle(event)
+        except Exception:
+            # One malformed event must not take every other call down with it.
+            log.exception("event_handling_failed", event_type=event.get("type"))
+
+
+def run(settings: Settings, book: PolicyBook) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_daemon(settings, book))

@@ -1,0 +1,214 @@
+"""The vocabulary of a call: its facts, the events it reacts to, the commands it issues.
+
+These are plain frozen values so that the call flow stays a pure function and
+every transition can be tested without Asterisk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Any
+
+from consentd.policy import NumberPolicy
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class ConsentAction(StrEnum):
+    CALLER_OPTED_IN = "caller_opted_in"
+    CALLER_OPTED_OUT = "caller_opted_out"
+
+
+class Phase(StrEnum):
+    GREETING = "greeting"
+    HOLDING = "holding"
+    ENDED = "ended"
+
+
+CONSENT_KEY = "3"
+
+
+@dataclass(frozen=True)
+class Media:
+    """Something Asterisk can play, and what it proves in the ledger."""
+
+    uri: str
+    language: str
+    source: str  # "bundled" or the operator's file
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """What is known when the call arrives and never changes afterwards."""
+
+    call_id: str
+    node: str
+    channel_id: str
+    did: str
+    caller: str
+    direction: Direction
+    policy: NumberPolicy
+    policy_source: str
+    greeting: Media | None
+    recording_dir: str
+    asterisk_root: str = "/"
+
+    def host_path(self, asterisk_path: str) -> str:
+        """Where a file Asterisk writes appears on this host (Asterisk may run in a chroot)."""
+        return str(PurePosixPath(self.asterisk_root, asterisk_path.lstrip("/")))
+
+    def recording_file(self, segment: int) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.call_id)
+        return f"{self.recording_dir}/consentd-{safe}-{segment}.wav"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One MixMonitor recording of the call."""
+
+    number: int
+    file: str
+    stopping: bool = False
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class CallArrived:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class DtmfReceived:
+    digit: str
+    at: datetime
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class PlaybackStarted:
+    playback_id: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class PlaybackFinished:
+    playback_id: str
+    at: datetime
+    state: str = "done"
+
+
+@dataclass(frozen=True)
+class RecordingStarted:
+    segment: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class RecordingStopped:
+    segment: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class RecordingDeleted:
+    segment: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class CommandFailed:
+    command: Command
+    error: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    at: datetime
+    cause: str = "hangup"
+
+
+Event = (
+    CallArrived
+    | DtmfReceived
+    | PlaybackStarted
+    | PlaybackFinished
+    | RecordingStarted
+    | RecordingStopped
+    | RecordingDeleted
+    | CommandFailed
+    | CallEnded
+)
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class Answer:
+    pass
+
+
+@dataclass(frozen=True)
+class Play:
+    playback_id: str
+    media: Media
+
+
+@dataclass(frozen=True)
+class StopPlayback:
+    playback_id: str
+
+
+@dataclass(frozen=True)
+class StartHold:
+    """Keep the line open (silence) until the caller hangs up."""
+
+
+@dataclass(frozen=True)
+class StartRecording:
+    segment: int
+    file: str
+
+
+@dataclass(frozen=True)
+class StopRecording:
+    segment: int
+    file: str
+
+
+@dataclass(frozen=True)
+class DeleteRecording:
+    segment: int
+    file: str
+
+
+@dataclass(frozen=True)
+class WriteLedger:
+    """Append one event to the consent ledger; never waits for the database."""
+
+    seq: int
+    kind: str
+    at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Command = (
+    Answer
+    | Play
+    | StopPlayback
+    | StartHold
+    | StartRecording
+    | StopRecording
+    | DeleteRecording
+    | WriteLedger
+)

@@ -1,0 +1,143 @@
+"""The ``consentd`` command: run the daemon, check a policy file, show call details."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from consentd.call_details import recent_calls
+from consentd.ledger_pg import DatabaseError, PostgresLedger
+from consentd.logs import configure_logging
+from consentd.policy import PolicyError, load_policies
+from consentd.runner import utc_now
+from consentd.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    result: int = args.handler(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consentd", description="Call-recording consent for Asterisk (press 3)."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon (settings from CONSENTD_* variables)")
+    run.add_argument("--policies", type=Path, help="policy YAML (default: $CONSENTD_POLICIES)")
+    run.set_defaults(handler=_run)
+
+    check = sub.add_parser("check", help="validate a policy file without a PBX")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_check)
+
+    calls = sub.add_parser("calls", help="details of recent calls, newest first")
+    calls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    calls.add_argument("--limit", type=_positive_int, default=20, help="how many calls (20)")
+    calls.add_argument("--database-url", help="default: $CONSENTD_DATABASE_URL or the local stack")
+    calls.set_defaults(handler=_calls)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = {"policies": args.policies} if args.policies else {}
+    settings = Settings(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        book = load_policies(settings.policies)
+    except PolicyError as exc:
+        print(f"consentd: not starting, the policy file has errors:\n{exc}", file=sys.stderr)
+        return 2
+    from consentd.app import run  # the daemon's imports are not needed for check/calls
+
+    run(settings, book)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        book = load_policies(args.file)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        count = len(exc.problems)
+        print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return 1
+    print(book.summary())
+    return 0
+
+
+def _calls(args: argparse.Namespace) -> int:
+    settings = Settings(**({"database_url": args.database_url} if args.database_url else {}))
+    try:
+        details = asyncio.run(_fetch_calls(settings.database_url, args.limit))
+    except DatabaseError as exc:
+        print(f"consentd calls: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(details, indent=2))
+    else:
+        print(render_table(details))
+    return 0
+
+
+async def _fetch_calls(dsn: str, limit: int) -> list[dict[str, Any]]:
+    store = PostgresLedger(dsn)
+    try:
+        await store.connect()
+        return await recent_calls(store, limit, utc_now())
+    finally:
+        await store.close()
+
+
+_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("started", lambda c: (c["started_at"] or "")[:19].replace("T", " ")),
+    ("number", lambda c: c["phone_number"]),
+    ("caller", lambda c: c["caller"]),
+    ("consent", lambda c: c["call_recording_consent"]),
+    ("action", lambda c: c["call_recording_consent_action"] or "-"),
+    ("key", lambda c: c["call_recording_consent_keypress"] or "-"),
+    ("rec s", lambda c: str(c["recording_time"])),
+    ("not rec s", lambda c: str(c["not_recording_time"])),
+    ("recordings", lambda c: ", ".join(Path(p).name for p in c["recordings"]) or "-"),
+    ("id", lambda c: c["id"]),
+)
+
+
+def render_table(details: list[dict[str, Any]]) -> str:
+    if not details:
+        return "no calls recorded yet"
+    rows = [[title for title, _ in _COLUMNS]]
+    rows += [[str(get(call)) for _, get in _COLUMNS] for call in details]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

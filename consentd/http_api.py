@@ -1,0 +1,96 @@
+"""The daemon's small HTTP surface: health for orchestration, metrics, and recent calls."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+@dataclass(frozen=True)
+class Health:
+    ari: bool
+    ami: bool
+    database: bool
+    active_calls: int
+    ledger_backlog: int
+
+    @property
+    def ready(self) -> bool:
+        """Calls are handled as long as ARI is up; AMI or database trouble degrades, not stops."""
+        return self.ari
+
+
+HEALTH: web.AppKey[Callable[[], Health]] = web.AppKey("health", Callable)  # type: ignore[arg-type]
+REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
+RECENT_CALLS: web.AppKey[Callable[[int], Awaitable[list[dict[str, Any]]]]] = web.AppKey(
+    "recent_calls",
+    Callable,  # type: ignore[arg-type]
+)
+
+
+def init_app(
+    health: Callable[[], Health],
+    registry: CollectorRegistry,
+    recent_calls: Callable[[int], Awaitable[list[dict[str, Any]]]],
+) -> web.Application:
+    app = web.Application()
+    app[HEALTH] = health
+    app[REGISTRY] = registry
+    app[RECENT_CALLS] = recent_calls
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/calls", _calls)
+    return app
+
+
+def register_gauges(registry: CollectorRegistry, health: Callable[[], Health]) -> None:
+    Gauge("consentd_active_calls", "Calls in progress", registry=registry).set_function(
+        lambda: health().active_calls
+    )
+    Gauge(
+        "consentd_ledger_backlog", "Ledger events not yet stored in the database", registry=registry
+    ).set_function(lambda: health().ledger_backlog)
+    for name in ("ari", "ami", "database"):
+        gauge = Gauge(f"consentd_{name}_up", f"1 while {name} is reachable", registry=registry)
+        gauge.set_function(_health_flag(health, name))
+
+
+def _health_flag(health: Callable[[], Health], name: str) -> Callable[[], float]:
+    return lambda: float(getattr(health(), name))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    health = request.app[HEALTH]()
+    body = {
+        "ready": health.ready,
+        "ari": "connected" if health.ari else "disconnected",
+        "ami": "connected" if health.ami else "disconnected",
+        "database": "connected" if health.database else "journalling",
+        "active_calls": health.active_calls,
+        "ledger_backlog": health.ledger_backlog,
+    }
+    return web.json_response(body, status=200 if health.ready else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[REGISTRY])
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _calls(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", "20")
+    try:
+        limit = int(raw)
+        if not 1 <= limit <= 1000:
+            raise ValueError
+    except ValueError:
+        return web.json_response(
+            {"error": "invalid-limit", "message": f"limit must be an integer 1..1000, got {raw!r}"},
+            status=400,
+        )
+    return web.json_response(await request.app[RECENT_CALLS](limit))

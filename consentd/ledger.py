@@ -1,0 +1,175 @@
+"""The consent ledger: events, the store interface, and the writer that never blocks calls.
+
+Call control must not wait for PostgreSQL, and nothing may be lost while the
+database is away. So the call flow hands events to ``LedgerWriter.submit``
+(a queue put), a background task stores them in batches, and whatever cannot
+be stored goes to an on-disk journal that is replayed when the database is
+back. Every event carries an idempotency key, so a replay never duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import structlog
+
+from consentd.journal import Journal
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    event_key: str
+    call_id: str
+    node: str
+    seq: int
+    kind: str
+    occurred_at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        raw = asdict(self)
+        raw["occurred_at"] = self.occurred_at.isoformat()
+        return json.dumps(raw, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> LedgerEvent:
+        raw = json.loads(line)
+        raw["occurred_at"] = datetime.fromisoformat(raw["occurred_at"])
+        return cls(**raw)
+
+
+class LedgerUnavailable(Exception):
+    """The store cannot be reached; the caller should journal and retry."""
+
+
+class LedgerStore(Protocol):
+    async def append(self, events: Sequence[LedgerEvent]) -> None:
+        """Store events; already stored keys are ignored. Raises LedgerUnavailable."""
+
+    async def recent_call_ids(self, limit: int) -> list[str]:
+        """Call ids, most recently started first."""
+
+    async def events_of(self, call_ids: Sequence[str]) -> list[LedgerEvent]:
+        """All events of these calls in ledger order."""
+
+
+class MemoryLedger:
+    """An in-process store with the same semantics, for unit tests and dry runs."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, LedgerEvent] = {}
+        self.available = True
+
+    async def append(self, events: Sequence[LedgerEvent]) -> None:
+        if not self.available:
+            raise LedgerUnavailable("memory ledger switched off")
+        for event in events:
+            self.events.setdefault(event.event_key, event)
+
+    async def recent_call_ids(self, limit: int) -> list[str]:
+        starts = [e for e in self.events.values() if e.kind == "call_started"]
+        starts.sort(key=lambda e: e.occurred_at, reverse=True)
+        return [e.call_id for e in starts[:limit]]
+
+    async def events_of(self, call_ids: Sequence[str]) -> list[LedgerEvent]:
+        wanted = set(call_ids)
+        found = [e for e in self.events.values() if e.call_id in wanted]
+        return sorted(found, key=lambda e: (e.call_id, e.seq))
+
+
+class LedgerWriter:
+    """Stores events in the background; journals them while the store is away."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        journal: Journal,
+        *,
+        batch_size: int = 200,
+        retry_seconds: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._queue: asyncio.Queue[LedgerEvent | None] = asyncio.Queue()
+        self._batch_size = batch_size
+        self._retry_seconds = retry_seconds
+        self._log = structlog.get_logger("consentd.ledger")
+        self.store_reachable = True
+        self.stored = 0
+        self.journalled = 0
+
+    def submit(self, event: LedgerEvent) -> None:
+        self._queue.put_nowait(event)
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize() + self._journal.pending()
+
+    async def run(self) -> None:
+        """Drain the queue until ``close()``; replay the journal whenever the store is back."""
+        await self._replay_journal()
+        closing = False
+        while not closing:
+            try:
+                first = await asyncio.wait_for(self._queue.get(), self._retry_seconds)
+            except TimeoutError:
+                if self._journal.pending():
+                    await self._replay_journal()
+                continue
+            batch: list[LedgerEvent] = []
+            item: LedgerEvent | None = first
+            while True:
+                if item is None:
+                    closing = True
+                else:
+                    batch.append(item)
+                if closing or len(batch) >= self._batch_size or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if batch:
+                await self._store_or_journal(batch)
+        if self._journal.pending():
+            await self._replay_journal()
+
+    async def close(self) -> None:
+        """Ask ``run()`` to store what is queued and return."""
+        self._queue.put_nowait(None)
+
+    async def _store_or_journal(self, batch: list[LedgerEvent]) -> None:
+        if self._journal.pending():
+            # Keep order: older journalled events go first.
+            await self._replay_journal()
+        if not self._journal.pending():
+            try:
+                await self._store.append(batch)
+            except LedgerUnavailable as exc:
+                self._went_away(exc)
+            else:
+                self.stored += len(batch)
+                return
+        self._journal.append([event.to_json() for event in batch])
+        self.journalled += len(batch)
+
+    async def _replay_journal(self) -> None:
+        for chunk in self._journal.chunks(self._batch_size):
+            events = [LedgerEvent.from_json(line) for line in chunk.lines]
+            try:
+                await self._store.append(events)
+            except LedgerUnavailable as exc:
+                self._went_away(exc)
+                return
+            chunk.done()
+            self.stored += len(events)
+        if not self.store_reachable:
+            self.store_reachable = True
+            self._log.info("ledger_store_back", journal_replayed=True)
+
+    def _went_away(self, exc: Exception) -> None:
+        if self.store_reachable:
+            self._log.warning("ledger_store_unavailable", error=str(exc), action="journalling")
+        self.store_reachable = False

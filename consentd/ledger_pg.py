@@ -1,0 +1,179 @@
+"""The PostgreSQL ledger store and its numbered migrations.
+
+Migrations are SQL files applied in order, each in its own transaction, under
+an advisory lock so that several PBX nodes sharing one database can start at
+the same time. A released migration is never edited; a change is a new file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import structlog
+
+from consentd.ledger import LedgerEvent, LedgerUnavailable
+
+_MIGRATION_LOCK = 0x636F6E73  # "cons"
+
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+class DatabaseError(Exception):
+    """A database problem explained for the operator."""
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every bundled migration, in order."""
+    found = []
+    for entry in resources.files("consentd.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations; returns the names applied."""
+    applied: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS consentd_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM consentd_migrations")}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO consentd_migrations (version, name) VALUES ($1, $2)",
+                    version,
+                    name,
+                )
+            applied.append(name)
+    return applied
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def connect_pool(dsn: str, *, timeout: float = 5.0) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=4, timeout=timeout, init=_init_connection
+        )
+    except _CONNECTION_ERRORS as exc:
+        raise DatabaseError(
+            f"cannot reach the database at {_redact(dsn)}: {exc} "
+            "(is it running? `make up` starts a local one)"
+        ) from exc
+    except asyncpg.PostgresError as exc:
+        raise DatabaseError(f"database at {_redact(dsn)} refused the connection: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+def _redact(dsn: str) -> str:
+    """Never print a password into a log or terminal."""
+    if "@" not in dsn or "://" not in dsn:
+        return dsn
+    scheme, rest = dsn.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
+
+
+class PostgresLedger:
+    """The ledger in PostgreSQL; connects and migrates lazily, so consentd starts without it."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+        self._log = structlog.get_logger("consentd.ledger_pg")
+
+    async def connect(self) -> asyncpg.Pool:
+        """Connect and apply migrations; raises DatabaseError with an explanation."""
+        if self._pool is None:
+            pool = await connect_pool(self._dsn)
+            try:
+                async with pool.acquire() as conn:
+                    applied = await migrate(conn)
+            except asyncpg.PostgresError as exc:
+                await pool.close()
+                raise DatabaseError(
+                    f"migrating the ledger at {_redact(self._dsn)} failed: {exc}"
+                ) from exc
+            if applied:
+                self._log.info("ledger_migrated", applied=applied)
+            self._pool = pool
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def append(self, events: Sequence[LedgerEvent]) -> None:
+        rows = [
+            (e.event_key, e.call_id, e.node, e.seq, e.kind, e.occurred_at, e.data) for e in events
+        ]
+        try:
+            pool = await self.connect()
+            async with pool.acquire(timeout=5) as conn:
+                await conn.executemany(
+                    "INSERT INTO call_events"
+                    " (event_key, call_id, node, seq, kind, occurred_at, data)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    " ON CONFLICT (event_key) DO NOTHING",
+                    rows,
+                )
+        except (DatabaseError, *_CONNECTION_ERRORS, asyncpg.PostgresConnectionError) as exc:
+            raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def recent_call_ids(self, limit: int) -> list[str]:
+        pool = await self.connect()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT call_id FROM call_events WHERE kind = 'call_started'"
+                " ORDER BY occurred_at DESC, id DESC LIMIT $1",
+                limit,
+            )
+        return [r["call_id"] for r in rows]
+
+    async def events_of(self, call_ids: Sequence[str]) -> list[LedgerEvent]:
+        pool = await self.connect()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT event_key, call_id, node, seq, kind, occurred_at, data"
+                " FROM call_events WHERE call_id = ANY($1::text[]) ORDER BY call_id, seq, id",
+                list(call_ids),
+            )
+        return [_event(r) for r in rows]
+
+
+def _event(row: Any) -> LedgerEvent:
+    return LedgerEvent(
+        event_key=row["event_key"],
+        call_id=row["call_id"],
+        node=row["node"],
+        seq=row["seq"],
+        kind=row["kind"],
+        occurred_at=row["occurred_at"],
+        data=row["data"],
+    )

@@ -1,0 +1,167 @@
+"""Carries out one call's commands over ARI, AMI, the file system and the ledger.
+
+Each call has its own runner task and inbox, so a slow Asterisk answer on one
+call never delays another. Outcomes of commands (a recording really started,
+a file really deleted) go back into the pure flow as events before the next
+outside event is taken, which keeps the ledger in causal order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from consentd.ami import AmiError, Recorder
+from consentd.ari import AriClient, AriError
+from consentd.call_flow import Call, handle
+from consentd.call_model import (
+    Answer,
+    Command,
+    CommandFailed,
+    DeleteRecording,
+    Event,
+    Play,
+    PlaybackStarted,
+    RecordingDeleted,
+    RecordingStarted,
+    RecordingStopped,
+    StartHold,
+    StartRecording,
+    StopPlayback,
+    StopRecording,
+    WriteLedger,
+)
+from consentd.ledger import LedgerEvent, LedgerWriter
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Everything a call talks to, wired once at start-up."""
+
+    ari: AriClient
+    recorder: Recorder
+    ledger: LedgerWriter
+    clock: Callable[[], datetime] = utc_now
+    #: How long to wait for MixMonitor to create a file before deleting it.
+    delete_grace: float = 1.0
+
+
+class CallRunner:
+    def __init__(self, call: Call, ports: Ports) -> None:
+        self.call = call
+        self._ports = ports
+        self._inbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._purged: list[Path] = []
+        facts = call.facts
+        self.log = structlog.get_logger("consentd.call").bind(
+            call_id=facts.call_id, channel_id=facts.channel_id, did=facts.did
+        )
+
+    def post(self, event: Event) -> None:
+        self._inbox.put_nowait(event)
+
+    async def run(self) -> Call:
+        """Process events until the call has ended; returns the final state."""
+        while not self.call.ended:
+            await self._dispatch(await self._inbox.get())
+        await self._confirm_purged()
+        facts = self.call.facts
+        self.log.info(
+            "call_finished",
+            policy=facts.policy.recording.value,
+            policy_source=facts.policy_source,
+            caller=facts.caller,
+            consent_action=self.call.decision.value if self.call.decision else None,
+            segments=self.call.segments_opened,
+            ledger_events=self.call.next_seq,
+        )
+        return self.call
+
+    async def _dispatch(self, event: Event) -> None:
+        pending = deque([event])
+        while pending:
+            current = pending.popleft()
+            self.call, commands = handle(self.call, current)
+            for command in commands:
+                outcome = await self._execute(command)
+                if outcome is not None:
+                    pending.append(outcome)
+
+    async def _execute(self, command: Command) -> Event | None:
+        facts = self.call.facts
+        ari, recorder = self._ports.ari, self._ports.recorder
+        try:
+            match command:
+                case WriteLedger():
+                    self._write(command)
+                case Answer():
+                    await ari.answer(facts.channel_id)
+                case Play():
+                    await ari.play(
+                        facts.channel_id,
+                        command.playback_id,
+                        command.media.uri,
+                        command.media.language,
+                    )
+                    return PlaybackStarted(command.playback_id, self._ports.clock())
+                case StopPlayback():
+                    await ari.stop_playback(command.playback_id)
+                case StartHold():
+                    await ari.start_silence(facts.channel_id)
+                case StartRecording():
+                    await recorder.start(facts.channel_id, command.file)
+                    return RecordingStarted(command.segment, self._ports.clock())
+                case StopRecording():
+                    await recorder.stop(facts.channel_id)
+                    return RecordingStopped(command.segment, self._ports.clock())
+                case DeleteRecording():
+                    await self._delete(Path(facts.host_path(command.file)))
+                    return RecordingDeleted(command.segment, self._ports.clock())
+        except (AriError, AmiError, OSError) as exc:
+            self.log.warning("command_failed", command=type(command).__name__, error=str(exc))
+            return CommandFailed(command, str(exc), self._ports.clock())
+        return None
+
+    def _write(self, command: WriteLedger) -> None:
+        facts = self.call.facts
+        self._ports.ledger.submit(
+            LedgerEvent(
+                event_key=f"{facts.call_id}/{command.seq}",
+                call_id=facts.call_id,
+                node=facts.node,
+                seq=command.seq,
+                kind=command.kind,
+                occurred_at=command.at,
+                data=command.data,
+            )
+        )
+        self.log.info(command.kind, **{k: v for k, v in command.data.items() if v is not None})
+
+    async def _delete(self, path: Path) -> None:
+        """Delete captured audio; MixMonitor may create the file a moment after it starts."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ports.delete_grace
+        while not path.exists() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        path.unlink(missing_ok=True)
+        self._purged.append(path)
+
+    async def _confirm_purged(self) -> None:
+        """After hangup MixMonitor has closed its files; make sure deleted audio stayed deleted."""
+        if not self._purged:
+            return
+        await asyncio.sleep(self._ports.delete_grace)
+        for path in self._purged:
+            if path.exists():
+                path.unlink(missing_ok=True)
+                self.log.warning("recording_deleted_again", path=str(path))

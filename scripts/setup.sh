@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Prepare everything the local stack needs. Idempotent: a second run only
+# checks stamps and takes a few seconds.
+#
+#   1. Debian packages on the host (installed only when missing).
+#   2. An Asterisk 22 root from Debian sid in .cache/asterisk-root.
+#   3. Greetings and music on hold in .cache/sounds (espeak-ng + sox).
+#   4. The Python venv in .venv with consentd installed editable.
+#   5. /usr/local/bin/consentd pointing at this checkout's venv.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=$REPO/.cache
+ROOT=$CACHE/asterisk-root
+ROOT_STAMP=$ROOT/.consentd-root-stamp
+SOUNDS=$CACHE/sounds
+VENV=$REPO/.venv
+
+# Changing this list (or the options below) rebuilds the root on the next run.
+# asterisk pulls asterisk-modules (app_queue, app_mixmonitor, res_ari*, ...)
+# and the English GSM core prompts that app_voicemail needs.
+ROOT_INCLUDE=asterisk,asterisk-core-sounds-en-gsm
+ROOT_SPEC="v1 sid minbase $ROOT_INCLUDE nodoc"
+
+HOST_PACKAGES=(mmdebstrap sip-tester sox espeak-ng postgresql python3-venv curl util-linux)
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
+
+need_free_disk() {
+    local avail_kb
+    avail_kb=$(df --output=avail -k "$REPO" | tail -n 1 | tr -d ' ')
+    ((avail_kb >= 2 * 1024 * 1024)) ||
+        die "less than 2 GB free on $(df --output=target "$REPO" | tail -n 1) ($((avail_kb / 1024)) MB); free some space and re-run"
+}
+
+[[ $EUID -eq 0 ]] || die "must run as root (apt-get, mmdebstrap and chroot need it); try: sudo $0"
+command -v apt-get >/dev/null && command -v dpkg-query >/dev/null ||
+    die "apt-get not found: this script supports Debian 12 only"
+
+# --- 1. host packages -------------------------------------------------------
+missing=()
+for pkg in "${HOST_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+        missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    need_free_disk
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+        die "apt-get install ${missing[*]} failed"
+else
+    say "host packages present"
+fi
+
+# --- 2. Asterisk root -------------------------------------------------------
+# Anything mounted below DIR (an interrupted mmdebstrap, a stale /proc bind).
+umount_below() {
+    local target
+    findmnt -rn -o TARGET | awk -v d="$1" '$0 == d || index($0, d "/") == 1' | sort -r |
+        while read -r target; do umount -l "$target" || true; done
+}
+
+if [[ -f $ROOT_STAMP && $(<"$ROOT_STAMP") == "$ROOT_SPEC" ]]; then
+    say "Asterisk root up to date ($ROOT)"
+else
+    mountpoint -q "$ROOT/proc" 2>/dev/null &&
+        die "$ROOT/proc is mounted: run 'scripts/stack.sh down' before rebuilding the root"
+    need_free_disk
+    mkdir -p "$CACHE"
+    for stale in "$CACHE"/asterisk-root.tmp.*; do
+        [[ -e $stale ]] || continue
+        say "removing interrupted build $stale"
+        umount_below "$stale"
+        rm -rf --one-file-system "$stale"
+    done
+    tmp=$CACHE/asterisk-root.tmp.$$
+    say "building Asterisk root from Debian sid (about 20 s, ~350 MB) ..."
+    start=$SECONDS
+    # stdin from /dev/null: without a mirror argument mmdebstrap would read
+    # sources from stdin; with it, it uses Debian's default mirror.
+    # The sid snapshot's Release file may have expired: hence Check-Valid-Until.
+    mmdebstrap --quiet --variant=minbase --include="$ROOT_INCLUDE" \
+        --aptopt='Acquire::Check-Valid-Until "false"' \
+        --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/doc/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        sid "$tmp" </dev/null >"$CACHE/mmdebstrap.log" 2>&1 || {
+        tail -n 20 "$CACHE/mmdebstrap.log" >&2
+        umount_below "$tmp"
+        rm -rf --one-file-system "$tmp"
+        die "mmdebstrap failed (full log: $CACHE/mmdebstrap.log)"
+    }
+    [[ -x $tmp/usr/sbin/asterisk ]] || die "mmdebstrap finished but $tmp has no /usr/sbin/asterisk"
+    # ARI recording into a missing directory answers 500.
+    mkdir -p "$tmp/var/spool/asterisk/monitor" "$tmp/var/spool/asterisk/recording"
+    printf '127.0.0.1 localhost %s\n' "$(hostname)" >"$tmp/etc/hosts"
+    echo "$ROOT_SPEC" >"$tmp/.consentd-root-stamp"
+    if [[ -e $ROOT ]]; then
+        umount_below "$ROOT"
+        mv "$ROOT" "$CACHE/asterisk-root.tmp.old.$$"
+    fi
+    mv "$tmp" "$ROOT" # the stamp only appears together with a complete root
+    rm -rf --one-file-system "$CACHE/asterisk-root.tmp.old.$$"
+    say "Asterisk root built in $((SECONDS - start)) s: $(chroot "$ROOT" dpkg-query -W -f='${Version}' asterisk)"
+fi
+# Hostname may change between runs; without this entry Asterisk does DNS
+# look-ups that hang on a closed network (stack.sh up rewrites it too).
+printf '127.0.0.1 localhost %s\n' "$(hostname)" >"$ROOT/etc/hosts"
+
+# --- 3. greetings and music on hold -----------------------------------------
+# Each file is regenerated only when its cache key (text + recipe) changes.
+RECIPE="espeak-ng -s 150 | sox rate 8000 mono s16 norm -3 v1"
+KEYS=$CACHE/sound-keys
+mkdir -p "$KEYS"
+
+regen() { # regen KEYFILE KEY -> true when the output must be rebuilt
+    [[ -f $1 && $(<"$1") == "$2" ]] && return 1
+    return 0
+}
+
+generated=0
+while IFS=$'\t' read -r lang name text; do
+    [[ -z $lang || $lang == \#* || $lang == lang ]] && continue
+    out=$SOUNDS/$lang/consentd/$name.wav
+    key="$RECIPE|$lang|$name|$text"
+    if [[ -f $out ]] && ! regen "$KEYS/$lang.$name" "$key"; then continue; fi
+    mkdir -p "$(dirname "$out")"
+    tmpwav=$(mktemp --suffix=.wav)
+    espeak-ng -b 1 -v "$lang" -s 150 -w "$tmpwav" "$text" || die "espeak-ng failed for $lang/$name"
+    sox "$tmpwav" -r 8000 -c 1 -b 16 -e signed-integer "$out" norm -3 || die "sox failed for $lang/$name"
+    rm -f "$tmpwav"
+    echo "$key" >"$KEYS/$lang.$name"
+    generated=$((generated + 1))
+done <"$REPO/greetings/texts.tsv"
+
+# Tones: language-independent, but copied into each language's directory so
+# that sound:consentd/beep resolves whatever the channel language is.
+BEEP="sox synth 0.25 sine 1000 vol 0.5 r8000 v1"
+MOH="sox synth 10 sine 440 tremolo 0.5 40 fade 1 10 1 vol 0.12 r8000 v1"
+for lang in $(cut -f1 "$REPO/greetings/texts.tsv" | grep -v -e '^#' -e '^lang$' | sort -u); do
+    out=$SOUNDS/$lang/consentd/beep.wav
+    if [[ ! -f $out ]] || regen "$KEYS/$lang.beep" "$BEEP"; then
+        mkdir -p "$(dirname "$out")"
+        sox -n -r 8000 -c 1 -b 16 -e signed-integer "$out" synth 0.25 sine 1000 vol 0.5
+        echo "$BEEP" >"$KEYS/$lang.beep"
+        generated=$((generated + 1))
+    fi
+done
+if [[ ! -f $SOUNDS/moh/tone.wav ]] || regen "$KEYS/moh.tone" "$MOH"; then
+    mkdir -p "$SOUNDS/moh"
+    sox -n -r 8000 -c 1 -b 16 -e signed-integer "$SOUNDS/moh/tone.wav" \
+        synth 10 sine 440 tremolo 0.5 40 fade 1 10 1 vol 0.12
+    echo "$MOH" >"$KEYS/moh.tone"
+    generated=$((generated + 1))
+fi
+say "sounds ready in $SOUNDS ($generated regenerated)"
+
+# --- 4. Python venv -----------------------------------------------------------
+if [[ ! -x $VENV/bin/python ]]; then
+    say "creating $VENV"
+    python3 -m venv "$VENV" || die "python3 -m venv failed (is python3-venv installed?)"
+fi
+PIP_STAMP=$VENV/.consentd-pyproject.sha256
+want=$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)
+if [[ -f $PIP_STAMP && $(<"$PIP_STAMP") == "$want" && -x $VENV/bin/consentd ]]; then
+    say "venv up to date"
+else
+    say "pip install -e '.[test]' into $VENV ..."
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO[test]" ||
+        die "pip install failed"
+    echo "$want" >"$PIP_STAMP"
+fi
+
+# --- 5. consentd on PATH ------------------------------------------------------
+LINK=/usr/local/bin/consentd
+if [[ ! -e $LINK && ! -L $LINK ]] || [[ -L $LINK && $(readlink "$LINK") == */.venv/bin/consentd ]]; then
+    if [[ $(readlink "$LINK" 2>/dev/null) != "$VENV/bin/consentd" ]]; then
+        ln -sfn "$VENV/bin/consentd" "$LINK"
+        say "$LINK -> $VENV/bin/consentd"
+    fi
+else
+    say "leaving $LINK alone (not a symlink into a .venv)"
+fi
+say "setup done"

@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# Local development stack: Asterisk (chroot), PostgreSQL (throwaway cluster)
+# and the consentd daemon, all on 127.0.0.1.
+#
+#   scripts/stack.sh up [POLICIES_FILE]   start what is not running yet
+#   scripts/stack.sh down                 stop everything this checkout started
+#   scripts/stack.sh status               show what runs
+#
+# Environment:
+#   CONSENTD_DATABASE_URL=...     use this database; no cluster is started
+#   CONSENTD_STACK_NO_DAEMON=1    start Asterisk and PostgreSQL only (for tests
+#                                 that start the daemon themselves)
+#
+# "up" when already up leaves Asterisk and PostgreSQL running and restarts
+# the daemon, so that a new POLICIES_FILE takes effect.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$REPO/.cache/asterisk-root
+STATE=$REPO/.state
+RUN=$STATE/run
+PG_BIN=/usr/lib/postgresql/15/bin # not PATH: /usr/local/bin may hold other binaries
+PG_DATA=$STATE/pg
+PG_PORT=55432
+# Unix socket paths are limited to ~107 bytes: keep the socket out of the repo.
+PG_SOCK=/tmp/consentd-pg-$(printf '%s' "$REPO" | sha256sum | cut -c1-12)
+DEFAULT_DB_URL=postgresql://consentd@127.0.0.1:$PG_PORT/consentd
+ARI_URL=http://127.0.0.1:8088/ari
+HEALTH_URL=http://127.0.0.1:8090/healthz
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'stack.sh: error: %s\n' "$*" >&2; exit 1; }
+
+alive() { [[ -f $1 ]] && kill -0 "$(<"$1")" 2>/dev/null; }
+
+# Processes whose root directory is our Asterisk root (also catches an
+# Asterisk whose pid file was lost).
+root_pids() {
+    local p
+    for p in /proc/[0-9]*; do
+        [[ $(readlink "$p/root" 2>/dev/null) == "$ROOT" ]] && echo "${p#/proc/}"
+    done
+    return 0
+}
+
+# stop_pid PID SECONDS: SIGTERM, wait, then SIGKILL.
+stop_pid() {
+    local pid=$1 wait=$2 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < wait * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+tail_logs() {
+    local f
+    for f in "$@"; do
+        [[ -s $f ]] || continue
+        printf -- '--- last lines of %s ---\n' "$f" >&2
+        tail -n 25 "$f" >&2
+    done
+}
+
+# --- Asterisk ---------------------------------------------------------------
+install_asterisk_files() {
+    rm -rf "${ROOT:?}"/etc/asterisk/*
+    cp "$REPO"/asterisk-conf/*.conf "$REPO"/dialplan/*.conf "$ROOT/etc/asterisk/"
+    mkdir -p "$ROOT/var/lib/asterisk/sounds" "$ROOT/var/spool/asterisk/monitor" \
+        "$ROOT/var/spool/asterisk/recording"
+    cp -r "$REPO"/.cache/sounds/* "$ROOT/var/lib/asterisk/sounds/"
+    # Asterisk looks sounds up in astdatadir (/usr/share/asterisk/sounds/<lang>):
+    # link our greetings there, so both sound:consentd/opt_in (channel
+    # language) and sound:/var/lib/asterisk/sounds/de/consentd/opt_in work.
+    # Done inside the root: sounds/en is an absolute symlink (alternatives).
+    local dir lang
+    for dir in "$ROOT"/var/lib/asterisk/sounds/*/consentd; do
+        lang=$(basename "$(dirname "$dir")")
+        chroot "$ROOT" /bin/sh -c "mkdir -p /usr/share/asterisk/sounds/$lang &&
+            ln -sfn /var/lib/asterisk/sounds/$lang/consentd /usr/share/asterisk/sounds/$lang/consentd"
+    done
+    printf '127.0.0.1 localhost %s\n' "$(hostname)" >"$ROOT/etc/hosts"
+}
+
+ami_answers() ( # subshell: the descriptor and a failed connect stay in here
+    exec 3<>/dev/tcp/127.0.0.1/5038 || exit 1
+    read -r -t 2 banner <&3 || true
+    [[ $banner == "Asterisk Call Manager"* ]]
+)
+
+ari_answers() {
+    [[ $(curl -s -o /dev/null -w '%{http_code}' -m 2 -u consentd:consentd \
+        "$ARI_URL/asterisk/info") == 200 ]]
+}
+
+start_asterisk() {
+    if alive "$RUN/asterisk.pid"; then
+        say "Asterisk already running (pid $(<"$RUN/asterisk.pid"))"
+        return
+    fi
+    local stray
+    stray=$(root_pids)
+    [[ -z $stray ]] || die "processes already run inside $ROOT (pids: $(echo $stray)); run 'scripts/stack.sh down' first"
+    install_asterisk_files
+    mountpoint -q "$ROOT/proc" || mount --bind /proc "$ROOT/proc"
+    : >"$ROOT/var/log/asterisk/messages"
+    say "starting Asterisk ..."
+    # chroot execs asterisk, so $! is Asterisk's own pid.
+    setsid chroot "$ROOT" /usr/sbin/asterisk -f -n >"$STATE/asterisk.console.log" 2>&1 </dev/null &
+    echo $! >"$RUN/asterisk.pid"
+    local i
+    for ((i = 0; i < 120; i++)); do
+        if ! alive "$RUN/asterisk.pid"; then
+            tail_logs "$STATE/asterisk.console.log" "$ROOT/var/log/asterisk/messages"
+            die "Asterisk exited during start-up"
+        fi
+        if ami_answers 2>/dev/null && ari_answers; then
+            say "Asterisk ready (pid $(<"$RUN/asterisk.pid"), $((i / 2)) s)"
+            return
+        fi
+        sleep 0.5
+    done
+    tail_logs "$STATE/asterisk.console.log" "$ROOT/var/log/asterisk/messages"
+    die "Asterisk did not answer on AMI 127.0.0.1:5038 and ARI $ARI_URL within 60 s"
+}
+
+stop_asterisk() {
+    local pids pid
+    if alive "$RUN/asterisk.pid"; then
+        say "stopping Asterisk"
+        timeout 10 chroot "$ROOT" /usr/sbin/asterisk -rx "core stop now" >/dev/null 2>&1 || true
+        stop_pid "$(<"$RUN/asterisk.pid")" 5
+    fi
+    rm -f "$RUN/asterisk.pid"
+    pids=$(root_pids)
+    for pid in $pids; do
+        say "stopping leftover process $pid in the Asterisk root"
+        stop_pid "$pid" 3
+    done
+    if mountpoint -q "$ROOT/proc" 2>/dev/null; then
+        umount "$ROOT/proc" || umount -l "$ROOT/proc"
+    fi
+}
+
+# --- PostgreSQL -------------------------------------------------------------
+as_pg() { runuser -u postgres -- "$@"; }
+
+# The postgres user needs search (x) permission on every directory above its
+# data directory; a checkout under a private directory lacks it.
+open_path_for_postgres() {
+    local dir=$1
+    while [[ $dir != / ]]; do
+        if ! as_pg test -x "$dir" 2>/dev/null; then
+            say "chmod o+x $dir (so the postgres user can reach $PG_DATA)"
+            chmod o+x "$dir"
+        fi
+        dir=$(dirname "$dir")
+    done
+}
+
+pg_running() { [[ -f $PG_DATA/postmaster.pid ]] && as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; }
+
+start_postgres() {
+    if [[ -n ${CONSENTD_DATABASE_URL:-} ]]; then
+        say "using CONSENTD_DATABASE_URL; not starting PostgreSQL"
+        return
+    fi
+    mkdir -p "$PG_DATA"
+    open_path_for_postgres "$STATE"
+    chown postgres: "$PG_DATA"
+    chmod 700 "$PG_DATA"
+    if pg_running; then
+        say "PostgreSQL already running ($PG_DATA)"
+    else
+        if [[ ! -f $PG_DATA/PG_VERSION ]]; then
+            say "initdb $PG_DATA"
+            as_pg "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U consentd >"$STATE/pg-initdb.log" 2>&1 || {
+                tail_logs "$STATE/pg-initdb.log"
+                die "initdb failed"
+            }
+        fi
+        mkdir -p "$PG_SOCK"
+        chown postgres: "$PG_SOCK"
+        say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+        as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 30 \
+            -o "-k $PG_SOCK -p $PG_PORT -c listen_addresses=127.0.0.1" start >/dev/null || {
+            tail_logs "$PG_DATA/server.log"
+            die "PostgreSQL did not start (is port $PG_PORT taken by another checkout?)"
+        }
+    fi
+    if [[ -z $(psql_q postgres "SELECT 1 FROM pg_database WHERE datname = 'consentd'") ]]; then
+        psql_q postgres "CREATE DATABASE consentd" >/dev/null
+        say "created database consentd"
+    fi
+}
+
+psql_q() { "$PG_BIN/psql" -X -q -t -A -h 127.0.0.1 -p "$PG_PORT" -U consentd -d "$1" -c "$2"; }
+
+stop_postgres() {
+    if pg_running; then
+        say "stopping PostgreSQL"
+        as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 30 stop >/dev/null
+    fi
+    rm -rf "$PG_SOCK"
+}
+
+# --- consentd daemon ----------------------------------------------------------
+health_ok() { [[ $(curl -s -o /dev/null -w '%{http_code}' -m 2 "$HEALTH_URL") == 200 ]]; }
+
+start_consentd() {
+    local policies=$1 db_url=$2 i
+    if [[ ${CONSENTD_STACK_NO_DAEMON:-0} == 1 ]]; then
+        say "CONSENTD_STACK_NO_DAEMON=1: not starting consentd"
+        return
+    fi
+    [[ -x $REPO/.venv/bin/consentd ]] || die "$REPO/.venv/bin/consentd missing: run scripts/setup.sh"
+    if alive "$RUN/consentd.pid"; then
+        say "restarting consentd with $policies"
+        stop_consentd
+    fi
+    mkdir -p "$STATE/journal"
+    say "starting consentd --policies $policies"
+    CONSENTD_ASTERISK_ROOT=$ROOT CONSENTD_DATABASE_URL=$db_url \
+        CONSENTD_JOURNAL_DIR=$STATE/journal \
+        setsid "$REPO/.venv/bin/consentd" run --policies "$policies" \
+        >>"$STATE/consentd.log" 2>&1 </dev/null &
+    echo $! >"$RUN/consentd.pid"
+    for ((i = 0; i < 60; i++)); do
+        if ! alive "$RUN/consentd.pid"; then
+            tail_logs "$STATE/consentd.log"
+            die "consentd exited during start-up (log: $STATE/consentd.log)"
+        fi
+        if health_ok; then
+            say "consentd ready (pid $(<"$RUN/consentd.pid"))"
+            return
+        fi
+        sleep 0.5
+    done
+    tail_logs "$STATE/consentd.log"
+    die "consentd did not answer $HEALTH_URL within 30 s (still running, pid $(<"$RUN/consentd.pid"); 'scripts/stack.sh down' stops it)"
+}
+
+stop_consentd() {
+    if alive "$RUN/consentd.pid"; then
+        say "stopping consentd"
+        stop_pid "$(<"$RUN/consentd.pid")" 15 # SIGTERM lets calls finish their ledger writes
+    fi
+    rm -f "$RUN/consentd.pid"
+}
+
+# --- commands -----------------------------------------------------------------
+cmd_up() {
+    local policies=${1:-$REPO/examples/policies.yaml}
+    [[ -f $policies ]] || die "policies file not found: $policies"
+    policies=$(realpath "$policies")
+    [[ $EUID -eq 0 ]] || die "must run as root (chroot, mount, runuser)"
+    if [[ ! -f $ROOT/.consentd-root-stamp || ! -x $REPO/.venv/bin/python || ! -d $REPO/.cache/sounds ]]; then
+        "$REPO/scripts/setup.sh"
+    fi
+    mkdir -p "$RUN"
+    local started=$SECONDS
+    start_asterisk
+    start_postgres
+    local db_url=${CONSENTD_DATABASE_URL:-$DEFAULT_DB_URL}
+    start_consentd "$policies" "$db_url"
+    cat <<EOF
+==> stack up in $((SECONDS - started)) s
+    SIP        udp 127.0.0.1:5060 (callers: context inbound; agents: 127.0.0.1:5071-5073)
+    ARI        $ARI_URL (app consentd, user consentd/consentd)
+    AMI        127.0.0.1:5038 (user consentd/consentd)
+    database   $db_url
+    consentd   http://127.0.0.1:8090$([[ ${CONSENTD_STACK_NO_DAEMON:-0} == 1 ]] && echo " (not started)")
+    recordings $ROOT/var/spool/asterisk/monitor
+    logs       $STATE/consentd.log, $ROOT/var/log/asterisk/messages
+EOF
+}
+
+cmd_down() {
+    stop_consentd
+    stop_asterisk
+    stop_postgres
+    say "stack down"
+}
+
+cmd_status() {
+    if alive "$RUN/asterisk.pid"; then
+        echo "asterisk   running (pid $(<"$RUN/asterisk.pid"))$(ari_answers && echo ", ARI answers")"
+    else
+        echo "asterisk   stopped"
+    fi
+    if [[ -n ${CONSENTD_DATABASE_URL:-} ]]; then
+        echo "postgres   external: $CONSENTD_DATABASE_URL"
+    elif pg_running; then
+        echo "postgres   running ($DEFAULT_DB_URL)"
+    else
+        echo "postgres   stopped"
+    fi
+    if alive "$RUN/consentd.pid"; then
+        echo "consentd   running (pid $(<"$RUN/consentd.pid"))$(health_ok && echo ", healthz 200")"
+    else
+        echo "consentd   stopped"
+    fi
+    if mountpoint -q "$ROOT/proc" 2>/dev/null; then echo "mount      $ROOT/proc"; fi
+}
+
+case ${1:-} in
+up) shift; cmd_up "$@" ;;
+down) cmd_down ;;
+status) cmd_status ;;
+*) echo "usage: $0 up [POLICIES_FILE] | down | status" >&2; exit 2 ;;
+esac

@@ -35,7 +35,7 @@ from consentd.settings import Settings
 
 async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: float = 5.0) -> None:
     log = structlog.get_logger("consentd")
-    greetings = GreetingLibrary.install(book, settings.on_host(settings.sounds_dir))
+    greetings = GreetingLibrary.install(book, settings.sounds_dir, settings.asterisk_root)
     store = PostgresLedger(settings.database_url)
     try:
         await store.connect()

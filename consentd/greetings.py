@@ -19,13 +19,16 @@ CUSTOM_DIR = "consentd-custom"
 
 
 class GreetingLibrary:
-    def __init__(self, custom: dict[Path, Media]) -> None:
+    """Media URIs are absolute paths as Asterisk sees them: no reliance on astdatadir."""
+
+    def __init__(self, sounds_dir: str, custom: dict[Path, Media]) -> None:
+        self._sounds_dir = PurePosixPath(sounds_dir)
         self._custom = custom
 
     @classmethod
-    def install(cls, book: PolicyBook, sounds_dir_on_host: Path) -> GreetingLibrary:
+    def install(cls, book: PolicyBook, sounds_dir: str, asterisk_root: Path) -> GreetingLibrary:
         """Copy every custom greeting of ``book`` into Asterisk's sounds directory."""
-        target_dir = sounds_dir_on_host / CUSTOM_DIR
+        target_dir = asterisk_root / sounds_dir.lstrip("/") / CUSTOM_DIR
         custom: dict[Path, Media] = {}
         for source in sorted(book.custom_greeting_files()):
             digest = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -37,12 +40,12 @@ class GreetingLibrary:
                 shutil.copyfile(source, tmp)
                 tmp.replace(target)
             custom[source] = Media(
-                uri=f"sound:{PurePosixPath(CUSTOM_DIR, name)}",
+                uri=f"sound:{PurePosixPath(sounds_dir, CUSTOM_DIR, name)}",
                 language="",
                 source=str(source),
                 sha256=digest,
             )
-        return cls(custom)
+        return cls(sounds_dir, custom)
 
     def consent_greeting(self, policy: NumberPolicy) -> Media | None:
         kind = policy.greeting_kind
@@ -55,4 +58,5 @@ class GreetingLibrary:
         if path is not None:
             installed = self._custom[path]
             return Media(installed.uri, policy.language, installed.source, installed.sha256)
-        return Media(uri=f"sound:consentd/{kind.value}", language=policy.language, source="bundled")
+        bundled = self._sounds_dir / policy.language / "consentd" / kind.value
+        return Media(uri=f"sound:{bundled}", language=policy.language, source="bundled")

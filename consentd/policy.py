@@ -143,7 +143,7 @@ def _e164_key(value: Any) -> Any:
         raise ValueError(
             f'number {value} was read as an integer; quote it with its leading +, e.g. "+{value}"'
         )
-    if not isinstance(value, str) or not E164_PATTERN.match(value):
+    if not isinstance(value, str) or not E164_PATTERN.fullmatch(value):
         raise ValueError(f"number {value!r} is not E.164 (expected + and 2-15 digits)")
     return value
 

@@ -45,6 +45,3 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
-
-    def on_host(self, asterisk_path: str) -> Path:
-        return self.asterisk_root / asterisk_path.lstrip("/")

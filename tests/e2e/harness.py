@@ -1,0 +1,121 @@
+"""Helpers for end-to-end tests: drive the real stack and read what it left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import struct
+import subprocess
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+REPO = Path(__file__).resolve().parents[2]
+ROOT = REPO / ".cache" / "asterisk-root"
+STACK = REPO / "scripts" / "stack.sh"
+SCENARIO = REPO / "sipp-scenarios" / "caller.xml"
+DATABASE_URL = os.environ.get(
+    "CONSENTD_DATABASE_URL", "postgresql://consentd@127.0.0.1:55432/consentd"
+)
+
+POLICIES = """\
+default: {recording: never}
+numbers:
+  "+4930100001": {recording: always}
+  "+4930100002": {recording: opt_in, language: de}
+  "+4930100003": {recording: opt_out}
+  "+4930100004": {recording: never}
+  "+4930100005": {recording: always, line: digital}
+  "+4930100006": {recording: opt_out, keep_partial_on_opt_out: true}
+  "+4930100007": {recording: opt_in}
+  "+4930100008": {recording: opt_in, greetings: {opt_in: custom-opt-in.wav}}
+"""
+
+
+@dataclass(frozen=True)
+class Stack:
+    root: Path
+    policies: Path
+    custom_greeting: Path
+
+    def host_path(self, asterisk_path: str) -> Path:
+        return self.root / asterisk_path.lstrip("/")
+
+    def greeting_seconds(self, language: str, kind: str = "opt_in") -> float:
+        return wav_seconds(self.root / f"var/lib/asterisk/sounds/{language}/consentd/{kind}.wav")
+
+    def restart_daemon(self) -> None:
+        stack_command("up", str(self.policies))
+
+    def stop_daemon(self) -> None:
+        pid_file = REPO / ".state" / "run" / "consentd.pid"
+        pid = int(pid_file.read_text())
+        subprocess.run(["kill", "-TERM", str(pid)], check=True)
+        for _ in range(150):
+            if not Path(f"/proc/{pid}").exists():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"consentd (pid {pid}) did not stop within 15 s")
+
+
+def stack_command(*args: str) -> None:
+    result = subprocess.run(
+        [str(STACK), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"scripts/stack.sh {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
+
+
+def wav_seconds(path: Path) -> float:
+    with wave.open(str(path), "rb") as wav:
+        return wav.getnframes() / wav.getframerate()
+
+
+def write_tone(path: Path, seconds: float, freq: float = 660.0) -> None:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        frames = b"".join(
+            struct.pack("<h", int(8000 * math.sin(2 * math.pi * freq * i / 8000)))
+            for i in range(int(seconds * 8000))
+        )
+        wav.writeframes(frames)
+
+
+def consentd_calls(limit: int = 200) -> list[dict[str, Any]]:
+    """The call details exactly as an operator gets them: the real CLI, no flags."""
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "consentd"), "calls", "--json", "--limit", str(limit)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    calls: list[dict[str, Any]] = json.loads(result.stdout)
+    return calls
+
+
+async def _ledger_rows(call_id: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        rows = await conn.fetch(
+            "SELECT seq, kind, occurred_at, data::text AS data FROM call_events"
+            " WHERE call_id = $1 ORDER BY seq",
+            call_id,
+        )
+    finally:
+        await conn.close()
+    return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+
+def ledger_rows(call_id: str) -> list[dict[str, Any]]:
+    return asyncio.run(_ledger_rows(call_id))

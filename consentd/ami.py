@@ -74,6 +74,11 @@ class AmiClient:
         writer = self._writer
         if writer is None or not self.connected.is_set():
             raise AmiUnavailable(f"{action}: not connected to AMI")
+        return await self._exchange(writer, action, fields)
+
+    async def _exchange(
+        self, writer: asyncio.StreamWriter, action: str, fields: dict[str, str]
+    ) -> Message:
         action_id = f"consentd-{next(self._ids)}"
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[action_id] = future
@@ -111,13 +116,14 @@ class AmiClient:
                 raise AmiError(f"unexpected AMI banner {banner[:60]!r}")
             reading = asyncio.create_task(self._read(reader))
             try:
-                self.connected.set()  # so that Login itself can be sent
                 try:
-                    await self.send("Login", **self._login)
+                    # Not via send(): nothing else may use the connection before login.
+                    await self._exchange(writer, "Login", self._login)
                 except AmiError as exc:
                     raise AmiError(
                         f"AMI login as {self._login['Username']!r} failed: {exc}"
                     ) from None
+                self.connected.set()
                 self._log.info("ami_connected", host=self._addr[0], port=self._addr[1])
                 await self._keepalive(reading)
             finally:
@@ -135,6 +141,13 @@ class AmiClient:
         reading.result()
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            await self._read_messages(reader)
+        finally:
+            # Fail waiting actions now, even while the session itself awaits one (Login, Ping).
+            self._fail_pending()
+
+    async def _read_messages(self, reader: asyncio.StreamReader) -> None:
         while True:
             block = await reader.readuntil(b"\r\n\r\n")
             message = decode(block)
@@ -151,12 +164,15 @@ class AmiClient:
         was_connected = self.connected.is_set()
         self.connected.clear()
         self._writer = None
+        self._fail_pending()
+        if was_connected:
+            self._log.warning("ami_disconnected")
+
+    def _fail_pending(self) -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(AmiUnavailable("AMI connection lost"))
         self._pending.clear()
-        if was_connected:
-            self._log.warning("ami_disconnected")
 
 
 class Recorder:

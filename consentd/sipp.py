@@ -8,12 +8,55 @@ one's exit status tells whether its SIP dialogue completed.
 from __future__ import annotations
 
 import asyncio
+import struct
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-KEYS = ("3", "1", "none")
+SIPP_PCAPS = Path("/usr/share/sip-tester")
+KEYS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "none")
+_LINK_HEADER = {1: 14, 113: 16}  # Ethernet, Linux cooked capture
+
+
+def dtmf_pcap(digit: str, press: int = 0, cache_dir: Path | None = None) -> Path:
+    """The RFC 2833 pcap for ``digit``; for press > 0 a copy with later RTP stamps.
+
+    Asterisk takes a telephone-event with the same RTP timestamp as a repeat of
+    the last one, so pressing the same digit twice needs a re-stamped copy.
+    """
+    source = SIPP_PCAPS / f"dtmf_2833_{digit}.pcap"
+    if press == 0:
+        return source
+    directory = cache_dir or Path(tempfile.gettempdir()) / "consentd-sipp"
+    target = directory / f"dtmf_2833_{digit}_press{press}.pcap"
+    if not target.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        data = restamp_rtp(source.read_bytes(), seq_offset=1000 * press, ts_offset=80_000 * press)
+        tmp = target.with_suffix(f".tmp{id(data)}")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return target
+
+
+def restamp_rtp(pcap: bytes, *, seq_offset: int, ts_offset: int) -> bytes:
+    """Shift RTP sequence numbers and timestamps of every UDP packet in a pcap."""
+    magic, _, _, _, _, _, linktype = struct.unpack("<IHHiIII", pcap[:24])
+    if magic != 0xA1B2C3D4 or linktype not in _LINK_HEADER:
+        raise ValueError(f"unsupported pcap (magic {magic:#x}, link type {linktype})")
+    out = bytearray(pcap)
+    offset = 24
+    while offset + 16 <= len(out):
+        captured = struct.unpack_from("<I", out, offset + 8)[0]
+        ip = offset + 16 + _LINK_HEADER[linktype]
+        rtp = ip + (out[ip] & 0x0F) * 4 + 8  # IPv4 header, then UDP header
+        seq, stamp = struct.unpack_from(">HI", out, rtp + 2)
+        struct.pack_into(
+            ">HI", out, rtp + 2, (seq + seq_offset) & 0xFFFF, (stamp + ts_offset) & 0xFFFFFFFF
+        )
+        offset += 16 + captured
+    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -64,10 +107,9 @@ async def place_call(
         "sipp", pbx, "-sf", str(scenario), "-s", plan.did, "-m", "1",
         "-i", "127.0.0.1", "-p", str(sip_port), "-mp", str(media_port),
         "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
-        "-set", "caller", plan.caller,
-        "-set", "wait1", str(plan.wait1_ms), "-set", "key1", plan.key1,
-        "-set", "wait2", str(plan.wait2_ms), "-set", "key2", plan.key2,
-        "-set", "talk", str(plan.talk_ms),
+        "-set", "caller", plan.caller, "-set", "talk", str(plan.talk_ms),
+        *_press_args(1, plan.wait1_ms, plan.key1, 0),
+        *_press_args(2, plan.wait2_ms, plan.key2, int(plan.key2 == plan.key1)),
     ]  # fmt: skip
     started = time.time()
     proc = await asyncio.create_subprocess_exec(
@@ -83,6 +125,22 @@ async def place_call(
         out, _ = await proc.communicate()
     assert proc.returncode is not None
     return CallResult(plan, proc.returncode, started, time.time(), out.decode(errors="replace"))
+
+
+def _press_args(n: int, wait_ms: int, key: str, repeat: int) -> list[str]:
+    pcap = dtmf_pcap("3" if key == "none" else key, repeat)
+    pressed = "0" if key == "none" else "1"
+    return [
+        "-set",
+        f"wait{n}",
+        str(wait_ms),
+        "-set",
+        f"press{n}",
+        pressed,
+        "-key",
+        f"pcap{n}",
+        str(pcap),
+    ]
 
 
 async def place_calls(

@@ -8,8 +8,9 @@
 #
 # Environment:
 #   CONSENTD_DATABASE_URL=...     use this database; no cluster is started
-#   CONSENTD_STACK_NO_DAEMON=1    start Asterisk and PostgreSQL only (for tests
-#                                 that start the daemon themselves)
+#   CONSENTD_STACK_NO_DAEMON=1    start Asterisk and PostgreSQL only, and stop a
+#                                 daemon left running (for tests that start
+#                                 the daemon themselves)
 #
 # "up" when already up leaves Asterisk and PostgreSQL running and restarts
 # the daemon, so that a new POLICIES_FILE takes effect.
@@ -211,6 +212,9 @@ health_ok() { [[ $(curl -s -o /dev/null -w '%{http_code}' -m 2 "$HEALTH_URL") ==
 start_consentd() {
     local policies=$1 db_url=$2 i
     if [[ ${CONSENTD_STACK_NO_DAEMON:-0} == 1 ]]; then
+        # A daemon left from an earlier "up" would take the calls (and port
+        # 8090) from the test's own daemon.
+        stop_consentd
         say "CONSENTD_STACK_NO_DAEMON=1: not starting consentd"
         return
     fi

@@ -232,4 +232,3 @@ def wav() -> Callable[..., Path]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-

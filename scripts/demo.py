@@ -1,0 +1,107 @@
+"""make demo: bring the stack up, place one real SIP call per policy (with and
+without key 3), print the call details, and bring the stack down again."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+from consentd.cli import render_table
+from consentd.sipp import CallPlan, place_calls
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / ".cache" / "asterisk-root"
+POLICIES = REPO / "examples" / "policies.yaml"
+
+
+def greeting_ms(language: str, kind: str) -> int:
+    path = ROOT / f"var/lib/asterisk/sounds/{language}/consentd/{kind}.wav"
+    with wave.open(str(path), "rb") as wav:
+        return int(1000 * wav.getnframes() / wav.getframerate())
+
+
+def plans() -> list[tuple[CallPlan, str, str | None]]:
+    """(call, policy expected, consent action expected)."""
+    opt_in = greeting_ms("de", "opt_in") + 1000
+    opt_out = greeting_ms("en", "opt_out") + 1000
+    return [
+        (CallPlan("+4930100001", "+4915100000101", talk_ms=4000), "always", None),
+        (CallPlan("+4930100001", "+4915100000102", 2000, "3", talk_ms=2000), "always", None),
+        (CallPlan("+4930100002", "+4915100000103", talk_ms=opt_in + 2000), "opt_in", None),
+        (
+            CallPlan("+4930100002", "+4915100000104", opt_in, "3", talk_ms=3000),
+            "opt_in",
+            "caller_opted_in",
+        ),
+        (CallPlan("+4930100003", "+4915100000105", talk_ms=opt_out + 2000), "opt_out", None),
+        (
+            CallPlan("+4930100003", "+4915100000106", opt_out, "3", talk_ms=3000),
+            "opt_out",
+            "caller_opted_out",
+        ),
+        (CallPlan("+4930100004", "+4915100000107", talk_ms=3000), "never", None),
+        (CallPlan("+4930100004", "+4915100000108", 1500, "3", talk_ms=1500), "never", None),
+        (CallPlan("+4930100005", "+4915100000109", talk_ms=3000), "always", None),
+    ]
+
+
+def stack(*args: str) -> None:
+    subprocess.run([str(REPO / "scripts" / "stack.sh"), *args], check=True, stdin=subprocess.DEVNULL)
+
+
+def fetch_calls() -> list[dict[str, object]]:
+    import json
+
+    out = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "consentd"), "calls", "--json", "--limit", "100"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    calls: list[dict[str, object]] = json.loads(out)
+    return calls
+
+
+def main() -> int:
+    started = time.monotonic()
+    stack("up", str(POLICIES))
+    try:
+        cases = plans()
+        longest = max(p.duration_s for p, _, _ in cases)
+        print(f"==> placing {len(cases)} SIP calls at once (about {longest:.0f} s) ...", flush=True)
+        results = asyncio.run(
+            place_calls([p for p, _, _ in cases], REPO / "sipp-scenarios" / "caller.xml")
+        )
+        callers = {p.caller for p, _, _ in cases}
+        for _ in range(30):
+            calls = [c for c in fetch_calls() if c["caller"] in callers and c["ended_at"]]
+            if len(calls) == len(cases):
+                break
+            time.sleep(0.5)
+        print(render_table(calls))
+        by_caller = {c["caller"]: c for c in calls}
+        problems = [f"SIPp call from {r.plan.caller} failed" for r in results if not r.ok]
+        for plan, policy, action in cases:
+            got = by_caller.get(plan.caller)
+            if got is None:
+                problems.append(f"no call details for {plan.caller}")
+            elif (got["call_recording_consent"], got["call_recording_consent_action"]) != (
+                policy,
+                action,
+            ):
+                problems.append(f"{plan.caller}: expected {policy}/{action}, got {got}")
+        for problem in problems:
+            print(f"demo: {problem}", file=sys.stderr)
+        verdict = "as expected" if not problems else f"{len(problems)} problem(s)"
+        print(f"==> {len(cases)} calls, {verdict}, in {time.monotonic() - started:.0f} s")
+        return 1 if problems else 0
+    finally:
+        stack("down")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""The AMI client against a fake Asterisk manager: answers, refusals, silence and drops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from consentd.ami import AmiClient, AmiError, AmiUnavailable, Recorder
+
+BANNER = b"Asterisk Call Manager/9.0.0\r\n"
+
+
+def parse(block: bytes) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in block.decode().split("\r\n"):
+        key, sep, value = line.partition(": ")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+def message(**fields: str) -> bytes:
+    return ("".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n").encode()
+
+
+class FakeAmi:
+    """Answers each action by its ActionID, the way it is told to for that action name.
+
+    ``behaviour[action]`` is "success", "error", "silent" (never answers) or
+    "drop" (closes the connection instead of answering).
+    """
+
+    def __init__(self, secret: str = "secret", login_delay: float = 0.0) -> None:
+        self.secret = secret
+        self.login_delay = login_delay
+        self.logins_to_drop = 0
+        self.behaviour: dict[str, str] = {}
+        self.received: list[dict[str, str]] = []
+        self.connections: list[asyncio.StreamWriter] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    def count(self, action: str) -> int:
+        return sum(1 for m in self.received if m.get("Action") == action)
+
+    async def __aenter__(self) -> FakeAmi:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Asterisk goes away: no more connections, and the open ones are closed."""
+        assert self._server is not None
+        self._server.close()
+        for writer in self.connections:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def send_event(self, **fields: str) -> None:
+        for writer in self.connections:
+            if not writer.is_closing():
+                writer.write(message(**fields))
+                await writer.drain()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(writer)
+        writer.write(BANNER)
+        try:
+            while True:
+                request = parse(await reader.readuntil(b"\r\n\r\n"))
+                self.received.append(request)
+                if not await self._answer(request, writer):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, request: dict[str, str], writer: asyncio.StreamWriter) -> bool:
+        action, action_id = request.get("Action", ""), request.get("ActionID", "")
+        if action == "Login":
+            if self.logins_to_drop:
+                self.logins_to_drop -= 1
+                return False
+            await asyncio.sleep(self.login_delay)
+            if request.get("Secret") == self.secret:
+                writer.write(
+                    message(
+                        Response="Success", ActionID=action_id, Message="Authentication accepted"
+                    )
+                )
+            else:
+                writer.write(
+                    message(Response="Error", ActionID=action_id, Message="Authentication failed")
+                )
+            return True
+        how = self.behaviour.get(action, "success")
+        if how == "drop":
+            return False
+        if how == "error":
+            writer.write(message(Response="Error", ActionID=action_id, Message="No such channel"))
+        elif how == "success":
+            writer.write(message(Response="Success", ActionID=action_id, Message="Done"))
+        return True
+
+
+@pytest.fixture
+async def ami() -> AsyncIterator[FakeAmi]:
+    async with FakeAmi() as server:
+        yield server
+
+
+@asynccontextmanager
+async def client_of(
+    server: FakeAmi, *, secret: str = "secret", wait: bool = True, **options: Any
+) -> AsyncIterator[AmiClient]:
+    options.setdefault("action_timeout", 0.3)
+    options.setdefault("ping_interval", 30.0)
+    client = AmiClient("127.0.0.1", server.port, "consentd", secret, **options)
+    task = asyncio.create_task(client.run(min_backoff=0.01, max_backoff=0.05))
+    try:
+        if wait:
+            await asyncio.wait_for(client.connected.wait(), 1.0)
+        yield client
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(condition: Any, timeout: float = 1.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_client_logs_in_with_its_credentials_and_event_mask(ami: FakeAmi) -> None:
+    async with client_of(ami, events="call"):
+        login = ami.received[0]
+
+    assert login["Action"] == "Login"
+    assert login["Username"] == "consentd"
+    assert login["Secret"] == "secret"
+    assert login["Events"] == "call"
+
+
+async def test_action_gets_its_own_response(ami: FakeAmi) -> None:
+    async with client_of(ami) as client:
+        response = await client.send("Ping")
+
+    assert response["Response"] == "Success"
+    assert response["ActionID"] == ami.received[-1]["ActionID"]
+
+
+async def test_refused_action_raises_ami_error_with_asterisks_message(ami: FakeAmi) -> None:
+    ami.behaviour["MixMonitor"] = "error"
+    async with client_of(ami) as client:
+        with pytest.raises(AmiError) as caught:
+            await client.send("MixMonitor", Channel="PJSIP/alice-00000001", File="/tmp/x.wav")
+
+    assert not isinstance(caught.value, AmiUnavailable)
+    assert str(caught.value) == "MixMonitor: No such channel"
+
+
+async def test_unanswered_action_raises_ami_unavailable_after_the_timeout(ami: FakeAmi) -> None:
+    ami.behaviour["MixMonitor"] = "silent"
+    async with client_of(ami, action_timeout=0.2) as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(AmiUnavailable) as caught:
+            await client.send("MixMonitor", Channel="PJSIP/alice-00000001", File="/tmp/x.wav")
+        waited = loop.time() - started
+
+    assert str(caught.value) == "MixMonitor: no answer within 0.2s"
+    assert 0.15 <= waited < 0.5
+
+
+async def test_dropped_connection_fails_the_pending_action_at_once_and_never_resends_it(
+    ami: FakeAmi,
+) -> None:
+    ami.behaviour["MixMonitor"] = "drop"
+    async with client_of(ami, action_timeout=2.0) as client:
+        with pytest.raises(AmiUnavailable) as caught:
+            # Far less than the action timeout: the drop itself must fail the action.
+            await asyncio.wait_for(
+                client.send("MixMonitor", Channel="PJSIP/alice-00000001", File="/tmp/x.wav"),
+                0.5,
+            )
+        assert str(caught.value) == "AMI connection lost"
+
+        await until(lambda: ami.count("Login") == 2 and client.connected.is_set())
+        await asyncio.sleep(0.1)
+        assert ami.count("MixMonitor") == 1
+
+        ami.behaviour["MixMonitor"] = "success"
+        response = await client.send("MixMonitor", Channel="PJSIP/alice-00000001", File="/b.wav")
+
+    assert response["Response"] == "Success"
+    assert ami.count("MixMonitor") == 2
+
+
+async def test_drop_while_a_ping_is_in_flight_fails_pending_actions_at_once(
+    ami: FakeAmi,
+) -> None:
+    ami.behaviour["MixMonitor"] = "silent"
+    ami.behaviour["Ping"] = "drop"
+    async with client_of(ami, action_timeout=2.0, ping_interval=0.1) as client:
+        with pytest.raises(AmiUnavailable) as caught:
+            await asyncio.wait_for(
+                client.send("MixMonitor", Channel="PJSIP/alice-00000001", File="/tmp/x.wav"),
+                0.6,
+            )
+
+    assert str(caught.value) == "AMI connection lost"
+    assert ami.count("MixMonitor") == 1
+
+
+async def test_drop_during_login_is_retried_without_waiting_for_the_action_timeout(
+    ami: FakeAmi,
+) -> None:
+    ami.logins_to_drop = 1
+    async with client_of(ami, action_timeout=2.0, wait=False) as client:
+        await asyncio.wait_for(client.connected.wait(), 0.6)
+
+    assert ami.count("Login") == 2
+
+
+async def test_sending_while_disconnected_fails_at_once() -> None:
+    client = AmiClient("127.0.0.1", 9, "consentd", "secret", action_timeout=5.0)
+
+    with pytest.raises(AmiUnavailable) as caught:
+        await asyncio.wait_for(client.send("MixMonitor", Channel="PJSIP/a", File="/a.wav"), 0.1)
+
+    assert str(caught.value) == "MixMonitor: not connected to AMI"
+
+
+async def test_sending_after_the_server_went_away_fails_at_once(ami: FakeAmi) -> None:
+    async with client_of(ami, action_timeout=5.0) as client:
+        await ami.stop()
+        await until(lambda: not client.connected.is_set())
+
+        with pytest.raises(AmiUnavailable):
+            await asyncio.wait_for(client.send("Ping"), 0.1)
+
+
+async def test_events_are_delivered_to_every_handler(ami: FakeAmi) -> None:
+    seen: list[dict[str, str]] = []
+    also: list[str] = []
+    async with client_of(ami) as client:
+        client.on_event(seen.append)
+        client.on_event(lambda m: also.append(m["Event"]))
+        await ami.send_event(Event="MixMonitorStart", Channel="PJSIP/alice-00000001")
+        await until(lambda: len(seen) == 1)
+
+    assert seen == [{"Event": "MixMonitorStart", "Channel": "PJSIP/alice-00000001"}]
+    assert also == ["MixMonitorStart"]
+
+
+async def test_bad_login_keeps_retrying_and_never_counts_as_connected(ami: FakeAmi) -> None:
+    async with client_of(ami, secret="wrong", wait=False) as client:
+        states = []
+        while ami.count("Login") < 3:
+            states.append(client.connected.is_set())
+            await asyncio.sleep(0.005)
+
+        assert not any(states)
+        with pytest.raises(AmiUnavailable):
+            await client.send("Ping")
+
+
+async def test_client_is_not_connected_until_login_is_accepted(ami: FakeAmi) -> None:
+    ami.login_delay = 0.2
+    async with client_of(ami, wait=False) as client:
+        await until(lambda: ami.count("Login") == 1)
+
+        assert not client.connected.is_set()
+        with pytest.raises(AmiUnavailable):
+            await client.send("MixMonitor", Channel="PJSIP/a", File="/a.wav")
+
+        await asyncio.wait_for(client.connected.wait(), 1.0)
+    assert ami.count("MixMonitor") == 0
+
+
+async def test_silent_server_is_noticed_by_the_ping_and_reconnected(ami: FakeAmi) -> None:
+    ami.behaviour["Ping"] = "silent"
+    async with client_of(ami, ping_interval=0.05, action_timeout=0.1):
+        await until(lambda: ami.count("Login") >= 2)
+
+    assert ami.count("Ping") >= 1
+
+
+async def test_unexpected_banner_is_refused_and_retried() -> None:
+    attempts = 0
+
+    async def not_asterisk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_asterisk, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = AmiClient("127.0.0.1", port, "consentd", "secret")
+    task = asyncio.create_task(client.run(min_backoff=0.01, max_backoff=0.02))
+    try:
+        await until(lambda: attempts >= 2)
+        assert not client.connected.is_set()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        server.close()
+        await server.wait_closed()
+
+
+# ---------------------------------------------------------------- Recorder
+
+
+async def test_recorder_start_sends_mixmonitor_with_channel_and_file(ami: FakeAmi) -> None:
+    async with client_of(ami) as client:
+        await Recorder(client).start("PJSIP/alice-00000001", "/var/spool/monitor/a-1.wav")
+
+    sent = ami.received[-1]
+    assert sent["Action"] == "MixMonitor"
+    assert sent["Channel"] == "PJSIP/alice-00000001"
+    assert sent["File"] == "/var/spool/monitor/a-1.wav"
+    assert "Options" not in sent
+
+
+async def test_recorder_start_passes_options_when_given(ami: FakeAmi) -> None:
+    async with client_of(ami) as client:
+        await Recorder(client).start("PJSIP/alice-00000001", "/a.wav", options="b")
+
+    assert ami.received[-1]["Options"] == "b"
+
+
+async def test_recorder_stop_sends_stopmixmonitor_for_the_channel(ami: FakeAmi) -> None:
+    async with client_of(ami) as client:
+        await Recorder(client).stop("PJSIP/alice-00000001")
+
+    assert ami.received[-1]["Action"] == "StopMixMonitor"
+    assert ami.received[-1]["Channel"] == "PJSIP/alice-00000001"
+
+
+async def test_recorder_mute_sends_the_direction_and_state(ami: FakeAmi) -> None:
+    async with client_of(ami) as client:
+        await Recorder(client).mute("PJSIP/alice-00000001", True, direction="read")
+
+    sent = ami.received[-1]
+    assert (sent["Action"], sent["Direction"], sent["State"]) == ("MixMonitorMute", "read", "1")
+
+
+async def test_recorder_reports_a_refused_start_as_ami_error(ami: FakeAmi) -> None:
+    ami.behaviour["MixMonitor"] = "error"
+    async with client_of(ami) as client:
+        recorder = Recorder(client)
+        assert recorder.connected is True
+        with pytest.raises(AmiError, match="MixMonitor: No such channel"):
+            await recorder.start("PJSIP/gone-00000009", "/a.wav")

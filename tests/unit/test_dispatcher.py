@@ -1,0 +1,558 @@
+"""ARI events in, Asterisk commands and ledger events out: the dispatcher and call runners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from consentd.ami import AmiUnavailable, Recorder
+from consentd.ari import CONNECTED, AriClient, AriNotFound
+from consentd.call_model import Media
+from consentd.dispatcher import Dispatcher, NodeConfig, clean_caller, parse_ari_time
+from consentd.greetings import GreetingLibrary
+from consentd.journal import Journal
+from consentd.ledger import LedgerEvent, LedgerWriter, MemoryLedger
+from consentd.policy import PolicyBook, load_policies
+from consentd.runner import Ports
+
+POLICIES = """\
+default: {recording: never}
+numbers:
+  "+4930100001": {recording: always}
+  "+4930100002": {recording: opt_in, language: de}
+  "+4930100003": {recording: opt_out}
+  "+4930100004": {recording: never}
+  "+4930100006": {recording: opt_out, keep_partial_on_opt_out: true}
+"""
+SOUNDS = "/var/lib/asterisk/sounds"
+MONITOR = "/var/spool/asterisk/monitor"
+CALLER = "+4917612345678"
+T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- recorded-shaped ARI events
+
+
+def channel(channel_id: str, did: str = "", caller: str = CALLER) -> dict[str, Any]:
+    return {
+        "id": channel_id,
+        "name": f"PJSIP/trunk-{channel_id[-8:]}",
+        "state": "Ring",
+        "caller": {"name": "", "number": caller},
+        "connected": {"name": "", "number": ""},
+        "accountcode": "",
+        "dialplan": {
+            "context": "from-trunk",
+            "exten": did,
+            "priority": 3,
+            "app_name": "Stasis",
+            "app_data": "consentd",
+        },
+        "creationtime": "2026-11-29T16:00:00.000+0000",
+        "language": "en",
+    }
+
+
+def stasis_start(
+    channel_id: str, did: str, *, caller: str = CALLER, args: list[str] | None = None
+) -> dict[str, Any]:
+    return {
+        "type": "StasisStart",
+        "timestamp": "2026-11-29T16:00:00.000+0000",
+        "args": args or [],
+        "channel": channel(channel_id, did, caller),
+        "asterisk_id": "02:42:ac:11:00:02",
+        "application": "consentd",
+    }
+
+
+def dtmf(channel_id: str, digit: str, timestamp: str = "2026-11-29T16:00:01.500+0000") -> dict:
+    return {
+        "type": "ChannelDtmfReceived",
+        "timestamp": timestamp,
+        "digit": digit,
+        "duration_ms": 100,
+        "channel": channel(channel_id),
+        "asterisk_id": "02:42:ac:11:00:02",
+        "application": "consentd",
+    }
+
+
+def playback_finished(channel_id: str, playback_id: str, state: str = "done") -> dict[str, Any]:
+    return {
+        "type": "PlaybackFinished",
+        "timestamp": "2026-11-29T16:00:06.000+0000",
+        "playback": {
+            "id": playback_id,
+            "media_uri": "sound:consentd/opt_in",
+            "target_uri": f"channel:{channel_id}",
+            "language": "de",
+            "state": state,
+        },
+        "asterisk_id": "02:42:ac:11:00:02",
+        "application": "consentd",
+    }
+
+
+def stasis_end(channel_id: str, timestamp: str = "2026-11-29T16:00:30.000+0000") -> dict:
+    return {
+        "type": "StasisEnd",
+        "timestamp": timestamp,
+        "channel": channel(channel_id),
+        "asterisk_id": "02:42:ac:11:00:02",
+        "application": "consentd",
+    }
+
+
+# ---------------------------------------------------------------- fakes
+
+
+class FakeAri:
+    """Records what consentd asks of Asterisk over ARI."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, ...]] = []
+        self.live_channels: list[dict[str, Any]] = []
+        self.playbacks: set[str] = set()
+        self.failing: dict[str, Exception] = {}
+
+    def _record(self, *request: str) -> None:
+        self.requests.append(request)
+        if request[0] in self.failing:
+            raise self.failing[request[0]]
+
+    def of(self, kind: str) -> list[tuple[str, ...]]:
+        return [r for r in self.requests if r[0] == kind]
+
+    async def answer(self, channel_id: str) -> None:
+        self._record("answer", channel_id)
+
+    async def play(self, channel_id: str, playback_id: str, media: str, lang: str) -> None:
+        self._record("play", channel_id, playback_id, media, lang)
+        self.playbacks.add(playback_id)
+
+    async def stop_playback(self, playback_id: str) -> None:
+        self._record("stop_playback", playback_id)
+        self.playbacks.discard(playback_id)
+
+    async def start_silence(self, channel_id: str) -> None:
+        self._record("start_silence", channel_id)
+
+    async def channels(self) -> list[dict[str, Any]]:
+        self._record("channels")
+        return self.live_channels
+
+    async def playback_exists(self, playback_id: str) -> bool:
+        self._record("playback_exists", playback_id)
+        return playback_id in self.playbacks
+
+
+class FakeRecorder:
+    """MixMonitor stand-in: a started recording appears as a file under the Asterisk root."""
+
+    def __init__(self, asterisk_root: Path) -> None:
+        self.root = asterisk_root
+        self.requests: list[tuple[str, ...]] = []
+        self.failing: Exception | None = None
+
+    def host_path(self, file: str) -> Path:
+        return self.root / file.lstrip("/")
+
+    async def start(self, channel: str, file: str, options: str = "") -> None:
+        self.requests.append(("start", channel, file))
+        if self.failing is not None:
+            raise self.failing
+        path = self.host_path(file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"RIFF....WAVE")
+
+    async def stop(self, channel: str) -> None:
+        self.requests.append(("stop", channel))
+
+
+class Node:
+    """One PBX node: a dispatcher wired to fakes, a memory ledger and a fake clock."""
+
+    def __init__(self, root: Path, book: PolicyBook) -> None:
+        self.root = root
+        self.ari = FakeAri()
+        self.recorder = FakeRecorder(root)
+        self.store = MemoryLedger()
+        self.writer = LedgerWriter(self.store, Journal(None), retry_seconds=0.05)
+        self.greetings = GreetingLibrary.install(book, SOUNDS, root)
+        self.book = book
+        self.tasks: list[asyncio.Task[Any]] = []
+        ports = Ports(
+            ari=cast(AriClient, self.ari),
+            recorder=cast(Recorder, self.recorder),
+            ledger=self.writer,
+            clock=lambda: T0,
+            delete_grace=0.05,
+        )
+        config = NodeConfig(
+            node="pbx1",
+            app="consentd",
+            recording_dir=MONITOR,
+            asterisk_root=str(root),
+            boot_id="b007",
+        )
+        self.dispatcher = Dispatcher(config, book, self.greetings, ports, self._spawn)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.append(task)
+        return task
+
+    async def feed(self, *events: dict[str, Any]) -> None:
+        for event in events:
+            await self.dispatcher.handle(event)
+        await settle()
+
+    async def calls_done(self) -> None:
+        """Wait until every call's runner has ended."""
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 1.0)
+
+    async def ledger(self) -> list[LedgerEvent]:
+        """Every ledger event so far, once stored, in call and seq order."""
+        await until(lambda: self.writer.backlog == 0)
+        await settle()
+        return sorted(self.store.events.values(), key=lambda e: (e.call_id, e.seq))
+
+    async def kinds(self) -> list[str]:
+        return [e.kind for e in await self.ledger()]
+
+
+async def settle() -> None:
+    """Let the call runners take and carry out what was posted to them."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 1.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    policy_file = tmp_path / "etc" / "policies.yaml"
+    policy_file.parent.mkdir()
+    policy_file.write_text(POLICIES)
+    pbx = Node(tmp_path / "asterisk", load_policies(policy_file))
+    writer = asyncio.create_task(pbx.writer.run())
+    try:
+        yield pbx
+    finally:
+        for task in pbx.tasks:
+            task.cancel()
+        await asyncio.gather(*pbx.tasks, return_exceptions=True)
+        await pbx.writer.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(writer, 1.0)
+
+
+def by_kind(events: list[LedgerEvent], kind: str) -> list[LedgerEvent]:
+    return [e for e in events if e.kind == kind]
+
+
+def recording_file(channel_id: str, segment: int = 1) -> str:
+    return f"{MONITOR}/consentd-pbx1_{channel_id}-{segment}.wav"
+
+
+# ---------------------------------------------------------------- policies over ARI
+
+
+async def test_opt_in_number_is_answered_and_hears_the_german_opt_in_greeting(node: Node) -> None:
+    await node.feed(stasis_start("1764432000.1", "+4930100002"))
+
+    greeting = node.greetings.consent_greeting(node.book.lookup("+4930100002").policy)
+    assert greeting is not None
+    assert node.ari.requests == [
+        ("answer", "1764432000.1"),
+        ("play", "1764432000.1", "1764432000.1-greeting", greeting.uri, "de"),
+    ]
+    assert greeting.uri.startswith("sound:") and greeting.uri.endswith("consentd/opt_in")
+    assert node.recorder.requests == []
+
+
+async def test_opt_in_press_3_stops_the_greeting_and_starts_mixmonitor(node: Node) -> None:
+    await node.feed(stasis_start("1764432000.1", "+4930100002"), dtmf("1764432000.1", "3"))
+
+    assert node.ari.of("stop_playback") == [("stop_playback", "1764432000.1-greeting")]
+    assert node.recorder.requests == [("start", "1764432000.1", recording_file("1764432000.1"))]
+    decided = by_kind(await node.ledger(), "consent_decided")
+    assert [e.data["action"] for e in decided] == ["caller_opted_in"]
+    assert decided[0].occurred_at == datetime(2026, 11, 29, 16, 0, 1, 500000, tzinfo=UTC)
+
+
+async def test_opt_out_number_starts_mixmonitor_on_arrival(node: Node) -> None:
+    await node.feed(stasis_start("1764432000.2", "+4930100003"))
+
+    assert node.recorder.requests == [("start", "1764432000.2", recording_file("1764432000.2"))]
+    assert node.ari.of("answer") == [("answer", "1764432000.2")]
+    assert node.ari.of("play")[0][3].endswith("consentd/opt_out")
+
+
+async def test_always_number_records_without_a_greeting(node: Node) -> None:
+    await node.feed(stasis_start("1764432000.3", "+4930100001"))
+
+    assert node.recorder.requests == [("start", "1764432000.3", recording_file("1764432000.3"))]
+    assert node.ari.requests == [("answer", "1764432000.3"), ("start_silence", "1764432000.3")]
+
+
+async def test_unknown_number_uses_the_default_policy_and_says_so_in_the_ledger(
+    node: Node,
+) -> None:
+    await node.feed(stasis_start("1764432000.4", "+4930999999"), stasis_end("1764432000.4"))
+    await node.calls_done()
+
+    events = await node.ledger()
+    started = by_kind(events, "call_started")[0]
+    assert started.data["policy_source"] == "default"
+    assert started.data["policy"] == "never"
+    assert started.data["did"] == "+4930999999"
+    assert started.call_id == "pbx1:1764432000.4"
+    assert node.ari.requests == [("answer", "1764432000.4"), ("start_silence", "1764432000.4")]
+    assert node.recorder.requests == []
+
+
+async def test_whole_opt_in_call_writes_its_ledger_at_ari_times(node: Node) -> None:
+    chan = "1764432000.5"
+    await node.feed(
+        stasis_start(chan, "+4930100002"),
+        dtmf(chan, "1", "2026-11-29T16:00:01.000+0000"),
+        playback_finished(chan, f"{chan}-greeting"),
+        dtmf(chan, "3", "2026-11-29T16:00:08.250+0000"),
+        stasis_end(chan),
+    )
+    await node.calls_done()
+
+    events = await node.ledger()
+    assert [e.kind for e in events] == [
+        "call_started",
+        "greeting_played",
+        "keypress",
+        "greeting_finished",
+        "keypress",
+        "consent_decided",
+        "recording_started",
+        "recording_stopped",
+        "call_ended",
+    ]
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert {e.event_key for e in events} == {f"pbx1:{chan}/{n}" for n in range(len(events))}
+    assert by_kind(events, "keypress")[1].data["phase"] == "holding"
+    assert by_kind(events, "call_ended")[0].occurred_at == datetime(
+        2026, 11, 29, 16, 0, 30, tzinfo=UTC
+    )
+    assert node.dispatcher.calls == {}
+
+
+async def test_playback_finished_reaches_the_call_by_its_target_channel(node: Node) -> None:
+    await node.feed(
+        stasis_start("1764432000.6", "+4930100002"),
+        stasis_start("1764432000.7", "+4930100002"),
+        playback_finished("1764432000.7", "1764432000.7-greeting"),
+    )
+
+    assert node.ari.of("start_silence") == [("start_silence", "1764432000.7")]
+    finished = by_kind(await node.ledger(), "greeting_finished")
+    assert [e.call_id for e in finished] == ["pbx1:1764432000.7"]
+
+
+async def test_events_of_channels_that_are_not_calls_are_ignored(node: Node) -> None:
+    await node.feed(
+        dtmf("1764432999.9", "3"),
+        playback_finished("1764432999.9", "other-playback"),
+        stasis_end("1764432999.9"),
+    )
+
+    assert node.ari.requests == []
+    assert await node.ledger() == []
+
+
+async def test_outbound_argument_marks_the_call_outbound(node: Node) -> None:
+    await node.feed(stasis_start("1764432000.8", "+4930100004", args=["outbound"]))
+
+    started = by_kind(await node.ledger(), "call_started")[0]
+    assert started.data["direction"] == "outbound"
+
+
+async def test_caller_id_from_the_network_is_kept_printable_and_bounded(node: Node) -> None:
+    await node.feed(stasis_start("1764432000.9", "+4930100004", caller="+49\x1b[31m" + "1" * 80))
+
+    caller = by_kind(await node.ledger(), "call_started")[0].data["caller"]
+    assert caller == ("+49[31m" + "1" * 80)[:64]
+
+
+def test_clean_caller_of_nothing_is_empty() -> None:
+    assert clean_caller(None) == ""
+
+
+def test_ari_times_are_parsed_and_bad_ones_fall_back() -> None:
+    assert parse_ari_time("2026-11-29T16:00:01.500+0000", T0) == datetime(
+        2026, 11, 29, 16, 0, 1, 500000, tzinfo=UTC
+    )
+    assert parse_ari_time("yesterday", T0) is T0
+    assert parse_ari_time(None, T0) is T0
+
+
+# ---------------------------------------------------------------- resync after reconnect
+
+
+async def test_resync_ends_a_call_whose_channel_is_gone(node: Node) -> None:
+    await node.feed(stasis_start("1764432001.1", "+4930100001"))
+    node.ari.live_channels = []
+
+    await node.feed({"type": CONNECTED})
+    await node.calls_done()
+
+    events = await node.ledger()
+    ended = by_kind(events, "call_ended")
+    assert [e.data["cause"] for e in ended] == ["gone_while_disconnected"]
+    stopped = by_kind(events, "recording_stopped")
+    assert [e.data["reason"] for e in stopped] == ["hangup"]
+    assert node.dispatcher.calls == {}
+
+
+async def test_resync_keeps_a_call_whose_channel_is_still_there(node: Node) -> None:
+    await node.feed(stasis_start("1764432001.2", "+4930100001"))
+    node.ari.live_channels = [channel("1764432001.2", "+4930100001")]
+
+    await node.feed({"type": CONNECTED})
+
+    assert "call_ended" not in await node.kinds()
+    assert list(node.dispatcher.calls) == ["1764432001.2"]
+
+
+async def test_resync_finishes_a_greeting_that_ended_while_disconnected(node: Node) -> None:
+    chan = "1764432001.3"
+    await node.feed(stasis_start(chan, "+4930100002"))
+    node.ari.live_channels = [channel(chan, "+4930100002")]
+    node.ari.playbacks.clear()
+
+    await node.feed({"type": CONNECTED})
+
+    finished = by_kind(await node.ledger(), "greeting_finished")
+    assert [e.data["state"] for e in finished] == ["finished_while_disconnected"]
+    assert node.ari.of("start_silence") == [("start_silence", chan)]
+
+
+async def test_resync_adopts_a_call_left_in_our_app_by_a_previous_run(node: Node) -> None:
+    node.ari.live_channels = [channel("1764432001.4", "+4930100001")]
+
+    await node.feed({"type": CONNECTED})
+
+    started = by_kind(await node.ledger(), "call_started")
+    assert [e.call_id for e in started] == ["pbx1:1764432001.4~b007"]
+    assert started[0].data["policy"] == "always"
+    assert node.recorder.requests == [
+        ("start", "1764432001.4", f"{MONITOR}/consentd-pbx1_1764432001.4_b007-1.wav")
+    ]
+
+
+async def test_resync_leaves_channels_of_other_apps_alone(node: Node) -> None:
+    other = channel("1764432001.5", "+4930100001")
+    other["dialplan"]["app_data"] = "someone-else,inbound"
+    node.ari.live_channels = [other]
+
+    await node.feed({"type": CONNECTED})
+
+    assert node.dispatcher.calls == {}
+    assert await node.ledger() == []
+
+
+# ---------------------------------------------------------------- the runner carries out commands
+
+
+async def test_opt_out_press_3_deletes_the_recording_file_on_the_host(node: Node) -> None:
+    chan = "1764432002.1"
+    await node.feed(stasis_start(chan, "+4930100003"))
+    audio = node.recorder.host_path(recording_file(chan))
+    assert audio.exists()
+
+    await node.feed(dtmf(chan, "3"))
+    await until(lambda: not audio.exists())
+    await node.feed(stasis_end(chan))
+    await node.calls_done()
+
+    events = await node.ledger()
+    assert not audio.exists()
+    assert node.recorder.requests == [("start", chan, recording_file(chan)), ("stop", chan)]
+    deleted = by_kind(events, "recording_deleted")
+    assert [(e.data["segment"], e.data["file"], e.data["path"]) for e in deleted] == [
+        (1, recording_file(chan), str(audio))
+    ]
+    assert [e.data["reason"] for e in by_kind(events, "recording_stopped")] == ["caller_opted_out"]
+
+
+async def test_opt_out_with_keep_partial_leaves_the_file(node: Node) -> None:
+    chan = "1764432002.2"
+    await node.feed(stasis_start(chan, "+4930100006"), dtmf(chan, "3"), stasis_end(chan))
+    await node.calls_done()
+
+    assert node.recorder.host_path(recording_file(chan)).exists()
+    assert "recording_deleted" not in await node.kinds()
+
+
+async def test_deleted_audio_that_reappears_is_deleted_again_after_hangup(node: Node) -> None:
+    chan = "1764432002.3"
+    await node.feed(stasis_start(chan, "+4930100003"), dtmf(chan, "3"))
+    audio = node.recorder.host_path(recording_file(chan))
+    await until(lambda: "recording_deleted" in [e.kind for e in node.store.events.values()])
+    audio.write_bytes(b"late MixMonitor flush")
+
+    await node.feed(stasis_end(chan))
+    await node.calls_done()
+
+    assert not audio.exists()
+
+
+async def test_failed_mixmonitor_is_written_to_the_ledger_and_not_counted_as_recording(
+    node: Node,
+) -> None:
+    chan = "1764432002.4"
+    node.recorder.failing = AmiUnavailable("MixMonitor: not connected to AMI")
+
+    await node.feed(stasis_start(chan, "+4930100001"), stasis_end(chan))
+    await node.calls_done()
+
+    events = await node.ledger()
+    assert [e.kind for e in events] == ["call_started", "command_failed", "call_ended"]
+    assert events[1].data == {
+        "command": "StartRecording",
+        "error": "MixMonitor: not connected to AMI",
+    }
+
+
+async def test_failed_greeting_playback_puts_the_caller_on_hold(node: Node) -> None:
+    chan = "1764432002.5"
+    node.ari.failing["play"] = AriNotFound("POST /channels/x/play: not found", 404)
+
+    await node.feed(stasis_start(chan, "+4930100002"))
+
+    assert node.ari.of("start_silence") == [("start_silence", chan)]
+    failed = by_kind(await node.ledger(), "command_failed")
+    assert [e.data["command"] for e in failed] == ["Play"]
+
+
+def test_bundled_greeting_is_played_from_asterisks_sounds_dir_in_the_callers_language(
+    tmp_path: Path,
+) -> None:
+    policy_file = tmp_path / "policies.yaml"
+    policy_file.write_text(POLICIES)
+    book = load_policies(policy_file)
+
+    media = GreetingLibrary.install(book, SOUNDS, tmp_path).consent_greeting(
+        book.lookup("+4930100002").policy
+    )
+
+    assert media == Media(f"sound:{SOUNDS}/de/consentd/opt_in", "de", "bundled")

@@ -11,6 +11,7 @@ import subprocess
 import time
 import wave
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,11 @@ def write_tone(path: Path, seconds: float, freq: float = 660.0) -> None:
         wav.writeframes(frames)
 
 
-def consentd_calls(limit: int = 200) -> list[dict[str, Any]]:
-    """The call details exactly as an operator gets them: the real CLI, no flags."""
+def consentd_calls(limit: int = 200, since: datetime | None = None) -> list[dict[str, Any]]:
+    """The call details exactly as an operator gets them: the real CLI, no flags.
+
+    ``since`` keeps calls of earlier runs (the database persists) out of the result.
+    """
     result = subprocess.run(
         [str(REPO / ".venv" / "bin" / "consentd"), "calls", "--json", "--limit", str(limit)],
         capture_output=True,
@@ -101,7 +105,9 @@ def consentd_calls(limit: int = 200) -> list[dict[str, Any]]:
         check=True,
     )
     calls: list[dict[str, Any]] = json.loads(result.stdout)
-    return calls
+    if since is None:
+        return calls
+    return [c for c in calls if datetime.fromisoformat(c["started_at"]) >= since]
 
 
 async def _ledger_rows(call_id: str) -> list[dict[str, Any]]:

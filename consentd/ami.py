@@ -84,7 +84,10 @@ class AmiClient:
         self._pending[action_id] = future
         try:
             writer.write(encode({"Action": action, "ActionID": action_id, **fields}))
-            response = await asyncio.wait_for(future, self._timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the awaited result does.
+            async with asyncio.timeout(self._timeout):
+                response = await future
         except TimeoutError:
             raise AmiUnavailable(f"{action}: no answer within {self._timeout:g}s") from None
         finally:
@@ -100,7 +103,12 @@ class AmiClient:
             try:
                 await self._session()
                 backoff = min_backoff
-            except (OSError, AmiError, asyncio.IncompleteReadError) as exc:
+            except (
+                OSError,
+                AmiError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+            ) as exc:
                 self._log.warning("ami_connection_failed", error=str(exc) or type(exc).__name__)
             finally:
                 self._disconnected()
@@ -108,10 +116,12 @@ class AmiClient:
             backoff = min(max_backoff, backoff * 2)
 
     async def _session(self) -> None:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*self._addr), 5)
+        async with asyncio.timeout(5):
+            reader, writer = await asyncio.open_connection(*self._addr, limit=1 << 20)
         self._writer = writer
         try:
-            banner = await asyncio.wait_for(reader.readline(), 5)
+            async with asyncio.timeout(5):
+                banner = await reader.readline()
             if not banner.startswith(b"Asterisk Call Manager"):
                 raise AmiError(f"unexpected AMI banner {banner[:60]!r}")
             reading = asyncio.create_task(self._read(reader))
@@ -158,7 +168,11 @@ class AmiClient:
                     future.set_result(message)
             elif "Event" in message:
                 for handler in self._handlers:
-                    handler(message)
+                    try:
+                        handler(message)
+                    except Exception:
+                        # A bad handler must not cost every call its AMI connection.
+                        self._log.exception("ami_event_handler_failed", event=message["Event"])
 
     def _disconnected(self) -> None:
         was_connected = self.connected.is_set()

@@ -194,14 +194,16 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
     t.ledger(
         "consent_decided", event.at, action=action.value, digit=event.digit, phase=call.phase.value
     )
-    if call.greeting_playback is not None:
-        t.do(StopPlayback(call.greeting_playback))
+    # The recording changes first; the rest of the greeting can wait a round trip.
+    segment = call.recording
     if action is ConsentAction.CALLER_OPTED_IN:
         t.start_recording()
-    elif call.recording is not None:
-        segment = call.recording
+    elif segment is not None:
         t.update(recording=replace(segment, stopping=True))
         t.do(StopRecording(segment.number, segment.file))
+    if call.greeting_playback is not None:
+        t.do(StopPlayback(call.greeting_playback))
+    if segment is not None and action is ConsentAction.CALLER_OPTED_OUT:
         if not policy.keep_partial_on_opt_out:
             t.do(DeleteRecording(segment.number, segment.file))
 

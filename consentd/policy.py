@@ -155,6 +155,12 @@ class PolicyFile(_Frozen):
     default: NumberPolicy
     numbers: dict[E164, NumberPolicy] = Field(default_factory=dict)
 
+    @field_validator("numbers", mode="before")
+    @classmethod
+    def _empty_numbers(cls, value: Any) -> Any:
+        """``numbers:`` with nothing under it means no numbers, not an error."""
+        return {} if value is None else value
+
 
 @dataclass(frozen=True)
 class PolicyMatch:

@@ -73,7 +73,7 @@ def _convert(node: yaml.Node, path: KeyPath, doc: YamlDocument) -> Any:
         result: dict[Any, Any] = {}
         first_seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            key = _scalar(key_node)
+            key = _key(key_node)
             key_line = key_node.start_mark.line + 1
             child = (*path, key if isinstance(key, str | int) else str(key))
             if key in first_seen:
@@ -86,6 +86,14 @@ def _convert(node: yaml.Node, path: KeyPath, doc: YamlDocument) -> Any:
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, (*path, i), doc) for i, item in enumerate(node.value)]
     return _scalar(node)
+
+
+def _key(node: yaml.Node) -> Any:
+    """Keys keep the text the operator wrote: YAML reads 0301234 as octal, +4930 as 4930."""
+    value = _scalar(node)
+    if isinstance(node, yaml.ScalarNode) and not isinstance(value, str):
+        return node.value
+    return value
 
 
 def _scalar(node: yaml.Node) -> Any:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from consentd.ami import AmiClient, AmiError, AmiUnavailable, Recorder
 
@@ -265,16 +266,24 @@ async def test_events_are_delivered_to_every_handler(ami: FakeAmi) -> None:
     assert also == ["MixMonitorStart"]
 
 
-async def test_bad_login_keeps_retrying_and_never_counts_as_connected(ami: FakeAmi) -> None:
-    async with client_of(ami, secret="wrong", wait=False) as client:
-        states = []
-        while ami.count("Login") < 3:
-            states.append(client.connected.is_set())
-            await asyncio.sleep(0.005)
+async def test_bad_login_keeps_retrying_logs_why_and_never_counts_as_connected(
+    ami: FakeAmi,
+) -> None:
+    with capture_logs() as logs:
+        async with client_of(ami, secret="wrong", wait=False) as client:
+            states = []
+            while ami.count("Login") < 3:
+                states.append(client.connected.is_set())
+                await asyncio.sleep(0.005)
 
-        assert not any(states)
-        with pytest.raises(AmiUnavailable):
-            await client.send("Ping")
+            assert not any(states)
+            with pytest.raises(AmiUnavailable):
+                await client.send("Ping")
+
+    failures = [entry for entry in logs if entry["event"] == "ami_connection_failed"]
+    assert len(failures) >= 2
+    assert failures[0]["error"] == ("AMI login as 'consentd' failed: Login: Authentication failed")
+    assert failures[0]["log_level"] == "warning"
 
 
 async def test_client_is_not_connected_until_login_is_accepted(ami: FakeAmi) -> None:

@@ -195,8 +195,8 @@ def test_opt_in_press_3_during_greeting_stops_it_and_starts_recording(facts: Fac
             at(2.5),
             {"action": "caller_opted_in", "digit": "3", "phase": "greeting"},
         ),
-        StopPlayback(GREETING),
         StartRecording(1, FILE_1),
+        StopPlayback(GREETING),
     ]
     assert call.decision is not None and call.decision.value == "caller_opted_in"
 
@@ -255,8 +255,8 @@ def test_opt_out_press_3_stops_and_deletes_the_recording(facts: Facts) -> None:
             at(3),
             {"action": "caller_opted_out", "digit": "3", "phase": "greeting"},
         ),
-        StopPlayback(GREETING),
         StopRecording(1, FILE_1),
+        StopPlayback(GREETING),
         DeleteRecording(1, FILE_1),
     ]
 
@@ -267,7 +267,7 @@ def test_opt_out_press_3_with_keep_partial_stops_but_keeps_the_recording(facts: 
     _, commands = press(call, "3")
 
     assert kinds(commands) == ["keypress", "consent_decided"]
-    assert actions(commands) == [StopPlayback(GREETING), StopRecording(1, FILE_1)]
+    assert actions(commands) == [StopRecording(1, FILE_1), StopPlayback(GREETING)]
 
 
 def test_opt_out_recording_stopped_after_the_3_gives_reason_caller_opted_out(

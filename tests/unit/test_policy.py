@@ -255,23 +255,45 @@ def test_number_that_is_not_e164_is_rejected_naming_the_number(tmp_path: Path, n
     assert problem.message == f"number {number!r} is not E.164 (expected + and 2-15 digits)"
 
 
-@pytest.mark.parametrize("written", ["4930100003", "+4930100003"])
-def test_unquoted_number_read_as_integer_says_to_quote_it(tmp_path: Path, written: str) -> None:
+def test_unquoted_number_without_plus_is_reported_as_written(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        f"""\
-        default: {{recording: never}}
+        """\
+        default: {recording: never}
         numbers:
-          {written}: {{recording: opt_out}}
+          04930100003: {recording: opt_out}
         """,
     )
 
     problem = only_problem(path)
 
     assert problem.line == 3
-    assert problem.location == 'number "4930100003"'
-    assert "was read as an integer" in problem.message
-    assert 'quote it with its leading +, e.g. "+4930100003"' in problem.message
+    assert problem.location == 'number "04930100003"'
+    assert "is not E.164" in problem.message
+
+
+def test_unquoted_e164_number_is_taken_as_written(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        default: {recording: never}
+        numbers:
+          +4930100003: {recording: opt_out}
+        """,
+    )
+
+    book = load_policies(path)
+
+    assert book.lookup("+4930100003").source == "number"
+
+
+def test_empty_numbers_section_means_no_numbers(tmp_path: Path) -> None:
+    path = write(tmp_path, "default: {recording: always}\nnumbers:\n")
+
+    book = load_policies(path)
+
+    assert book.config.numbers == {}
+    assert book.lookup("+4930100001").policy.recording.value == "always"
 
 
 def test_duplicate_number_reports_both_lines(tmp_path: Path) -> None:

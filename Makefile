@@ -18,15 +18,21 @@ down:
 status:
 	scripts/stack.sh status
 
+# Lint first (seconds), then every unit and end-to-end test against the real
+# stack. CONSENTD_REQUIRE_E2E=1 fails the run if an e2e test is skipped or
+# none ran; pytest's own exit 5 (nothing collected) fails make as well.
 test: setup
-	$(VENV)/python -m pytest tests
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+	CONSENTD_REQUIRE_E2E=1 $(VENV)/python -m pytest tests -p no:cacheprovider
 
 lint:
 	$(VENV)/ruff check .
 	$(VENV)/mypy
 
-demo:
-	scripts/demo.sh
+demo: setup
+	$(VENV)/python scripts/demo.py
 
 bench:
 	@echo "bench: not written yet (SIPp load test against the stack)"; exit 1

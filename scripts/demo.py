@@ -50,7 +50,9 @@ def plans() -> list[tuple[CallPlan, str, str | None]]:
 
 
 def stack(*args: str) -> None:
-    subprocess.run([str(REPO / "scripts" / "stack.sh"), *args], check=True, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        [str(REPO / "scripts" / "stack.sh"), *args], check=True, stdin=subprocess.DEVNULL
+    )
 
 
 def fetch_calls() -> list[dict[str, object]]:

@@ -35,8 +35,9 @@ need_free_disk() {
 }
 
 [[ $EUID -eq 0 ]] || die "must run as root (apt-get, mmdebstrap and chroot need it); try: sudo $0"
-command -v apt-get >/dev/null && command -v dpkg-query >/dev/null ||
+if ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
     die "apt-get not found: this script supports Debian 12 only"
+fi
 
 # --- 1. host packages -------------------------------------------------------
 missing=()
@@ -63,19 +64,25 @@ umount_below() {
         while read -r target; do umount -l "$target" || true; done
 }
 
+mkdir -p "$CACHE"
+# One setup at a time (make test and make up may race); a later run then
+# may safely remove what an interrupted one left behind.
+exec 9>"$CACHE/.setup.lock"
+flock -w 900 9 || die "another scripts/setup.sh still holds $CACHE/.setup.lock"
+for stale in "$CACHE"/asterisk-root.tmp.*; do
+    [[ -e $stale ]] || continue
+    say "removing interrupted build $stale"
+    umount_below "$stale"
+    rm -rf --one-file-system "$stale"
+done
+
 if [[ -f $ROOT_STAMP && $(<"$ROOT_STAMP") == "$ROOT_SPEC" ]]; then
     say "Asterisk root up to date ($ROOT)"
 else
-    mountpoint -q "$ROOT/proc" 2>/dev/null &&
+    if mountpoint -q "$ROOT/proc" 2>/dev/null; then
         die "$ROOT/proc is mounted: run 'scripts/stack.sh down' before rebuilding the root"
+    fi
     need_free_disk
-    mkdir -p "$CACHE"
-    for stale in "$CACHE"/asterisk-root.tmp.*; do
-        [[ -e $stale ]] || continue
-        say "removing interrupted build $stale"
-        umount_below "$stale"
-        rm -rf --one-file-system "$stale"
-    done
     tmp=$CACHE/asterisk-root.tmp.$$
     say "building Asterisk root from Debian sid (about 20 s, ~350 MB) ..."
     start=$SECONDS
@@ -104,6 +111,7 @@ else
     fi
     mv "$tmp" "$ROOT" # the stamp only appears together with a complete root
     rm -rf --one-file-system "$CACHE/asterisk-root.tmp.old.$$"
+    # shellcheck disable=SC2016 # ${Version} is dpkg-query's field, not ours
     say "Asterisk root built in $((SECONDS - start)) s: $(chroot "$ROOT" dpkg-query -W -f='${Version}' asterisk)"
 fi
 # Hostname may change between runs; without this entry Asterisk does DNS
@@ -140,7 +148,8 @@ done <"$REPO/greetings/texts.tsv"
 # that sound:consentd/beep resolves whatever the channel language is.
 BEEP="sox synth 0.25 sine 1000 vol 0.5 r8000 v1"
 MOH="sox synth 10 sine 440 tremolo 0.5 40 fade 1 10 1 vol 0.12 r8000 v1"
-for lang in $(cut -f1 "$REPO/greetings/texts.tsv" | grep -v -e '^#' -e '^lang$' | sort -u); do
+langs=$(awk -F'\t' 'NF && !/^#/ && $1 != "lang" {print $1}' "$REPO/greetings/texts.tsv" | sort -u)
+for lang in $langs; do
     out=$SOUNDS/$lang/consentd/beep.wav
     if [[ ! -f $out ]] || regen "$KEYS/$lang.beep" "$BEEP"; then
         mkdir -p "$(dirname "$out")"
@@ -169,7 +178,7 @@ if [[ -f $PIP_STAMP && $(<"$PIP_STAMP") == "$want" && -x $VENV/bin/consentd ]]; 
     say "venv up to date"
 else
     say "pip install -e '.[test]' into $VENV ..."
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO[test]" ||
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "${REPO}[test]" ||
         die "pip install failed"
     echo "$want" >"$PIP_STAMP"
 fi

@@ -102,7 +102,7 @@ start_asterisk() {
     fi
     local stray
     stray=$(root_pids)
-    [[ -z $stray ]] || die "processes already run inside $ROOT (pids: $(echo $stray)); run 'scripts/stack.sh down' first"
+    [[ -z $stray ]] || die "processes already run inside $ROOT (pids: ${stray//$'\n'/ }); run 'scripts/stack.sh down' first"
     install_asterisk_files
     mountpoint -q "$ROOT/proc" || mount --bind /proc "$ROOT/proc"
     : >"$ROOT/var/log/asterisk/messages"

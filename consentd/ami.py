@@ -61,6 +61,7 @@ class AmiClient:
         self._ping_interval = ping_interval
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[Message]] = {}
+        self._lists: dict[str, asyncio.Queue[Message]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._handlers: list[EventHandler] = []
         self._log = structlog.get_logger("consentd.ami")
@@ -76,10 +77,34 @@ class AmiClient:
             raise AmiUnavailable(f"{action}: not connected to AMI")
         return await self._exchange(writer, action, fields)
 
-    async def _exchange(
-        self, writer: asyncio.StreamWriter, action: str, fields: dict[str, str]
-    ) -> Message:
+    async def send_list(self, action: str, complete: str, **fields: str) -> list[Message]:
+        """An action answered by a list of events ending in ``complete`` (e.g. QueueSummary)."""
+        writer = self._writer
+        if writer is None or not self.connected.is_set():
+            raise AmiUnavailable(f"{action}: not connected to AMI")
         action_id = f"consentd-{next(self._ids)}"
+        items: asyncio.Queue[Message] = asyncio.Queue()
+        self._lists[action_id] = items
+        try:
+            await self._exchange(writer, action, fields, action_id)
+            found: list[Message] = []
+            async with asyncio.timeout(self._timeout):
+                while (item := await items.get()).get("Event") != complete:
+                    found.append(item)
+            return found
+        except TimeoutError:
+            raise AmiUnavailable(f"{action}: list not complete within {self._timeout:g}s") from None
+        finally:
+            self._lists.pop(action_id, None)
+
+    async def _exchange(
+        self,
+        writer: asyncio.StreamWriter,
+        action: str,
+        fields: dict[str, str],
+        action_id: str | None = None,
+    ) -> Message:
+        action_id = action_id or f"consentd-{next(self._ids)}"
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[action_id] = future
         try:
@@ -166,6 +191,8 @@ class AmiClient:
                 future = self._pending.get(action_id)
                 if future is not None and not future.done():
                     future.set_result(message)
+            elif action_id in self._lists:
+                self._lists[action_id].put_nowait(message)
             elif "Event" in message:
                 for handler in self._handlers:
                     try:

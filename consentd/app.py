@@ -49,6 +49,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         settings.ami_user,
         settings.ami_secret,
         action_timeout=settings.ami_timeout,
+        events="agent",  # app_queue: QueueCallerJoin, AgentConnect, AgentComplete, ...
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,6 +76,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
             return task
 
         dispatcher = Dispatcher(config, book, greetings, ports, spawn)
+        ami.on_event(dispatcher.handle_ami)
 
         def health() -> Health:
             return Health(

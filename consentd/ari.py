@@ -107,6 +107,38 @@ class AriClient:
         except AriNotFound:
             pass
 
+    async def continue_to_queue(self, channel_id: str, did: str, queue: str, timeout: int) -> None:
+        """Hand the caller to app_queue, staying subscribed so key 3 is still seen."""
+        await self.request(
+            "POST",
+            f"/applications/{self.app}/subscription",
+            {"eventSource": f"channel:{channel_id}"},
+        )
+        for name, value in (("QUEUE_NAME", queue), ("QUEUE_TIMEOUT", str(timeout))):
+            await self.request(
+                "POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value}
+            )
+        await self.request(
+            "POST",
+            f"/channels/{channel_id}/continue",
+            {"context": "consentd-queue", "extension": did, "priority": "1"},
+        )
+
+    async def record(self, channel_id: str, name: str, max_seconds: int) -> None:
+        """Record what the caller says (voicemail), after a beep, into Asterisk's recording dir."""
+        await self.request(
+            "POST",
+            f"/channels/{channel_id}/record",
+            {
+                "name": name,
+                "format": "wav",
+                "maxDurationSeconds": str(max_seconds),
+                "beep": "true",
+                "ifExists": "overwrite",
+                "terminateOn": "none",
+            },
+        )
+
     async def channels(self) -> list[dict[str, Any]]:
         result = await self.request("GET", "/channels")
         return list(result or [])

@@ -22,6 +22,7 @@ class _SegmentSpan:
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     deleted: bool = False
+    bridged_only: bool = False
 
 
 def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | None:
@@ -40,6 +41,7 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
             event.data["segment"],
             _SegmentSpan(event.data["segment"], event.data["file"], event.data["path"]),
         )
+        span.bridged_only = bool(event.data.get("bridged_only"))
         if event.kind == "recording_started":
             span.started_at = event.occurred_at
         elif event.kind == "recording_stopped":
@@ -48,14 +50,21 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
             span.deleted = True
 
     until = end.occurred_at if end else now
-    kept = [s for s in segments.values() if s.started_at is not None and not s.deleted]
-    recorded = sum(
-        max(0.0, ((s.stopped_at or until) - s.started_at).total_seconds())
-        for s in kept
-        if s.started_at is not None
+    connected = next((e for e in ordered if e.kind == "agent_connected"), None)
+    completed = next((e for e in ordered if e.kind == "agent_completed"), None)
+    # MixMonitor option b records only while bridged to the agent.
+    bridge = (
+        (connected.occurred_at, completed.occurred_at if completed else until)
+        if connected
+        else None
     )
+    recorded = sum(_recorded_seconds(s, until, bridge) for s in segments.values() if not s.deleted)
+    kept = [s for s in segments.values() if s.started_at is not None and not s.deleted]
+    voicemail = _voicemail(ordered, until)
+    if voicemail is not None:
+        recorded += voicemail[1]
     total = max(0.0, (until - start.occurred_at).total_seconds())
-    recording_time = round(recorded)
+    recording_time = min(round(recorded), round(total))
     facts = start.data
     return {
         "id": start.call_id,
@@ -71,7 +80,18 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         "recording_time": recording_time,
         "not_recording_time": max(0, round(total) - recording_time),
         "recording_control_interactions": 0,
-        "recordings": [s.path for s in sorted(kept, key=lambda s: s.number)],
+        "recordings": [s.path for s in sorted(kept, key=lambda s: s.number)]
+        + ([voicemail[0]] if voicemail else []),
+        "group": facts.get("group"),
+        "queue": facts.get("queue"),
+        "agent": connected.data["agent"] if connected else None,
+        "answered_at": _iso(connected.occurred_at) if connected else None,
+        "queue_time": connected.data.get("queue_time") if connected else None,
+        # app_queue reports a queue timeout as an abandon too; only a hangup in the queue is one.
+        "abandoned": connected is None
+        and any(e.kind == "queue_abandoned" for e in ordered)
+        and not any(e.kind == "queue_left" for e in ordered),
+        "voicemail": voicemail is not None,
         "segments": [
             {
                 "segment": s.number,
@@ -90,6 +110,29 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         "started_at": _iso(start.occurred_at),
         "ended_at": _iso(end.occurred_at) if end else None,
     }
+
+
+def _recorded_seconds(
+    span: _SegmentSpan, until: datetime, bridge: tuple[datetime, datetime] | None
+) -> float:
+    if span.started_at is None:
+        return 0.0
+    start, stop = span.started_at, span.stopped_at or until
+    if span.bridged_only:
+        if bridge is None:
+            return 0.0
+        start, stop = max(start, bridge[0]), min(stop, bridge[1])
+    return max(0.0, (stop - start).total_seconds())
+
+
+def _voicemail(ordered: list[LedgerEvent], until: datetime) -> tuple[str, float] | None:
+    """(host path, seconds) of the voicemail message, if the caller left one."""
+    started = next((e for e in ordered if e.kind == "voicemail_started"), None)
+    if started is None:
+        return None
+    finished = next((e for e in ordered if e.kind == "voicemail_finished"), None)
+    stop = finished.occurred_at if finished else until
+    return started.data["path"], max(0.0, (stop - started.occurred_at).total_seconds())
 
 
 def _iso(value: datetime | None) -> str | None:

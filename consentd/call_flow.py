@@ -5,6 +5,12 @@ carry out. It does no I/O and reads no clock, so every rule of the product
 (who is recorded when, what the first 3 means, what is deleted) is decided
 here and tested without Asterisk. The runner executes the commands and feeds
 their outcomes back as events.
+
+A call either stays with consentd (greeting, then silence until hangup) or,
+when its number routes to a group, hears the availability greeting and the
+consent greeting and then waits in the group's app_queue queue. Key 3 keeps
+working there; the recording (MixMonitor option b) covers only the time the
+caller is bridged to an agent. Nobody answering leads back here, to voicemail.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from typing import Any
 
 from consentd.call_model import (
     CONSENT_KEY,
+    AgentCompleted,
+    AgentConnected,
     Answer,
     CallArrived,
     CallEnded,
@@ -22,24 +30,37 @@ from consentd.call_model import (
     Command,
     CommandFailed,
     ConsentAction,
+    ContinueToQueue,
     DeleteRecording,
     DtmfReceived,
     Event,
+    Hangup,
+    LeftStasis,
+    Media,
     Phase,
     Play,
     PlaybackFinished,
     PlaybackStarted,
+    QueueAbandoned,
+    QueueJoined,
     RecordingDeleted,
     RecordingStarted,
     RecordingStopped,
+    ReturnedFromQueue,
     Segment,
     StartHold,
     StartRecording,
+    StartVoicemail,
     StopPlayback,
     StopRecording,
+    VoicemailFinished,
+    VoicemailStarted,
     WriteLedger,
 )
-from consentd.policy import Recording
+from consentd.policy import NoAnswer, Recording
+
+#: Playback-id suffixes; "greeting" is the consent greeting.
+CONSENT, AVAILABLE, VOICEMAIL = "greeting", "available", "voicemail"
 
 
 @dataclass(frozen=True)
@@ -50,11 +71,25 @@ class Call:
     segments_opened: int = 0
     decision: ConsentAction | None = None
     greeting_playback: str | None = None
+    #: Greetings still to play, in order (playback-id suffixes).
+    pending_greetings: tuple[str, ...] = ()
     recording: Segment | None = None
+    voicemail_active: bool = False
 
     @property
     def ended(self) -> bool:
         return self.phase is Phase.ENDED
+
+    def playback_id(self, suffix: str) -> str:
+        return f"{self.facts.channel_id}-{suffix}"
+
+    def media(self, suffix: str) -> Media | None:
+        facts = self.facts
+        return {
+            CONSENT: facts.greeting,
+            AVAILABLE: facts.announcement,
+            VOICEMAIL: facts.voicemail_greeting,
+        }[suffix]
 
 
 class _Transition:
@@ -67,7 +102,7 @@ class _Transition:
     def do(self, command: Command) -> None:
         self.commands.append(command)
 
-    def ledger(self, kind: str, at: datetime, **data: Any) -> None:
+    def ledger(self, kind: str, at: datetime, /, **data: Any) -> None:
         self.commands.append(WriteLedger(self.call.next_seq, kind, at, data))
         self.call = replace(self.call, next_seq=self.call.next_seq + 1)
 
@@ -78,23 +113,54 @@ class _Transition:
         number = self.call.segments_opened + 1
         file = self.call.facts.recording_file(number)
         self.update(segments_opened=number, recording=Segment(number, file))
-        self.do(StartRecording(number, file))
+        self.do(StartRecording(number, file, bridged_only=self.call.facts.group is not None))
 
-    def hold(self) -> None:
-        self.update(phase=Phase.HOLDING)
-        self.do(StartHold())
+    def play(self, suffix: str) -> None:
+        media = self.call.media(suffix)
+        if media is None:
+            self.next_step()
+            return
+        playback_id = self.call.playback_id(suffix)
+        self.update(greeting_playback=playback_id)
+        self.do(Play(playback_id, media))
+
+    def next_step(self) -> None:
+        """After a greeting (or none): the next greeting, the queue, voicemail, or holding."""
+        call = self.call
+        if call.phase is Phase.VOICEMAIL:
+            group = call.facts.group
+            assert group is not None
+            self.do(StartVoicemail(call.facts.voicemail_name, group.voicemail_max_seconds))
+        elif call.pending_greetings:
+            suffix, *rest = call.pending_greetings
+            self.update(pending_greetings=tuple(rest), phase=Phase.GREETING)
+            self.play(suffix)
+        elif call.facts.group is not None:
+            self.update(phase=Phase.QUEUED)
+            self.do(ContinueToQueue(call.facts.group.queue, call.facts.group.timeout))
+        else:
+            self.update(phase=Phase.HOLDING)
+            self.do(StartHold())
 
     def result(self) -> tuple[Call, list[Command]]:
         return self.call, self.commands
 
 
 def new_call(facts: CallFacts) -> Call:
-    return Call(facts=facts)
+    greetings = []
+    if facts.group is not None and facts.announcement is not None:
+        greetings.append(AVAILABLE)
+    if facts.greeting is not None:
+        greetings.append(CONSENT)
+    return Call(facts=facts, pending_greetings=tuple(greetings))
+
+
+_AFTER_END = RecordingStopped | RecordingDeleted
 
 
 def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
     t = _Transition(call)
-    if call.ended and not isinstance(event, RecordingStopped | RecordingDeleted):
+    if call.ended and not isinstance(event, _AFTER_END):
         return t.result()
     match event:
         case CallArrived():
@@ -102,24 +168,13 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
         case DtmfReceived():
             _keypress(t, event)
         case PlaybackStarted() if event.playback_id == call.greeting_playback:
-            media = call.facts.greeting
-            assert media is not None
-            t.ledger(
-                "greeting_played",
-                event.at,
-                playback_id=event.playback_id,
-                media=media.uri,
-                language=media.language,
-                source=media.source,
-                sha256=media.sha256,
-            )
+            _greeting_started(t, event)
         case PlaybackFinished() if event.playback_id == call.greeting_playback:
             t.ledger(
                 "greeting_finished", event.at, playback_id=event.playback_id, state=event.state
             )
             t.update(greeting_playback=None)
-            if call.phase is Phase.GREETING:
-                t.hold()
+            t.next_step()
         case RecordingStarted():
             t.ledger("recording_started", event.at, **_segment_data(call, event.segment))
         case RecordingStopped():
@@ -133,6 +188,39 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
                 t.update(recording=None)
         case RecordingDeleted():
             t.ledger("recording_deleted", event.at, **_segment_data(call, event.segment))
+        case QueueJoined():
+            t.ledger("queue_joined", event.at, queue=event.queue, position=event.position)
+        case AgentConnected():
+            t.update(phase=Phase.CONNECTED)
+            t.ledger(
+                "agent_connected",
+                event.at,
+                agent=event.agent,
+                interface=event.interface,
+                queue_time=event.hold_time,
+                ring_time=event.ring_time,
+            )
+        case AgentCompleted():
+            t.ledger("agent_completed", event.at, reason=event.reason, talk_time=event.talk_time)
+        case QueueAbandoned():
+            t.ledger("queue_abandoned", event.at, queue_time=event.hold_time)
+        case ReturnedFromQueue():
+            _no_answer(t, event)
+        case VoicemailStarted():
+            t.update(voicemail_active=True)
+            t.ledger("voicemail_started", event.at, **_voicemail_data(call))
+        case VoicemailFinished() if call.voicemail_active:
+            t.update(voicemail_active=False)
+            t.ledger(
+                "voicemail_finished",
+                event.at,
+                state=event.state,
+                duration=event.duration,
+                **_voicemail_data(call),
+            )
+            t.do(Hangup())
+        case LeftStasis() if call.phase is not Phase.QUEUED and call.phase is not Phase.CONNECTED:
+            _end(t, CallEnded(event.at))
         case CommandFailed():
             _command_failed(t, event)
         case CallEnded():
@@ -143,6 +231,9 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
 def _arrive(t: _Transition, event: CallArrived) -> None:
     facts = t.call.facts
     policy = facts.policy
+    routed = {"group": policy.routing.group} if policy.routing else {}
+    if facts.group is not None:
+        routed["queue"] = facts.group.queue
     t.ledger(
         "call_started",
         event.at,
@@ -155,16 +246,28 @@ def _arrive(t: _Transition, event: CallArrived) -> None:
         policy_source=facts.policy_source,
         channel_id=facts.channel_id,
         node=facts.node,
+        **routed,
     )
     t.do(Answer())
     if policy.recording in (Recording.ALWAYS, Recording.OPT_OUT):
         t.start_recording()
-    if facts.greeting is not None:
-        playback_id = f"{facts.channel_id}-greeting"
-        t.update(greeting_playback=playback_id, phase=Phase.GREETING)
-        t.do(Play(playback_id, facts.greeting))
-    else:
-        t.hold()
+    t.next_step()
+
+
+def _greeting_started(t: _Transition, event: PlaybackStarted) -> None:
+    suffix = event.playback_id.removeprefix(f"{t.call.facts.channel_id}-")
+    media = t.call.media(suffix)
+    assert media is not None
+    t.ledger(
+        "greeting_played",
+        event.at,
+        playback_id=event.playback_id,
+        kind=media.kind,
+        media=media.uri,
+        language=media.language,
+        source=media.source,
+        sha256=media.sha256,
+    )
 
 
 def _keypress(t: _Transition, event: DtmfReceived) -> None:
@@ -173,6 +276,7 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
         event.digit == CONSENT_KEY
         and call.decision is None
         and call.facts.policy.recording.asks_caller
+        and call.phase is not Phase.VOICEMAIL
     )
     t.ledger(
         "keypress",
@@ -190,7 +294,10 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
         if policy.recording is Recording.OPT_IN
         else ConsentAction.CALLER_OPTED_OUT
     )
-    t.update(decision=action)
+    t.update(
+        decision=action,
+        pending_greetings=tuple(g for g in call.pending_greetings if g != CONSENT),
+    )
     t.ledger(
         "consent_decided", event.at, action=action.value, digit=event.digit, phase=call.phase.value
     )
@@ -201,11 +308,23 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
     elif segment is not None:
         t.update(recording=replace(segment, stopping=True))
         t.do(StopRecording(segment.number, segment.file))
-    if call.greeting_playback is not None:
+    if call.greeting_playback == call.playback_id(CONSENT):
         t.do(StopPlayback(call.greeting_playback))
     if segment is not None and action is ConsentAction.CALLER_OPTED_OUT:
         if not policy.keep_partial_on_opt_out:
             t.do(DeleteRecording(segment.number, segment.file))
+
+
+def _no_answer(t: _Transition, event: ReturnedFromQueue) -> None:
+    group = t.call.facts.group
+    t.ledger("queue_left", event.at, status=event.status)
+    if group is None or group.no_answer is NoAnswer.HANGUP:
+        t.ledger("no_answer_hangup", event.at)
+        t.do(Hangup())
+        return
+    # Voicemail is recorded whatever the policy: the caller chooses to leave it.
+    t.update(phase=Phase.VOICEMAIL)
+    t.play(VOICEMAIL)
 
 
 def _command_failed(t: _Transition, event: CommandFailed) -> None:
@@ -220,8 +339,12 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
             t.update(recording=replace(segment, stopping=False))
     elif isinstance(command, Play) and command.playback_id == t.call.greeting_playback:
         t.update(greeting_playback=None)
-        if t.call.phase is Phase.GREETING:
-            t.hold()
+        t.next_step()
+    elif isinstance(command, ContinueToQueue):
+        t.update(phase=Phase.HOLDING)  # the caller may still hang up; the ledger says why
+        t.do(StartHold())
+    elif isinstance(command, StartVoicemail):
+        t.do(Hangup())
 
 
 def _end(t: _Transition, event: CallEnded) -> None:
@@ -229,13 +352,31 @@ def _end(t: _Transition, event: CallEnded) -> None:
     if segment is not None and not segment.stopping:
         # MixMonitor ends with the channel; the hangup is the stop time.
         t.ledger(
-            "recording_stopped", event.at, reason="hangup", **_segment_data(t.call, segment.number)
+            "recording_stopped",
+            event.at,
+            reason="hangup",
+            **_segment_data(t.call, segment.number),
         )
         t.update(recording=None)
+    if t.call.voicemail_active:
+        t.ledger(
+            "voicemail_finished", event.at, state="hangup", duration=None, **_voicemail_data(t.call)
+        )
+        t.update(voicemail_active=False)
     t.ledger("call_ended", event.at, cause=event.cause)
     t.update(phase=Phase.ENDED, greeting_playback=None)
 
 
 def _segment_data(call: Call, segment: int) -> dict[str, Any]:
     file = call.facts.recording_file(segment)
-    return {"segment": segment, "file": file, "path": call.facts.host_path(file)}
+    return {
+        "segment": segment,
+        "file": file,
+        "path": call.facts.host_path(file),
+        "bridged_only": call.facts.group is not None,
+    }
+
+
+def _voicemail_data(call: Call) -> dict[str, Any]:
+    file = call.facts.voicemail_file
+    return {"file": file, "path": call.facts.host_path(file)}

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
 
-from consentd.policy import NumberPolicy
+from consentd.policy import Group, NumberPolicy
 
 
 class Direction(StrEnum):
@@ -28,6 +28,9 @@ class ConsentAction(StrEnum):
 class Phase(StrEnum):
     GREETING = "greeting"
     HOLDING = "holding"
+    QUEUED = "queued"
+    CONNECTED = "connected"
+    VOICEMAIL = "voicemail"
     ENDED = "ended"
 
 
@@ -42,6 +45,7 @@ class Media:
     language: str
     source: str  # "bundled" or the operator's file
     sha256: str | None = None
+    kind: str = "opt_in"
 
 
 @dataclass(frozen=True)
@@ -59,14 +63,31 @@ class CallFacts:
     greeting: Media | None
     recording_dir: str
     asterisk_root: str = "/"
+    #: Set when the number routes to a group of agents (app_queue).
+    group: Group | None = None
+    announcement: Media | None = None
+    voicemail_greeting: Media | None = None
+    #: Where ARI writes channel recordings (voicemail), as Asterisk sees it.
+    voicemail_dir: str = "/var/spool/asterisk/recording"
 
     def host_path(self, asterisk_path: str) -> str:
         """Where a file Asterisk writes appears on this host (Asterisk may run in a chroot)."""
         return str(PurePosixPath(self.asterisk_root, asterisk_path.lstrip("/")))
 
+    @property
+    def safe_id(self) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.call_id)
+
     def recording_file(self, segment: int) -> str:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.call_id)
-        return f"{self.recording_dir}/consentd-{safe}-{segment}.wav"
+        return f"{self.recording_dir}/consentd-{self.safe_id}-{segment}.wav"
+
+    @property
+    def voicemail_name(self) -> str:
+        return f"consentd-vm-{self.safe_id}"
+
+    @property
+    def voicemail_file(self) -> str:
+        return f"{self.voicemail_dir}/{self.voicemail_name}.wav"
 
 
 @dataclass(frozen=True)
@@ -125,6 +146,62 @@ class RecordingDeleted:
 
 
 @dataclass(frozen=True)
+class LeftStasis:
+    """The channel left the Stasis app: a hangup, or our own continue into the queue."""
+
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ReturnedFromQueue:
+    """Queue() ended without an agent (timeout, empty queue) and the dialplan sent the call back."""
+
+    status: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class QueueJoined:
+    queue: str
+    position: int | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class AgentConnected:
+    agent: str
+    interface: str
+    hold_time: int | None
+    ring_time: int | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class AgentCompleted:
+    reason: str
+    talk_time: int | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class QueueAbandoned:
+    hold_time: int | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class VoicemailStarted:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class VoicemailFinished:
+    state: str
+    duration: int | None
+    at: datetime
+
+
+@dataclass(frozen=True)
 class CommandFailed:
     command: Command
     error: str
@@ -139,6 +216,14 @@ class CallEnded:
 
 Event = (
     CallArrived
+    | LeftStasis
+    | ReturnedFromQueue
+    | QueueJoined
+    | AgentConnected
+    | AgentCompleted
+    | QueueAbandoned
+    | VoicemailStarted
+    | VoicemailFinished
     | DtmfReceived
     | PlaybackStarted
     | PlaybackFinished
@@ -178,6 +263,27 @@ class StartHold:
 class StartRecording:
     segment: int
     file: str
+    #: Record only while bridged to an agent (MixMonitor option b).
+    bridged_only: bool = False
+
+
+@dataclass(frozen=True)
+class ContinueToQueue:
+    """Send the caller into the group's queue, still watching its keypresses."""
+
+    queue: str
+    timeout: int
+
+
+@dataclass(frozen=True)
+class StartVoicemail:
+    name: str
+    max_seconds: int
+
+
+@dataclass(frozen=True)
+class Hangup:
+    pass
 
 
 @dataclass(frozen=True)
@@ -210,5 +316,8 @@ Command = (
     | StartRecording
     | StopRecording
     | DeleteRecording
+    | ContinueToQueue
+    | StartVoicemail
+    | Hangup
     | WriteLedger
 )

@@ -13,7 +13,7 @@ from typing import Any
 from consentd.call_details import recent_calls
 from consentd.ledger_pg import DatabaseError, PostgresLedger
 from consentd.logs import configure_logging
-from consentd.policy import PolicyError, load_policies
+from consentd.policy import PolicyBook, PolicyError, load_policies
 from consentd.runner import utc_now
 from consentd.settings import Settings
 
@@ -38,8 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--policies", type=Path, help="policy YAML (default: $CONSENTD_POLICIES)")
     run.set_defaults(handler=_run)
 
-    check = sub.add_parser("check", help="validate a policy file without a PBX")
+    check = sub.add_parser("check", help="validate a policy file (and, with --pbx, its queues)")
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--pbx",
+        action="store_true",
+        help="also ask the PBX over AMI ($CONSENTD_AMI_*) whether every group's queue exists",
+    )
+    check.add_argument("--ami", metavar="HOST:PORT", help="AMI address for --pbx (implies --pbx)")
     check.set_defaults(handler=_check)
 
     calls = sub.add_parser("calls", help="details of recent calls, newest first")
@@ -84,7 +90,35 @@ def _check(args: argparse.Namespace) -> int:
         count = len(exc.problems)
         print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
+    if args.pbx or args.ami:
+        return _check_pbx(book, args.ami)
     print(book.summary())
+    return 0
+
+
+def _check_pbx(book: PolicyBook, address: str | None) -> int:
+    from consentd.pbx_check import PbxUnreachable, asterisk_queues, missing_queues
+
+    configure_logging("console", "critical")  # the outcome is printed below, not logged
+    settings = Settings()
+    host, port = settings.ami_host, settings.ami_port
+    if address:
+        host, _, port_text = address.rpartition(":")
+        if not host or not port_text.isdigit():
+            print(f"consentd check: --ami must be HOST:PORT, got {address!r}", file=sys.stderr)
+            return 2
+        port = int(port_text)
+    try:
+        known = asyncio.run(asterisk_queues(host, port, settings.ami_user, settings.ami_secret))
+    except PbxUnreachable as exc:
+        print(f"consentd check: {exc}", file=sys.stderr)
+        return 2
+    problems = missing_queues(book, known)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{book.summary()}; queues on the PBX at {host}:{port}: OK")
     return 0
 
 

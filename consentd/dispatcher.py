@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -18,12 +18,21 @@ import structlog
 from consentd.ari import CONNECTED, AriError
 from consentd.call_flow import Call, new_call
 from consentd.call_model import (
+    AgentCompleted,
+    AgentConnected,
     CallArrived,
     CallEnded,
     CallFacts,
     Direction,
     DtmfReceived,
+    Event,
+    LeftStasis,
     PlaybackFinished,
+    QueueAbandoned,
+    QueueJoined,
+    ReturnedFromQueue,
+    VoicemailFinished,
+    VoicemailStarted,
 )
 from consentd.greetings import GreetingLibrary
 from consentd.policy import PolicyBook
@@ -73,32 +82,63 @@ class Dispatcher:
         self._ports = ports
         self._spawn = spawn
         self.calls: dict[str, CallRunner] = {}
+        self._last_dtmf: dict[CallRunner, tuple[str, datetime]] = {}
         self.calls_started = 0
         self._log = structlog.get_logger("consentd.dispatch")
 
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        now = self._ports.clock()
-        at = parse_ari_time(event.get("timestamp"), now)
-        channel = event.get("channel") or {}
-        runner = self.calls.get(channel.get("id", ""))
         if kind == CONNECTED:
             await self._resync()
-        elif kind == "StasisStart":
+            return
+        at = parse_ari_time(event.get("timestamp"), self._ports.clock())
+        channel = event.get("channel") or {}
+        runner = self.calls.get(channel.get("id", ""))
+        if kind == "StasisStart":
+            args = event.get("args") or []
             if runner is None:
-                self._start_call(channel, event.get("args") or [], at, adopted=False)
-        elif runner is None:
-            playback = event.get("playback") or {}
-            target = str(playback.get("target_uri", ""))
-            runner = self.calls.get(target.removeprefix("channel:")) if target else None
-            if kind == "PlaybackFinished" and runner is not None:
-                runner.post(
-                    PlaybackFinished(playback["id"], at, str(playback.get("state", "done")))
-                )
-        elif kind == "ChannelDtmfReceived":
-            runner.post(DtmfReceived(str(event.get("digit", "")), at, event.get("duration_ms")))
-        elif kind in ("StasisEnd", "ChannelDestroyed"):
+                self._start_call(channel, args, at, adopted=False)
+            elif args[:1] == ["after-queue"]:
+                runner.post(ReturnedFromQueue(str(args[1]) if len(args) > 1 else "", at))
+            return
+        if runner is None:
+            self._route_by_target(event, at)
+            return
+        if kind == "ChannelDtmfReceived":
+            digit = str(event.get("digit", ""))
+            if self._last_dtmf.get(runner) != (digit, at):  # one press, one count
+                self._last_dtmf[runner] = (digit, at)
+                runner.post(DtmfReceived(digit, at, event.get("duration_ms")))
+        elif kind == "StasisEnd":
+            runner.post(LeftStasis(at))
+        elif kind == "ChannelDestroyed":
             runner.post(CallEnded(at, cause=str(event.get("cause_txt") or "hangup")))
+
+    def _route_by_target(self, event: dict[str, Any], at: datetime) -> None:
+        """Playbacks and recordings name their channel only in target_uri."""
+        kind = event.get("type")
+        item = event.get("playback") or event.get("recording") or {}
+        target = str(item.get("target_uri", ""))
+        runner = self.calls.get(target.removeprefix("channel:")) if target else None
+        if runner is None:
+            return
+        if kind == "PlaybackFinished":
+            runner.post(PlaybackFinished(item["id"], at, str(item.get("state", "done"))))
+        elif kind == "RecordingStarted":
+            runner.post(VoicemailStarted(at))  # after the beep: the message itself
+        elif kind in ("RecordingFinished", "RecordingFailed"):
+            duration = item.get("duration")
+            runner.post(VoicemailFinished(str(item.get("state", "done")), duration, at))
+
+    def handle_ami(self, message: dict[str, str]) -> None:
+        """app_queue's AMI events about a caller we handle (matched by Uniqueid)."""
+        runner = self.calls.get(message.get("Uniqueid", ""))
+        if runner is None:
+            return
+        at = _ami_time(message.get("Timestamp"), self._ports.clock())
+        event = _queue_event(message, at)
+        if event is not None:
+            runner.post(event)
 
     def _start_call(
         self, channel: dict[str, Any], args: list[str], at: datetime, *, adopted: bool
@@ -107,6 +147,7 @@ class Dispatcher:
         channel_id = str(channel["id"])
         did = str((channel.get("dialplan") or {}).get("exten", ""))
         match = self._policies.lookup(did)
+        announcement, voicemail = self._greetings.routed_greetings(match.policy)
         direction = Direction.OUTBOUND if args[:1] == ["outbound"] else Direction.INBOUND
         call_id = f"{config.node}:{channel_id}"
         if adopted:
@@ -123,6 +164,9 @@ class Dispatcher:
             greeting=self._greetings.consent_greeting(match.policy),
             recording_dir=config.recording_dir,
             asterisk_root=config.asterisk_root,
+            group=self._policies.group_of(match.policy),
+            announcement=announcement,
+            voicemail_greeting=voicemail,
         )
         runner = CallRunner(new_call(facts), self._ports)
         if match.source == "default":
@@ -137,6 +181,7 @@ class Dispatcher:
             return await runner.run()
         finally:
             self.calls.pop(channel_id, None)
+            self._last_dtmf.pop(runner, None)
 
     async def _resync(self) -> None:
         try:
@@ -162,3 +207,37 @@ class Dispatcher:
                 self._log.info("call_adopted", channel_id=channel_id)
                 args = str(dialplan.get("app_data", "")).split(",")[1:]
                 self._start_call(channel, args, now, adopted=True)
+
+
+def _ami_time(value: str | None, fallback: datetime) -> datetime:
+    """AMI events carry ``Timestamp: 1795969623.123456`` when timestampevents=yes."""
+    try:
+        return datetime.fromtimestamp(float(value), UTC) if value else fallback
+    except ValueError:
+        return fallback
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _queue_event(message: dict[str, str], at: datetime) -> Event | None:
+    match message.get("Event"):
+        case "QueueCallerJoin":
+            return QueueJoined(message.get("Queue", ""), _int(message.get("Position")), at)
+        case "AgentConnect":
+            return AgentConnected(
+                agent=message.get("MemberName") or message.get("Interface", ""),
+                interface=message.get("Interface", ""),
+                hold_time=_int(message.get("HoldTime")),
+                ring_time=_int(message.get("RingTime")),
+                at=at,
+            )
+        case "AgentComplete":
+            return AgentCompleted(message.get("Reason", ""), _int(message.get("TalkTime")), at)
+        case "QueueCallerAbandon":
+            return QueueAbandoned(_int(message.get("HoldTime")), at)
+    return None

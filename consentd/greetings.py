@@ -57,6 +57,18 @@ class GreetingLibrary:
         path = policy.greetings.custom(kind)
         if path is not None:
             installed = self._custom[path]
-            return Media(installed.uri, policy.language, installed.source, installed.sha256)
+            return Media(
+                installed.uri, policy.language, installed.source, installed.sha256, kind.value
+            )
         bundled = self._sounds_dir / policy.language / "consentd" / kind.value
-        return Media(uri=f"sound:{bundled}", language=policy.language, source="bundled")
+        return Media(
+            uri=f"sound:{bundled}", language=policy.language, source="bundled", kind=kind.value
+        )
+
+    def routed_greetings(self, policy: NumberPolicy) -> tuple[Media | None, Media | None]:
+        """The availability and voicemail greetings of a group-routed number."""
+        if policy.routing is None:
+            return None, None
+        return self.media(policy, GreetingKind.AVAILABLE), self.media(
+            policy, GreetingKind.VOICEMAIL
+        )

@@ -54,6 +54,13 @@ class Line(StrEnum):
 class GreetingKind(StrEnum):
     OPT_IN = "opt_in"
     OPT_OUT = "opt_out"
+    AVAILABLE = "available"
+    VOICEMAIL = "voicemail"
+
+
+class NoAnswer(StrEnum):
+    VOICEMAIL = "voicemail"
+    HANGUP = "hangup"
 
 
 class _Frozen(BaseModel):
@@ -93,12 +100,27 @@ class Greetings(_Frozen):
 
     opt_in: Path | None = None
     opt_out: Path | None = None
+    available: Path | None = None
+    voicemail: Path | None = None
 
-    _check = field_validator("opt_in", "opt_out")(_check_greeting_file)
+    _check = field_validator("opt_in", "opt_out", "available", "voicemail")(_check_greeting_file)
 
     def custom(self, kind: GreetingKind) -> Path | None:
         value: Path | None = getattr(self, kind.value)
         return value
+
+
+class Routing(_Frozen):
+    group: str
+
+
+class Group(_Frozen):
+    """A group of agents: one app_queue queue, and what happens when nobody answers."""
+
+    queue: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    timeout: int = Field(default=30, ge=1, le=3600)
+    no_answer: NoAnswer = NoAnswer.VOICEMAIL
+    voicemail_max_seconds: int = Field(default=120, ge=5, le=3600)
 
 
 class NumberPolicy(_Frozen):
@@ -107,6 +129,7 @@ class NumberPolicy(_Frozen):
     language: str = Field(default="en", pattern=r"^[a-z]{2,3}(_[A-Za-z0-9]+)?$")
     keep_partial_on_opt_out: bool = False
     greetings: Greetings = Greetings()
+    routing: Routing | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> NumberPolicy:
@@ -115,18 +138,25 @@ class NumberPolicy(_Frozen):
                 f"recording: {self.recording.value} is not available on a digital line "
                 "(use always or never)"
             )
-        kind = self.greeting_kind
-        if (
-            kind is not None
-            and self.greetings.custom(kind) is None
-            and self.language not in BUNDLED_GREETING_LANGUAGES
-        ):
-            raise ValueError(
-                f"language: no bundled {kind.value} greeting for {self.language!r} "
-                f"(bundled: {', '.join(sorted(BUNDLED_GREETING_LANGUAGES))}); "
-                f"set greetings.{kind.value} to a file of your own"
-            )
+        if self.language in BUNDLED_GREETING_LANGUAGES:
+            return self
+        for kind in self.greeting_kinds_needed:
+            if self.greetings.custom(kind) is None:
+                raise ValueError(
+                    f"language: no bundled {kind.value} greeting for {self.language!r} "
+                    f"(bundled: {', '.join(sorted(BUNDLED_GREETING_LANGUAGES))}); "
+                    f"set greetings.{kind.value} to a file of your own"
+                )
         return self
+
+    @property
+    def greeting_kinds_needed(self) -> list[GreetingKind]:
+        kinds = [GreetingKind.AVAILABLE] if self.routing else []
+        if self.greeting_kind is not None:
+            kinds.append(self.greeting_kind)
+        if self.routing:
+            kinds.append(GreetingKind.VOICEMAIL)
+        return kinds
 
     @property
     def greeting_kind(self) -> GreetingKind | None:
@@ -154,8 +184,9 @@ E164 = Annotated[str, BeforeValidator(_e164_key)]
 class PolicyFile(_Frozen):
     default: NumberPolicy
     numbers: dict[E164, NumberPolicy] = Field(default_factory=dict)
+    groups: dict[str, Group] = Field(default_factory=dict)
 
-    @field_validator("numbers", mode="before")
+    @field_validator("numbers", "groups", mode="before")
     @classmethod
     def _empty_numbers(cls, value: Any) -> Any:
         """``numbers:`` with nothing under it means no numbers, not an error."""
@@ -182,6 +213,11 @@ class PolicyBook:
         if policy is None:
             return PolicyMatch(self.config.default, "default")
         return PolicyMatch(policy, "number")
+
+    def group_of(self, policy: NumberPolicy) -> Group | None:
+        if policy.routing is None:
+            return None
+        return self.config.groups[policy.routing.group]
 
     def custom_greeting_files(self) -> set[Path]:
         policies = [self.config.default, *self.config.numbers.values()]
@@ -247,10 +283,32 @@ def load_policies(file: Path) -> PolicyBook:
         config = PolicyFile.model_validate(doc.data, context={"base_dir": file.parent})
     except ValidationError as exc:
         problems.extend(_problems_from(exc, doc))
+    else:
+        problems.extend(_undefined_groups(config, doc))
     if problems:
         problems.sort(key=lambda p: p.line or 0)
         raise PolicyError(problems)
     return PolicyBook(file=file, config=config)
+
+
+def _undefined_groups(config: PolicyFile, doc: YamlDocument) -> list[PolicyProblem]:
+    entries: list[tuple[KeyPath, NumberPolicy]] = [(("default",), config.default)]
+    entries += [(("numbers", number), policy) for number, policy in config.numbers.items()]
+    problems = []
+    defined = ", ".join(sorted(config.groups)) or "none"
+    for path, policy in entries:
+        if policy.routing and policy.routing.group not in config.groups:
+            loc = (*path, "routing", "group")
+            problems.append(
+                PolicyProblem(
+                    doc.file,
+                    doc.line_of(loc),
+                    _describe(loc),
+                    f"group {policy.routing.group!r} is not defined under groups "
+                    f"(defined: {defined})",
+                )
+            )
+    return problems
 
 
 def _problems_from(exc: ValidationError, doc: YamlDocument) -> list[PolicyProblem]:

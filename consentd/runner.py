@@ -24,8 +24,10 @@ from consentd.call_model import (
     Answer,
     Command,
     CommandFailed,
+    ContinueToQueue,
     DeleteRecording,
     Event,
+    Hangup,
     Play,
     PlaybackStarted,
     RecordingDeleted,
@@ -33,6 +35,7 @@ from consentd.call_model import (
     RecordingStopped,
     StartHold,
     StartRecording,
+    StartVoicemail,
     StopPlayback,
     StopRecording,
     WriteLedger,
@@ -119,8 +122,17 @@ class CallRunner:
                 case StartHold():
                     await ari.start_silence(facts.channel_id)
                 case StartRecording():
-                    await recorder.start(facts.channel_id, command.file)
+                    options = "b" if command.bridged_only else ""
+                    await recorder.start(facts.channel_id, command.file, options)
                     return RecordingStarted(command.segment, self._ports.clock())
+                case ContinueToQueue():
+                    await ari.continue_to_queue(
+                        facts.channel_id, facts.did, command.queue, command.timeout
+                    )
+                case StartVoicemail():
+                    await ari.record(facts.channel_id, command.name, command.max_seconds)
+                case Hangup():
+                    await ari.hangup(facts.channel_id)
                 case StopRecording():
                     await recorder.stop(facts.channel_id)
                     return RecordingStopped(command.segment, self._ports.clock())

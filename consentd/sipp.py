@@ -8,6 +8,7 @@ one's exit status tells whether its SIP dialogue completed.
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 import tempfile
 import time
@@ -18,6 +19,33 @@ from pathlib import Path
 SIPP_PCAPS = Path("/usr/share/sip-tester")
 KEYS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "none")
 _LINK_HEADER = {1: 14, 113: 16}  # Ethernet, Linux cooked capture
+
+
+def _alaw(sample: int) -> int:
+    """G.711 A-law encoding of one 16-bit sample."""
+    sign = 0x80 if sample >= 0 else 0
+    magnitude = min(sample if sample >= 0 else -sample - 1, 32635) >> 3
+    if magnitude < 32:
+        code = magnitude >> 1
+    else:
+        exponent = magnitude.bit_length() - 5
+        code = (exponent << 4) | ((magnitude >> exponent) & 0x0F)
+    return (code | sign) ^ 0x55
+
+
+def tone_file(cache_dir: Path | None = None, freq: float = 440.0) -> Path:
+    """One second of a sine tone as raw A-law: what SIPp's rtp_stream plays as speech."""
+    directory = cache_dir or Path(tempfile.gettempdir()) / "consentd-sipp"
+    target = directory / f"tone{int(freq)}.alaw"
+    if not target.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        data = bytes(
+            _alaw(int(6000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(8000)
+        )
+        tmp = target.with_suffix(f".tmp{id(data)}")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return target
 
 
 def dtmf_pcap(digit: str, press: int = 0, cache_dir: Path | None = None) -> Path:
@@ -70,6 +98,8 @@ class CallPlan:
     wait2_ms: int = 0
     key2: str = "none"
     talk_ms: int = 3000
+    #: Stream audio for the whole call, as a real caller would (voicemail, agents).
+    speak: bool = False
 
     def __post_init__(self) -> None:
         for key in (self.key1, self.key2):
@@ -108,6 +138,7 @@ async def place_call(
         "-i", "127.0.0.1", "-p", str(sip_port), "-mp", str(media_port),
         "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-set", "caller", plan.caller, "-set", "talk", str(plan.talk_ms),
+        "-set", "speak", "1" if plan.speak else "0", "-key", "audio", f"{tone_file()},-1,8",
         *_press_args(1, plan.wait1_ms, plan.key1, 0),
         *_press_args(2, plan.wait2_ms, plan.key2, int(plan.key2 == plan.key1)),
     ]  # fmt: skip
@@ -164,3 +195,44 @@ async def place_calls(
             for i, plan in enumerate(plans)
         )
     )
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    port: int
+    returncode: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+async def run_agent(
+    scenario: Path,
+    *,
+    port: int,
+    answer_ms: int,
+    media_port: int,
+    timeout: float = 60.0,
+) -> AgentResult:
+    """One agent's phone (a SIPp UAS on the port its AOR names): ring, answer, talk."""
+    args = [
+        "sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port),
+        "-mp", str(media_port), "-m", "1", "-nostdin",
+        "-timeout", f"{int(timeout)}s", "-timeout_error",
+        "-set", "answer_ms", str(answer_ms), "-key", "audio", f"{tone_file(freq=660)},-1,8",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout + 10)
+    except TimeoutError:
+        proc.kill()
+        out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return AgentResult(port, proc.returncode, out.decode(errors="replace"))

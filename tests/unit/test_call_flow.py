@@ -165,6 +165,7 @@ def test_greeting_started_is_written_with_the_media_that_proves_what_was_heard(
             at(0.2),
             {
                 "playback_id": GREETING,
+                "kind": "opt_in",
                 "media": "sound:consentd-custom/4f2a",
                 "language": "fr",
                 "source": "/etc/consentd/fr.wav",
@@ -283,7 +284,7 @@ def test_opt_out_recording_stopped_after_the_3_gives_reason_caller_opted_out(
             3,
             "recording_stopped",
             at(3.1),
-            {"reason": "caller_opted_out", "segment": 1, "file": FILE_1, "path": FILE_1},
+            {"reason": "caller_opted_out", "segment": 1, "file": FILE_1, "path": FILE_1, "bridged_only": False},
         )
     ]
     assert call.recording is None
@@ -410,7 +411,7 @@ def test_playback_finished_of_an_unknown_playback_does_nothing(facts: Facts) -> 
 def test_recording_feedback_is_written_with_segment_file_and_host_path(facts: Facts) -> None:
     call = arrived(facts("always", asterisk_root="/srv/asterisk"))
     host = "/srv/asterisk" + FILE_1
-    segment = {"segment": 1, "file": FILE_1, "path": host}
+    segment = {"segment": 1, "file": FILE_1, "path": host, "bridged_only": False}
 
     call, started = handle(call, RecordingStarted(1, at(0.1)))
     call, stopped = handle(call, RecordingStopped(1, at(5)))
@@ -432,7 +433,7 @@ def test_hangup_while_recording_writes_recording_stopped_then_call_ended(facts: 
             2,
             "recording_stopped",
             at(30),
-            {"reason": "hangup", "segment": 1, "file": FILE_1, "path": FILE_1},
+            {"reason": "hangup", "segment": 1, "file": FILE_1, "path": FILE_1, "bridged_only": False},
         ),
         WriteLedger(3, "call_ended", at(30), {"cause": "hangup"}),
     ]
@@ -587,6 +588,7 @@ def test_opt_in_after_the_3_records_a_new_segment_until_hangup(
         "segment": 1,
         "file": FILE_1,
         "path": FILE_1,
+        "bridged_only": False,
     }
     assert FILE_2 not in str(call.commands)
 

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.harness import POLICIES, ROOT, Stack, stack_command, write_tone
+from tests.e2e.harness import (
+    POLICIES,
+    ROOT,
+    SHORT_GREETING_S,
+    Stack,
+    stack_command,
+    write_tone,
+)
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +29,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("e2e-policies")
     custom = workdir / "custom-opt-in.wav"
     write_tone(custom, 2.0)
+    write_tone(workdir / "short.wav", SHORT_GREETING_S, freq=500.0)
     policies = workdir / "policies.yaml"
     policies.write_text(POLICIES)
     try:

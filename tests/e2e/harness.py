@@ -27,6 +27,9 @@ DATABASE_URL = os.environ.get(
 
 POLICIES = """\
 default: {recording: never}
+groups:
+  support: {queue: support, timeout: 20, no_answer: voicemail}
+  support-short: {queue: support, timeout: 4, no_answer: voicemail, voicemail_max_seconds: 30}
 numbers:
   "+4930100001": {recording: always}
   "+4930100002": {recording: opt_in, language: de}
@@ -36,7 +39,19 @@ numbers:
   "+4930100006": {recording: opt_out, keep_partial_on_opt_out: true}
   "+4930100007": {recording: opt_in}
   "+4930100008": {recording: opt_in, greetings: {opt_in: custom-opt-in.wav}}
+  # Group-routed numbers; one-second greetings keep the tests short.
+  "+4930100010": {recording: opt_in, routing: {group: support},
+                  greetings: {available: short.wav, opt_in: short.wav}}
+  "+4930100011": {recording: opt_out, routing: {group: support},
+                  greetings: {available: short.wav, opt_out: short.wav}}
+  "+4930100012": {recording: always, routing: {group: support}, greetings: {available: short.wav}}
+  "+4930100013": {recording: never, routing: {group: support}, greetings: {available: short.wav}}
+  "+4930100014": {recording: never, routing: {group: support-short},
+                  greetings: {available: short.wav, voicemail: short.wav}}
 """
+
+#: Length of short.wav, the greetings of the group-routed numbers.
+SHORT_GREETING_S = 1.0
 
 
 @dataclass(frozen=True)

@@ -284,7 +284,13 @@ def test_opt_out_recording_stopped_after_the_3_gives_reason_caller_opted_out(
             3,
             "recording_stopped",
             at(3.1),
-            {"reason": "caller_opted_out", "segment": 1, "file": FILE_1, "path": FILE_1, "bridged_only": False},
+            {
+                "reason": "caller_opted_out",
+                "segment": 1,
+                "file": FILE_1,
+                "path": FILE_1,
+                "bridged_only": False,
+            },
         )
     ]
     assert call.recording is None
@@ -433,7 +439,13 @@ def test_hangup_while_recording_writes_recording_stopped_then_call_ended(facts: 
             2,
             "recording_stopped",
             at(30),
-            {"reason": "hangup", "segment": 1, "file": FILE_1, "path": FILE_1, "bridged_only": False},
+            {
+                "reason": "hangup",
+                "segment": 1,
+                "file": FILE_1,
+                "path": FILE_1,
+                "bridged_only": False,
+            },
         ),
         WriteLedger(3, "call_ended", at(30), {"cause": "hangup"}),
     ]

@@ -154,6 +154,7 @@ _COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("key", lambda c: c["call_recording_consent_keypress"] or "-"),
     ("rec s", lambda c: str(c["recording_time"])),
     ("not rec s", lambda c: str(c["not_recording_time"])),
+    ("agent", lambda c: c.get("agent") or ("voicemail" if c.get("voicemail") else "-")),
     ("recordings", lambda c: ", ".join(Path(p).name for p in c["recordings"]) or "-"),
     ("id", lambda c: c["id"]),
 )

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from consentd.cli import render_table
-from consentd.sipp import CallPlan, place_calls
+from consentd.sipp import AgentResult, CallPlan, CallResult, place_calls, run_agent
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / ".cache" / "asterisk-root"
@@ -50,6 +50,24 @@ def plans() -> list[tuple[CallPlan, str, str | None]]:
     ]
 
 
+def routed_plan() -> CallPlan:
+    """+4930100010 routes to the group "support": greetings, queue, agent1 answers."""
+    queued = greeting_ms("en", "available") + greeting_ms("en", "opt_in") + 1000
+    return CallPlan("+4930100010", "+4915100000110", queued, "3", talk_ms=6000, speak=True)
+
+
+async def calls_with_agent(plans: list[CallPlan]) -> tuple[list[CallResult], AgentResult]:
+    """All calls at once, and agent1's phone (SIPp on 127.0.0.1:5071) answering after 2 s."""
+    agent = asyncio.create_task(
+        run_agent(
+            REPO / "sipp-scenarios" / "agent.xml", port=5071, answer_ms=2000, media_port=16100
+        )
+    )
+    await asyncio.sleep(0.3)
+    results = await place_calls(plans, REPO / "sipp-scenarios" / "caller.xml")
+    return results, await agent
+
+
 def stack(*args: str) -> None:
     subprocess.run(
         [str(REPO / "scripts" / "stack.sh"), *args], check=True, stdin=subprocess.DEVNULL
@@ -73,13 +91,12 @@ def main() -> int:
     started = time.monotonic()
     stack("up", str(POLICIES))
     try:
-        cases = plans()
+        group_call = routed_plan()
+        cases = [*plans(), (group_call, "opt_in", "caller_opted_in")]
         since = datetime.now(UTC).isoformat()  # the database keeps earlier demos' calls
         longest = max(p.duration_s for p, _, _ in cases)
         print(f"==> placing {len(cases)} SIP calls at once (about {longest:.0f} s) ...", flush=True)
-        results = asyncio.run(
-            place_calls([p for p, _, _ in cases], REPO / "sipp-scenarios" / "caller.xml")
-        )
+        results, agent = asyncio.run(calls_with_agent([p for p, _, _ in cases]))
         callers = {p.caller for p, _, _ in cases}
         for _ in range(30):
             calls = [
@@ -93,6 +110,11 @@ def main() -> int:
         print(render_table(calls))
         by_caller = {c["caller"]: c for c in calls}
         problems = [f"SIPp call from {r.plan.caller} failed" for r in results if not r.ok]
+        if not agent.ok:
+            problems.append(f"SIPp agent failed: {agent.output[-500:]}")
+        routed = by_caller.get(group_call.caller)
+        if routed is not None and routed.get("agent") != "agent1":
+            problems.append(f"group call was not answered by agent1: {routed}")
         for plan, policy, action in cases:
             got = by_caller.get(plan.caller)
             if got is None:

@@ -143,6 +143,12 @@ async def place_call(
         *_press_args(2, plan.wait2_ms, plan.key2, int(plan.key2 == plan.key1)),
     ]  # fmt: skip
     started = time.time()
+    returncode, output = await _run_sipp(args, timeout + 10)
+    return CallResult(plan, returncode, started, time.time(), output)
+
+
+async def _run_sipp(args: list[str], timeout: float) -> tuple[int, str]:
+    """Run one SIPp process to its end (killed after ``timeout``): exit code and output."""
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -150,12 +156,12 @@ async def place_call(
         stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout + 10)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
         out, _ = await proc.communicate()
     assert proc.returncode is not None
-    return CallResult(plan, proc.returncode, started, time.time(), out.decode(errors="replace"))
+    return proc.returncode, out.decode(errors="replace")
 
 
 def _press_args(n: int, wait_ms: int, key: str, repeat: int) -> list[str]:
@@ -223,16 +229,5 @@ async def run_agent(
         "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-set", "answer_ms", str(answer_ms), "-key", "audio", f"{tone_file(freq=660)},-1,8",
     ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout + 10)
-    except TimeoutError:
-        proc.kill()
-        out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return AgentResult(port, proc.returncode, out.decode(errors="replace"))
+    returncode, output = await _run_sipp(args, timeout + 10)
+    return AgentResult(port, returncode, output)

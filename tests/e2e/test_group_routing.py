@@ -9,9 +9,11 @@ agent stream audio: a bridged call or a voicemail without audio records nothing.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -248,3 +250,26 @@ def test_caller_hanging_up_in_the_queue_is_abandoned(outcomes: dict[str, Outcome
     assert outcome.details["agent"] is None
     assert outcome.rows("queue_abandoned")
     assert outcome.rows("queue_left") == []
+
+
+def test_check_against_the_pbx_reports_a_queue_asterisk_lacks(stack: Stack, tmp_path: Path) -> None:
+    consentd = str(REPO / ".venv" / "bin" / "consentd")
+    good = subprocess.run(
+        [consentd, "check", str(stack.policies), "--pbx"], capture_output=True, text=True
+    )
+    assert good.returncode == 0, good.stderr
+    assert "queues on the PBX at 127.0.0.1:5038: OK" in good.stdout
+
+    bad = tmp_path / "policies.yaml"
+    bad.write_text(
+        "default: {recording: never}\n"
+        "groups:\n  sales: {queue: sales}\n"
+        'numbers:\n  "+4930100099": {recording: always, routing: {group: sales}}\n'
+    )
+    result = subprocess.run(
+        [consentd, "check", str(bad), "--ami", "127.0.0.1:5038"], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "group 'sales': queue 'sales' does not exist on the PBX (it has: support)" in (
+        result.stderr
+    )

@@ -140,13 +140,17 @@ class NumberPolicy(_Frozen):
             )
         if self.language in BUNDLED_GREETING_LANGUAGES:
             return self
-        for kind in self.greeting_kinds_needed:
-            if self.greetings.custom(kind) is None:
-                raise ValueError(
-                    f"language: no bundled {kind.value} greeting for {self.language!r} "
-                    f"(bundled: {', '.join(sorted(BUNDLED_GREETING_LANGUAGES))}); "
-                    f"set greetings.{kind.value} to a file of your own"
-                )
+        # Name every missing greeting at once, so the operator can fix them in one pass.
+        missing = [k.value for k in self.greeting_kinds_needed if self.greetings.custom(k) is None]
+        if missing:
+            one = len(missing) == 1
+            raise ValueError(
+                f"language: no bundled {_and(missing)} greeting{'' if one else 's'} "
+                f"for {self.language!r} "
+                f"(bundled: {', '.join(sorted(BUNDLED_GREETING_LANGUAGES))}); "
+                f"set {_and([f'greetings.{m}' for m in missing])} "
+                f"to {'a file' if one else 'files'} of your own"
+            )
         return self
 
     @property
@@ -166,6 +170,10 @@ class NumberPolicy(_Frozen):
         if self.recording is Recording.OPT_OUT:
             return GreetingKind.OPT_OUT
         return None
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _e164_key(value: Any) -> Any:

@@ -59,6 +59,7 @@ def test_table_shows_one_row_per_call_under_a_header() -> None:
         "not",
         "rec",
         "s",
+        "agent",
         "recordings",
         "id",
     ]
@@ -73,10 +74,11 @@ def test_table_shows_one_row_per_call_under_a_header() -> None:
         "3",
         "26",
         "4",
+        "-",
         "consentd-pbx1_1764432000.17-1.wav",
         "pbx1:1764432000.17",
     ]
-    assert lines[3].split()[5:10] == ["-", "-", "0", "30", "-"]
+    assert lines[3].split()[5:11] == ["-", "-", "0", "30", "-", "-"]
 
 
 def test_calls_with_limit_0_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:

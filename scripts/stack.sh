@@ -5,6 +5,7 @@
 #   scripts/stack.sh up [POLICIES_FILE]   start what is not running yet
 #   scripts/stack.sh down                 stop everything this checkout started
 #   scripts/stack.sh status               show what runs
+#   scripts/stack.sh db-stop | db-start   stop or start only PostgreSQL (fault tests)
 #
 # Environment:
 #   CONSENTD_DATABASE_URL=...     use this database; no cluster is started
@@ -312,5 +313,9 @@ case ${1:-} in
 up) shift; cmd_up "$@" ;;
 down) cmd_down ;;
 status) cmd_status ;;
-*) echo "usage: $0 up [POLICIES_FILE] | down | status" >&2; exit 2 ;;
+# Fault injection: take the throwaway PostgreSQL away and bring it back while
+# Asterisk and consentd keep running (consentd journals meanwhile).
+db-stop) stop_postgres ;;
+db-start) start_postgres ;;
+*) echo "usage: $0 up [POLICIES_FILE] | down | status | db-stop | db-start" >&2; exit 2 ;;
 esac

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from consentd.cli import main
 from consentd.policy import (
+    Group,
+    NoAnswer,
     PolicyError,
     PolicyProblem,
     Recording,
@@ -612,6 +614,287 @@ def test_custom_greeting_in_default_is_reported_on_default(tmp_path: Path) -> No
 
     assert (problem.line, problem.location) == (4, "default, key greetings.opt_out")
     assert "does not exist" in problem.message
+
+
+# ---------------------------------------------------------------- groups and routing
+
+ROUTED = """\
+default: {recording: never}
+numbers:
+  "+4930100010": {recording: opt_in, routing: {group: support}}
+groups:
+  support: {queue: support, timeout: 20, no_answer: voicemail}
+"""
+
+
+def test_routed_number_loads_with_its_group(tmp_path: Path) -> None:
+    book = load_policies(write(tmp_path, ROUTED))
+
+    policy = book.lookup("+4930100010").policy
+    group = book.group_of(policy)
+
+    assert policy.routing is not None and policy.routing.group == "support"
+    assert group == Group(queue="support", timeout=20, no_answer=NoAnswer.VOICEMAIL)
+    assert group.voicemail_max_seconds == 120
+    assert book.group_of(book.config.default) is None
+
+
+def test_group_gets_defaults_for_keys_it_leaves_out(tmp_path: Path) -> None:
+    path = write(tmp_path, "default: {recording: never}\ngroups:\n  sales: {queue: sales-q}\n")
+
+    group = load_policies(path).config.groups["sales"]
+
+    assert (group.queue, group.timeout, group.no_answer, group.voicemail_max_seconds) == (
+        "sales-q",
+        30,
+        NoAnswer.VOICEMAIL,
+        120,
+    )
+
+
+def test_routed_number_needs_the_availability_and_voicemail_greetings_besides_consent(
+    tmp_path: Path,
+) -> None:
+    policy = load_policies(write(tmp_path, ROUTED)).lookup("+4930100010").policy
+
+    assert [k.value for k in policy.greeting_kinds_needed] == ["available", "opt_in", "voicemail"]
+
+
+def test_route_to_an_undefined_group_names_file_line_number_key_and_the_defined_groups(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        """\
+        default: {recording: never}
+        numbers:
+          "+4930100010": {recording: opt_in, routing: {group: support}}
+          "+4930100011":
+            recording: always
+            routing:
+              group: sales
+        groups:
+          support: {queue: support}
+          billing: {queue: billing}
+        """,
+    )
+
+    problem = only_problem(path)
+
+    assert problem.file == path
+    assert problem.line == 7
+    assert problem.location == 'number "+4930100011", key routing.group'
+    assert problem.message == (
+        "group 'sales' is not defined under groups (defined: billing, support)"
+    )
+    assert str(problem) == (
+        f'{path}:7: number "+4930100011", key routing.group: '
+        "group 'sales' is not defined under groups (defined: billing, support)"
+    )
+
+
+def test_route_without_any_groups_says_none_are_defined(tmp_path: Path) -> None:
+    path = write(tmp_path, "default:\n  recording: never\n  routing: {group: support}\n")
+
+    problem = only_problem(path)
+
+    assert (problem.line, problem.location) == (3, "default, key routing.group")
+    assert problem.message == "group 'support' is not defined under groups (defined: none)"
+
+
+@pytest.mark.parametrize(
+    ("group", "key", "message"),
+    [
+        pytest.param(
+            "{queue: support, no_answer: busy}",
+            "no_answer",
+            "Input should be 'voicemail' or 'hangup'",
+            id="bad-no-answer",
+        ),
+        pytest.param(
+            "{queue: support, timeout: 0}",
+            "timeout",
+            "Input should be greater than or equal to 1",
+            id="timeout-0",
+        ),
+        pytest.param(
+            "{queue: support, timeout: -5}",
+            "timeout",
+            "Input should be greater than or equal to 1",
+            id="timeout-negative",
+        ),
+        pytest.param(
+            "{queue: support, colour: red}",
+            "colour",
+            "unknown key 'colour'",
+            id="unknown-key",
+        ),
+        pytest.param(
+            "{queue: 'support;Dial(PJSIP/x)'}",
+            "queue",
+            "String should match pattern '^[A-Za-z0-9_.-]+$'",
+            id="queue-with-dialplan-characters",
+        ),
+        pytest.param(
+            "{queue: sup port}",
+            "queue",
+            "String should match pattern '^[A-Za-z0-9_.-]+$'",
+            id="queue-with-a-space",
+        ),
+    ],
+)
+def test_bad_group_setting_is_reported_on_its_key(
+    tmp_path: Path, group: str, key: str, message: str
+) -> None:
+    path = write(
+        tmp_path,
+        f"""\
+        default: {{recording: never}}
+        numbers:
+          "+4930100010": {{recording: opt_in, routing: {{group: support}}}}
+        groups:
+          support: {group}
+        """,
+    )
+
+    problem = only_problem(path)
+
+    assert problem.line == 5
+    assert problem.location == f"key groups.support.{key}"
+    assert problem.message == message
+
+
+def test_group_without_a_queue_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, "default: {recording: never}\ngroups:\n  support: {timeout: 20}\n")
+
+    problem = only_problem(path)
+
+    assert (problem.line, problem.location, problem.message) == (
+        3,
+        "key groups.support.queue",
+        "Field required",
+    )
+
+
+@pytest.mark.parametrize("kind", ["available", "voicemail"])
+def test_custom_availability_and_voicemail_greetings_are_validated_like_opt_in(
+    tmp_path: Path, wav: Callable[..., Path], kind: str
+) -> None:
+    stereo = wav(tmp_path / f"{kind}.wav", rate=16000, channels=2)
+    path = write(
+        tmp_path,
+        f"""\
+        default: {{recording: never}}
+        numbers:
+          "+4930100010":
+            recording: opt_in
+            routing: {{group: support}}
+            greetings:
+              {kind}: {stereo}
+        groups:
+          support: {{queue: support}}
+        """,
+    )
+
+    problem = only_problem(path)
+
+    assert (problem.line, problem.location) == (7, f'number "+4930100010", key greetings.{kind}')
+    assert problem.message.startswith(
+        f"greeting file {str(stereo)!r} is 16000 Hz, 2 channel(s), 16-bit; "
+        "Asterisk needs 8000 Hz mono 16-bit"
+    )
+
+
+def test_custom_availability_and_voicemail_greetings_are_installed_like_opt_in(
+    tmp_path: Path, wav: Callable[..., Path]
+) -> None:
+    available = wav(tmp_path / "available.wav")
+    voicemail = wav(tmp_path / "voicemail.wav", seconds=0.2)
+    path = write(
+        tmp_path,
+        f"""\
+        default: {{recording: never}}
+        numbers:
+          "+4930100010":
+            recording: never
+            routing: {{group: support}}
+            greetings: {{available: {available}, voicemail: {voicemail}}}
+        groups:
+          support: {{queue: support}}
+        """,
+    )
+
+    book = load_policies(path)
+
+    policy = book.lookup("+4930100010").policy
+    assert (policy.greetings.available, policy.greetings.voicemail) == (
+        available.resolve(),
+        voicemail.resolve(),
+    )
+    assert book.custom_greeting_files() == {available.resolve(), voicemail.resolve()}
+
+
+def routed_in_french(tmp_path: Path, greetings: dict[str, Path]) -> Path:
+    listed = ", ".join(f"{kind}: {file}" for kind, file in greetings.items())
+    return write(
+        tmp_path,
+        f"""\
+        default: {{recording: never}}
+        numbers:
+          "+4930100010":
+            recording: opt_in
+            language: fr
+            routing: {{group: support}}
+            greetings: {{{listed}}}
+        groups:
+          support: {{queue: support}}
+        """,
+    )
+
+
+def test_routed_number_in_a_language_without_bundled_greetings_names_every_missing_one(
+    tmp_path: Path,
+) -> None:
+    problem = only_problem(routed_in_french(tmp_path, {}))
+
+    assert (problem.line, problem.location) == (3, 'number "+4930100010"')
+    assert problem.message == (
+        "language: no bundled available, opt_in and voicemail greetings for 'fr' "
+        "(bundled: de, en); set greetings.available, greetings.opt_in and "
+        "greetings.voicemail to files of your own"
+    )
+
+
+@pytest.mark.parametrize("missing", ["available", "opt_in", "voicemail"])
+def test_routed_number_in_a_language_without_bundled_greetings_needs_each_of_the_three(
+    tmp_path: Path, wav: Callable[..., Path], missing: str
+) -> None:
+    given = {
+        kind: wav(tmp_path / f"fr-{kind}.wav")
+        for kind in ("available", "opt_in", "voicemail")
+        if kind != missing
+    }
+
+    problem = only_problem(routed_in_french(tmp_path, given))
+
+    assert (problem.line, problem.location) == (3, 'number "+4930100010"')
+    assert problem.message == (
+        f"language: no bundled {missing} greeting for 'fr' (bundled: de, en); "
+        f"set greetings.{missing} to a file of your own"
+    )
+
+
+def test_routed_number_in_a_language_without_bundled_greetings_loads_with_all_three(
+    tmp_path: Path, wav: Callable[..., Path]
+) -> None:
+    given = {
+        kind: wav(tmp_path / f"fr-{kind}.wav") for kind in ("available", "opt_in", "voicemail")
+    }
+
+    book = load_policies(routed_in_french(tmp_path, given))
+
+    assert book.lookup("+4930100010").policy.language == "fr"
+    assert book.custom_greeting_files() == {file.resolve() for file in given.values()}
 
 
 # ---------------------------------------------------------------- whole-file problems

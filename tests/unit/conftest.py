@@ -37,7 +37,7 @@ from consentd.call_model import (
     WriteLedger,
 )
 from consentd.ledger import LedgerEvent
-from consentd.policy import NumberPolicy
+from consentd.policy import Group, NumberPolicy
 
 #: The moment every test call starts; fixed so that ledger times are exact.
 T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
@@ -88,15 +88,30 @@ def make_facts(
     channel_id: str = "1764432000.17",
     policy_source: str = "number",
     asterisk_root: str = "/",
+    group: Group | None = None,
 ) -> CallFacts:
-    """The facts of one inbound call, with the greeting the daemon would pick for the policy."""
+    """The facts of one inbound call, with the greeting the daemon would pick for the policy.
+
+    With ``group`` the number routes to the group "support" and the call gets
+    the bundled availability and voicemail greetings, as the dispatcher gives them.
+    """
     policy = NumberPolicy.model_validate(
         {
             "recording": recording,
             "language": language,
             "line": line,
             "keep_partial_on_opt_out": keep_partial_on_opt_out,
+            **({"routing": {"group": "support"}} if group else {}),
         }
+    )
+    routed = (
+        {
+            "group": group,
+            "announcement": _bundled(language, "available"),
+            "voicemail_greeting": _bundled(language, "voicemail"),
+        }
+        if group
+        else {}
     )
     return CallFacts(
         call_id=call_id,
@@ -110,7 +125,12 @@ def make_facts(
         greeting=_bundled_greeting(policy),
         recording_dir="/var/spool/asterisk/monitor",
         asterisk_root=asterisk_root,
+        **routed,
     )
+
+
+def _bundled(language: str, kind: str) -> Media:
+    return Media(uri=f"sound:consentd/{kind}", language=language, source="bundled", kind=kind)
 
 
 def _bundled_greeting(policy: NumberPolicy) -> Media | None:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from consentd.ami import AmiClient, AmiError, AmiUnavailable, Recorder
+from consentd.cli import main
+from consentd.pbx_check import missing_queues
+from consentd.policy import load_policies
 
 BANNER = b"Asterisk Call Manager/9.0.0\r\n"
 
@@ -39,6 +46,8 @@ class FakeAmi:
     def __init__(self, secret: str = "secret", login_delay: float = 0.0) -> None:
         self.secret = secret
         self.login_delay = login_delay
+        #: What QueueSummary lists; None means the list is never completed.
+        self.queues: list[str] | None = []
         self.logins_to_drop = 0
         self.behaviour: dict[str, str] = {}
         self.received: list[dict[str, str]] = []
@@ -106,11 +115,48 @@ class FakeAmi:
         how = self.behaviour.get(action, "success")
         if how == "drop":
             return False
+        if action == "QueueSummary" and how == "success":
+            self._queue_summary(action_id, writer)
+            return True
         if how == "error":
             writer.write(message(Response="Error", ActionID=action_id, Message="No such channel"))
         elif how == "success":
             writer.write(message(Response="Success", ActionID=action_id, Message="Done"))
         return True
+
+    def _queue_summary(self, action_id: str, writer: asyncio.StreamWriter) -> None:
+        """A list action: a start response, one event per queue, then the completion."""
+        writer.write(
+            message(
+                Response="Success",
+                ActionID=action_id,
+                EventList="start",
+                Message="Queue summary will follow",
+            )
+        )
+        for queue in self.queues or []:
+            writer.write(
+                message(
+                    Event="QueueSummary",
+                    ActionID=action_id,
+                    Queue=queue,
+                    LoggedIn="3",
+                    Available="3",
+                    Callers="0",
+                    HoldTime="0",
+                    TalkTime="0",
+                    LongestHoldTime="0",
+                )
+            )
+        if self.queues is not None:
+            writer.write(
+                message(
+                    Event="QueueSummaryComplete",
+                    ActionID=action_id,
+                    EventList="Complete",
+                    ListItems=str(len(self.queues)),
+                )
+            )
 
 
 @pytest.fixture
@@ -376,3 +422,201 @@ async def test_recorder_reports_a_refused_start_as_ami_error(ami: FakeAmi) -> No
         assert recorder.connected is True
         with pytest.raises(AmiError, match="MixMonitor: No such channel"):
             await recorder.start("PJSIP/gone-00000009", "/a.wav")
+
+
+# ---------------------------------------------------------------- list actions
+
+
+def summary_of(queue: str, action_id: str) -> dict[str, str]:
+    return {
+        "Event": "QueueSummary",
+        "ActionID": action_id,
+        "Queue": queue,
+        "LoggedIn": "3",
+        "Available": "3",
+        "Callers": "0",
+        "HoldTime": "0",
+        "TalkTime": "0",
+        "LongestHoldTime": "0",
+    }
+
+
+async def test_list_action_returns_every_event_up_to_the_completion(ami: FakeAmi) -> None:
+    ami.queues = ["support", "sales"]
+    async with client_of(ami) as client:
+        items = await client.send_list("QueueSummary", "QueueSummaryComplete")
+
+    sent = ami.received[-1]
+    assert sent["Action"] == "QueueSummary"
+    assert items == [
+        summary_of("support", sent["ActionID"]),
+        summary_of("sales", sent["ActionID"]),
+    ]
+
+
+async def test_list_events_are_not_delivered_to_event_handlers(ami: FakeAmi) -> None:
+    ami.queues = ["support"]
+    seen: list[dict[str, str]] = []
+    async with client_of(ami) as client:
+        client.on_event(seen.append)
+        await client.send_list("QueueSummary", "QueueSummaryComplete")
+        await ami.send_event(Event="FullyBooted", Status="Fully Booted")
+        await until(lambda: len(seen) == 1)
+
+    assert seen == [{"Event": "FullyBooted", "Status": "Fully Booted"}]
+
+
+async def test_refused_list_action_raises_ami_error(ami: FakeAmi) -> None:
+    ami.behaviour["QueueSummary"] = "error"
+    async with client_of(ami) as client:
+        with pytest.raises(AmiError) as caught:
+            await client.send_list("QueueSummary", "QueueSummaryComplete")
+
+    assert not isinstance(caught.value, AmiUnavailable)
+    assert str(caught.value) == "QueueSummary: No such channel"
+
+
+async def test_list_that_never_completes_raises_ami_unavailable(ami: FakeAmi) -> None:
+    ami.queues = None
+    async with client_of(ami, action_timeout=0.2) as client:
+        with pytest.raises(AmiUnavailable) as caught:
+            await client.send_list("QueueSummary", "QueueSummaryComplete")
+
+    assert str(caught.value) == "QueueSummary: list not complete within 0.2s"
+
+
+async def test_list_action_while_disconnected_fails_at_once() -> None:
+    client = AmiClient("127.0.0.1", 9, "consentd", "secret")
+
+    with pytest.raises(AmiUnavailable) as caught:
+        await asyncio.wait_for(client.send_list("QueueSummary", "QueueSummaryComplete"), 0.1)
+
+    assert str(caught.value) == "QueueSummary: not connected to AMI"
+
+
+# ---------------------------------------------------------------- queues on the PBX
+
+GROUPS = """\
+default: {recording: never}
+numbers:
+  "+4930100010": {recording: opt_in, routing: {group: support}}
+  "+4930100020": {recording: always, routing: {group: sales}}
+groups:
+  support: {queue: support}
+  sales: {queue: sales-de}
+"""
+
+
+@pytest.fixture
+def groups_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policies.yaml"
+    path.write_text(GROUPS)
+    return path
+
+
+def test_missing_queue_is_named_with_its_group_and_the_queues_the_pbx_has(
+    groups_file: Path,
+) -> None:
+    book = load_policies(groups_file)
+
+    assert missing_queues(book, {"support", "default"}) == [
+        f"{groups_file}: group 'sales': queue 'sales-de' does not exist on the PBX "
+        "(it has: default, support)"
+    ]
+    assert missing_queues(book, {"support", "sales-de"}) == []
+
+
+def test_pbx_without_queues_misses_every_group_in_name_order(groups_file: Path) -> None:
+    book = load_policies(groups_file)
+
+    assert missing_queues(book, set()) == [
+        f"{groups_file}: group 'sales': queue 'sales-de' does not exist on the PBX "
+        "(it has: no queues)",
+        f"{groups_file}: group 'support': queue 'support' does not exist on the PBX "
+        "(it has: no queues)",
+    ]
+
+
+@pytest.fixture
+def cli_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No CONSENTD_* from the host; the CLI's logging set-up is undone afterwards."""
+    for name in list(os.environ):
+        if name.startswith("CONSENTD_"):
+            monkeypatch.delenv(name)
+    saved = structlog.get_config()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("cli_environment")
+async def test_check_with_ami_exits_0_when_every_groups_queue_exists(
+    groups_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with FakeAmi(secret="consentd") as server:  # the default CONSENTD_AMI_SECRET
+        server.queues = ["default", "support", "sales-de"]
+        code = await asyncio.to_thread(
+            main, ["check", str(groups_file), "--ami", f"127.0.0.1:{server.port}"]
+        )
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert out == (
+        f"{groups_file}: OK, 2 numbers (always 1, opt_in 1, opt_out 0, never 0); "
+        f"unknown numbers: never; queues on the PBX at 127.0.0.1:{server.port}: OK\n"
+    )
+    assert err == ""
+    assert server.received[0]["Username"] == "consentd"
+    assert server.count("QueueSummary") == 1
+
+
+@pytest.mark.usefixtures("cli_environment")
+async def test_check_with_ami_exits_1_naming_the_missing_queue(
+    groups_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with FakeAmi(secret="consentd") as server:
+        server.queues = ["support"]
+        code = await asyncio.to_thread(
+            main, ["check", str(groups_file), "--ami", f"127.0.0.1:{server.port}"]
+        )
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out == ""
+    assert err == (
+        f"{groups_file}: group 'sales': queue 'sales-de' does not exist on the PBX "
+        "(it has: support)\n"
+    )
+
+
+@pytest.mark.usefixtures("cli_environment")
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:", ":5038", "127.0.0.1:port"])
+def test_check_with_an_ami_address_that_is_not_host_port_exits_2(
+    groups_file: Path, capsys: pytest.CaptureFixture[str], address: str
+) -> None:
+    code = main(["check", str(groups_file), "--ami", address])
+
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert err == f"consentd check: --ami must be HOST:PORT, got {address!r}\n"
+
+
+@pytest.mark.usefixtures("cli_environment")
+def test_check_with_an_unreachable_ami_exits_2_saying_so(
+    groups_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    code = main(["check", str(groups_file), "--ami", f"127.0.0.1:{port}"])
+
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert err == (
+        f"consentd check: cannot log in to AMI at 127.0.0.1:{port} as 'consentd' within 5 s\n"
+    )
+    assert "Traceback" not in err

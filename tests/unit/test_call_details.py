@@ -10,8 +10,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consentd.call_details import recent_calls, summarize
-from consentd.call_model import CallFacts
+from consentd.call_model import (
+    AgentCompleted,
+    AgentConnected,
+    CallFacts,
+    QueueAbandoned,
+    QueueJoined,
+    ReturnedFromQueue,
+    VoicemailFinished,
+    VoicemailStarted,
+)
 from consentd.ledger import MemoryLedger
+from consentd.policy import Group
 
 T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
 FILE_1 = "/var/spool/asterisk/monitor/consentd-pbx1_1764432000.17-1.wav"
@@ -248,6 +258,183 @@ async def test_recent_calls_are_newest_first_and_limited(facts: Facts, script: S
     assert [c["id"] for c in recent] == ["pbx1:2", "pbx1:1"]
 
 
+# ---------------------------------------------------------------- routed calls
+
+SUPPORT = Group(queue="support", timeout=20)
+VOICEMAIL_FILE = "/var/spool/asterisk/recording/consentd-vm-pbx1_1764432000.17.wav"
+
+
+def routed_call(facts: Facts, script: Script, recording: str, **options: Any) -> Any:
+    """A routed call through its greetings (5 s and 4 s) into the queue, joined at 10 s."""
+    call = script(facts(recording, group=SUPPORT, did="+4930100010", **options))
+    call.arrive()
+    call.wait(5)
+    call.greeting_ends()
+    if call.call.greeting_playback is not None:
+        call.wait(4)
+        call.greeting_ends()
+    call.clock.now = T0 + timedelta(seconds=10)
+    call.send(QueueJoined("support", 1, call.clock()))
+    return call
+
+
+def agent_answers(call: Any, queue_time: int) -> None:
+    call.send(AgentConnected("Agent 1", "PJSIP/agent1", queue_time, 3, call.clock()))
+
+
+def test_routed_opt_in_call_records_only_the_time_bridged_to_the_agent(
+    facts: Facts, script: Script
+) -> None:
+    call = routed_call(facts, script, "opt_in")
+    call.wait(4)
+    call.press("3")  # 14 s: MixMonitor waits for the bridge
+    call.wait(16)
+    agent_answers(call, queue_time=20)  # 30 s
+    call.wait(45)
+    call.hang_up()  # 75 s
+
+    details = details_of(call)
+
+    assert details["call_recording_consent_action"] == "caller_opted_in"
+    assert details["recording_time"] == 45
+    assert details["not_recording_time"] == 30
+    assert details["recordings"] == [FILE_1]
+    assert details["group"] == "support"
+    assert details["queue"] == "support"
+    assert details["agent"] == "Agent 1"
+    assert details["answered_at"] == "2026-11-29T16:00:30+00:00"
+    assert details["queue_time"] == 20
+    assert details["abandoned"] is False
+    assert details["voicemail"] is False
+
+
+def test_routed_recording_ends_when_the_agent_completes_not_at_the_hangup(
+    facts: Facts, script: Script
+) -> None:
+    call = routed_call(facts, script, "opt_in")
+    call.wait(4)
+    call.press("3")  # 14 s
+    call.wait(16)
+    agent_answers(call, queue_time=20)  # 30 s
+    call.wait(30)
+    call.send(AgentCompleted("agent", 30, call.clock()))  # 60 s
+    call.wait(2)
+    call.hang_up()  # 62 s
+
+    details = details_of(call)
+
+    assert (details["recording_time"], details["not_recording_time"]) == (30, 32)
+
+
+def test_routed_opt_in_call_where_3_came_while_talking_records_from_the_press(
+    facts: Facts, script: Script
+) -> None:
+    call = routed_call(facts, script, "opt_in")
+    call.wait(10)
+    agent_answers(call, queue_time=10)  # 20 s
+    call.wait(15)
+    call.press("3")  # 35 s
+    call.wait(25)
+    call.hang_up()  # 60 s
+
+    details = details_of(call)
+
+    assert (details["recording_time"], details["not_recording_time"]) == (25, 35)
+    assert details["keypresses"] == [
+        {"digit": "3", "at": "2026-11-29T16:00:35+00:00", "decides": True}
+    ]
+
+
+def test_routed_opt_in_call_without_a_3_records_nothing_even_when_answered(
+    facts: Facts, script: Script
+) -> None:
+    call = routed_call(facts, script, "opt_in")
+    call.wait(5)
+    agent_answers(call, queue_time=5)  # 15 s
+    call.wait(40)
+    call.hang_up()
+
+    details = details_of(call)
+
+    assert details["call_recording_consent_action"] is None
+    assert (details["recording_time"], details["not_recording_time"]) == (0, 55)
+    assert details["recordings"] == []
+    assert details["agent"] == "Agent 1"
+    assert details["queue_time"] == 5
+
+
+def test_routed_always_call_that_hung_up_in_the_queue_recorded_nothing(
+    facts: Facts, script: Script
+) -> None:
+    call = routed_call(facts, script, "always")
+    call.wait(8)
+    call.send(QueueAbandoned(8, call.clock()))  # the caller hung up waiting
+    call.hang_up()
+
+    details = details_of(call)
+
+    assert (details["recording_time"], details["not_recording_time"]) == (0, 18)
+    assert details["abandoned"] is True
+    assert details["agent"] is None
+    assert details["answered_at"] is None
+    assert details["queue_time"] is None
+    assert details["voicemail"] is False
+
+
+def voicemail_call(facts: Facts, script: Script, recording: str, **options: Any) -> Any:
+    """Nobody answered within 20 s; voicemail greeting 3 s, then a 14 s message."""
+    call = routed_call(facts, script, recording, **options)
+    call.wait(20)
+    call.send(QueueAbandoned(20, call.clock()))  # app_queue reports the timeout as an abandon
+    call.send(ReturnedFromQueue("TIMEOUT", call.clock()))  # 30 s
+    call.wait(3)
+    call.greeting_ends()
+    call.wait(1)
+    call.send(VoicemailStarted(call.clock()))  # 34 s
+    call.wait(14)
+    call.send(VoicemailFinished("done", 14, call.clock()))  # 48 s
+    call.wait(0.2)
+    call.hang_up()
+    return call
+
+
+def test_voicemail_is_counted_as_recorded_and_listed_with_the_recordings(
+    facts: Facts, script: Script
+) -> None:
+    call = voicemail_call(facts, script, "never", asterisk_root="/srv/asterisk")
+
+    details = details_of(call)
+
+    assert details["voicemail"] is True
+    assert details["recordings"] == ["/srv/asterisk" + VOICEMAIL_FILE]
+    assert details["recording_time"] == 14
+    assert details["not_recording_time"] == 34
+    assert details["abandoned"] is False
+    assert details["agent"] is None
+
+
+def test_voicemail_of_a_caller_who_opted_out_is_still_kept(facts: Facts, script: Script) -> None:
+    call = script(facts("opt_out", group=SUPPORT))
+    call.arrive()
+    call.wait(2)
+    call.press("3")
+    call.wait(3)
+    call.greeting_ends()  # the consent greeting is skipped after the 3
+    call.wait(20)
+    call.send(ReturnedFromQueue("TIMEOUT", call.clock()))
+    call.greeting_ends()
+    call.send(VoicemailStarted(call.clock()))
+    call.wait(9)
+    call.hang_up()  # mid-message
+
+    details = details_of(call)
+
+    assert details["call_recording_consent_action"] == "caller_opted_out"
+    assert details["recordings"] == [VOICEMAIL_FILE]
+    assert details["recording_time"] == 9
+    assert details["segments"][0]["kept"] is False
+
+
 WAIT = st.floats(min_value=0, max_value=120, allow_nan=False, allow_infinity=False)
 
 
@@ -280,3 +467,35 @@ def test_recorded_and_unrecorded_seconds_always_sum_to_the_call_duration(
     duration = (call.clock() - T0).total_seconds()
     assert details["recording_time"] + details["not_recording_time"] == round(duration)
     assert details["recording_time"] >= 0 and details["not_recording_time"] >= 0
+
+
+MILLISECONDS = st.integers(min_value=0, max_value=240_000)
+
+
+@given(in_queue=MILLISECONDS, talking=MILLISECONDS, press_after=MILLISECONDS)
+def test_routed_recording_time_is_the_overlap_of_consent_and_the_agent_bridge(
+    facts: Facts, script: Script, in_queue: int, talking: int, press_after: int
+) -> None:
+    """Times in whole milliseconds, so the expected rounding is exact."""
+    call = routed_call(facts, script, "opt_in")
+    connected_at = 10_000 + in_queue
+    hangup_at = connected_at + talking
+    pressed_at = 10_000 + press_after
+    moments = sorted(
+        [(pressed_at, "press"), (connected_at, "agent"), (hangup_at, "hangup")],
+        key=lambda e: (e[0], e[1] == "hangup"),
+    )
+    for ms, what in moments:
+        call.clock.now = T0 + timedelta(milliseconds=ms)
+        if what == "press":
+            call.press("3")
+        elif what == "agent":
+            agent_answers(call, queue_time=round(in_queue / 1000))
+        else:
+            call.hang_up()
+
+    details = details_of(call)
+
+    bridged_and_consented = max(0, hangup_at - max(pressed_at, connected_at))
+    assert details["recording_time"] == round(bridged_and_consented / 1000)
+    assert details["recording_time"] + details["not_recording_time"] == round(hangup_at / 1000)

@@ -18,7 +18,7 @@ from consentd.dispatcher import Dispatcher, NodeConfig, clean_caller, parse_ari_
 from consentd.greetings import GreetingLibrary
 from consentd.journal import Journal
 from consentd.ledger import LedgerEvent, LedgerWriter, MemoryLedger
-from consentd.policy import PolicyBook, load_policies
+from consentd.policy import Group, NoAnswer, PolicyBook, load_policies
 from consentd.runner import Ports
 
 POLICIES = """\
@@ -29,6 +29,10 @@ numbers:
   "+4930100003": {recording: opt_out}
   "+4930100004": {recording: never}
   "+4930100006": {recording: opt_out, keep_partial_on_opt_out: true}
+  "+4930100010": {recording: opt_in, routing: {group: support}}
+  "+4930100011": {recording: never, routing: {group: support}}
+groups:
+  support: {queue: support, timeout: 20}
 """
 SOUNDS = "/var/lib/asterisk/sounds"
 MONITOR = "/var/spool/asterisk/monitor"
@@ -151,6 +155,15 @@ class FakeAri:
     async def playback_exists(self, playback_id: str) -> bool:
         self._record("playback_exists", playback_id)
         return playback_id in self.playbacks
+
+    async def continue_to_queue(self, channel_id: str, did: str, queue: str, timeout: int) -> None:
+        self._record("continue_to_queue", channel_id, did, queue, str(timeout))
+
+    async def record(self, channel_id: str, name: str, max_seconds: int) -> None:
+        self._record("record", channel_id, name, str(max_seconds))
+
+    async def hangup(self, channel_id: str) -> None:
+        self._record("hangup", channel_id)
 
 
 class FakeRecorder:
@@ -556,3 +569,265 @@ def test_bundled_greeting_is_played_from_asterisks_sounds_dir_in_the_callers_lan
     )
 
     assert media == Media(f"sound:{SOUNDS}/de/consentd/opt_in", "de", "bundled")
+
+
+# ---------------------------------------------------------------- group routing
+
+VOICEMAIL_NAME = "consentd-vm-pbx1_{channel}"
+VOICEMAIL_FILE = "/var/spool/asterisk/recording/consentd-vm-pbx1_{channel}.wav"
+
+
+def channel_destroyed(channel_id: str, cause: str = "Normal Clearing") -> dict[str, Any]:
+    return {
+        "type": "ChannelDestroyed",
+        "timestamp": "2026-11-29T16:01:00.000+0000",
+        "cause": 16,
+        "cause_txt": cause,
+        "channel": channel(channel_id),
+        "asterisk_id": "02:42:ac:11:00:02",
+        "application": "consentd",
+    }
+
+
+def recording_event(kind: str, channel_id: str, timestamp: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "timestamp": timestamp,
+        "recording": {
+            "name": VOICEMAIL_NAME.format(channel=channel_id),
+            "format": "wav",
+            "target_uri": f"channel:{channel_id}",
+            **fields,
+        },
+        "asterisk_id": "02:42:ac:11:00:02",
+        "application": "consentd",
+    }
+
+
+def ami_event(event: str, uniqueid: str, **fields: str) -> dict[str, str]:
+    return {
+        "Event": event,
+        "Privilege": "agent,all",
+        "Timestamp": "1795969623.25",
+        "Channel": "PJSIP/trunk-00000001",
+        "Uniqueid": uniqueid,
+        "Queue": "support",
+        **fields,
+    }
+
+
+#: ``Timestamp: 1795969623.25`` of the AMI events above.
+AMI_TIME = datetime(2026, 11, 29, 16, 27, 3, 250000, tzinfo=UTC)
+
+
+async def queued_call(node: Node, chan: str, did: str = "+4930100010") -> None:
+    """A routed call that heard its greetings and went into the queue (leaving Stasis)."""
+    await node.feed(
+        stasis_start(chan, did),
+        playback_finished(chan, f"{chan}-available"),
+        playback_finished(chan, f"{chan}-greeting"),
+        stasis_end(chan, "2026-11-29T16:00:09.000+0000"),
+    )
+    assert node.ari.of("continue_to_queue") == [("continue_to_queue", chan, did, "support", "20")]
+
+
+async def test_routed_number_gets_its_group_and_the_availability_and_voicemail_greetings(
+    node: Node,
+) -> None:
+    chan = "1764432003.1"
+    await node.feed(stasis_start(chan, "+4930100010"))
+
+    facts = node.dispatcher.calls[chan].call.facts
+    assert facts.group == Group(queue="support", timeout=20, no_answer=NoAnswer.VOICEMAIL)
+    assert facts.announcement == Media(
+        f"sound:{SOUNDS}/en/consentd/available", "en", "bundled", kind="available"
+    )
+    assert facts.voicemail_greeting == Media(
+        f"sound:{SOUNDS}/en/consentd/voicemail", "en", "bundled", kind="voicemail"
+    )
+    assert node.ari.requests == [
+        ("answer", chan),
+        ("play", chan, f"{chan}-available", f"sound:{SOUNDS}/en/consentd/available", "en"),
+    ]
+    started = by_kind(await node.ledger(), "call_started")[0]
+    assert (started.data["group"], started.data["queue"]) == ("support", "support")
+
+
+async def test_number_without_routing_gets_no_group_or_routed_greetings(node: Node) -> None:
+    await node.feed(stasis_start("1764432003.2", "+4930100002"))
+
+    facts = node.dispatcher.calls["1764432003.2"].call.facts
+    assert (facts.group, facts.announcement, facts.voicemail_greeting) == (None, None, None)
+
+
+async def test_leaving_stasis_for_the_queue_keeps_the_call_and_its_destruction_ends_it(
+    node: Node,
+) -> None:
+    chan = "1764432003.3"
+    await queued_call(node, chan)
+    assert list(node.dispatcher.calls) == [chan]
+    assert "call_ended" not in await node.kinds()
+
+    await node.feed(channel_destroyed(chan))
+    await node.calls_done()
+
+    ended = by_kind(await node.ledger(), "call_ended")
+    assert [(e.data["cause"], e.occurred_at) for e in ended] == [
+        ("Normal Clearing", datetime(2026, 11, 29, 16, 1, tzinfo=UTC))
+    ]
+    assert node.dispatcher.calls == {}
+
+
+async def test_return_from_the_queue_is_posted_with_the_queue_status(node: Node) -> None:
+    chan = "1764432003.4"
+    await queued_call(node, chan)
+
+    await node.feed(stasis_start(chan, "+4930100010", args=["after-queue", "TIMEOUT"]))
+
+    left = by_kind(await node.ledger(), "queue_left")
+    assert [e.data for e in left] == [{"status": "TIMEOUT"}]
+    assert node.ari.of("play")[-1] == (
+        "play",
+        chan,
+        f"{chan}-voicemail",
+        f"sound:{SOUNDS}/en/consentd/voicemail",
+        "en",
+    )
+    assert node.dispatcher.calls_started == 1
+
+
+async def test_voicemail_recording_events_reach_the_call_by_its_target_channel(
+    node: Node,
+) -> None:
+    chan = "1764432003.5"
+    await queued_call(node, chan, did="+4930100011")
+    await node.feed(
+        stasis_start(chan, "+4930100011", args=["after-queue", "TIMEOUT"]),
+        playback_finished(chan, f"{chan}-voicemail"),
+    )
+    assert node.ari.of("record") == [("record", chan, VOICEMAIL_NAME.format(channel=chan), "120")]
+
+    await node.feed(
+        recording_event(
+            "RecordingStarted", chan, "2026-11-29T16:00:35.000+0000", state="recording"
+        ),
+        recording_event(
+            "RecordingFinished", chan, "2026-11-29T16:00:49.000+0000", state="done", duration=14
+        ),
+    )
+
+    events = await node.ledger()
+    file = VOICEMAIL_FILE.format(channel=chan)
+    where = {"file": file, "path": str(node.root) + file}
+    started = by_kind(events, "voicemail_started")
+    finished = by_kind(events, "voicemail_finished")
+    assert [(e.occurred_at, e.data) for e in started] == [
+        (datetime(2026, 11, 29, 16, 0, 35, tzinfo=UTC), where)
+    ]
+    assert [(e.occurred_at, e.data) for e in finished] == [
+        (
+            datetime(2026, 11, 29, 16, 0, 49, tzinfo=UTC),
+            {"state": "done", "duration": 14, **where},
+        )
+    ]
+    assert node.ari.of("hangup") == [("hangup", chan)]
+
+
+async def test_the_same_keypress_delivered_twice_is_counted_once(node: Node) -> None:
+    chan = "1764432003.6"
+    await queued_call(node, chan)
+
+    await node.feed(
+        dtmf(chan, "3", "2026-11-29T16:00:12.000+0000"),
+        dtmf(chan, "3", "2026-11-29T16:00:12.000+0000"),
+    )
+
+    presses = by_kind(await node.ledger(), "keypress")
+    assert [(e.data["digit"], e.data["phase"], e.data["decides"]) for e in presses] == [
+        ("3", "queued", True)
+    ]
+    assert node.recorder.requests == [("start", chan, recording_file(chan))]
+
+
+async def test_two_presses_of_the_same_key_at_different_times_count_twice(node: Node) -> None:
+    chan = "1764432003.7"
+    await queued_call(node, chan)
+
+    await node.feed(
+        dtmf(chan, "3", "2026-11-29T16:00:12.000+0000"),
+        dtmf(chan, "3", "2026-11-29T16:00:12.400+0000"),
+    )
+
+    presses = by_kind(await node.ledger(), "keypress")
+    assert [e.data["decides"] for e in presses] == [True, False]
+    assert [e.occurred_at.microsecond for e in presses] == [0, 400000]
+
+
+async def test_queue_events_from_ami_reach_the_call_by_uniqueid_at_their_timestamp(
+    node: Node,
+) -> None:
+    chan = "1764432003.8"
+    await queued_call(node, chan)
+
+    for message in (
+        ami_event("QueueCallerJoin", chan, Position="1", Count="1"),
+        ami_event(
+            "AgentConnect",
+            chan,
+            MemberName="Agent 1",
+            Interface="PJSIP/agent1",
+            HoldTime="12",
+            RingTime="3",
+            DestUniqueid="1764432003.9",
+        ),
+        ami_event(
+            "AgentComplete",
+            chan,
+            MemberName="Agent 1",
+            Interface="PJSIP/agent1",
+            HoldTime="12",
+            TalkTime="95",
+            Reason="caller",
+        ),
+    ):
+        node.dispatcher.handle_ami(message)
+    await settle()
+
+    queue = [e for e in await node.ledger() if e.kind.startswith(("queue_", "agent_"))]
+    assert [(e.kind, e.occurred_at, e.data) for e in queue] == [
+        ("queue_joined", AMI_TIME, {"queue": "support", "position": 1}),
+        (
+            "agent_connected",
+            AMI_TIME,
+            {"agent": "Agent 1", "interface": "PJSIP/agent1", "queue_time": 12, "ring_time": 3},
+        ),
+        ("agent_completed", AMI_TIME, {"reason": "caller", "talk_time": 95}),
+    ]
+    assert node.dispatcher.calls[chan].call.phase.value == "connected"
+
+
+async def test_abandon_from_ami_is_written_for_the_call(node: Node) -> None:
+    chan = "1764432004.1"
+    await queued_call(node, chan)
+
+    node.dispatcher.handle_ami(
+        ami_event("QueueCallerAbandon", chan, Position="1", OriginalPosition="1", HoldTime="18")
+    )
+    await settle()
+
+    abandoned = by_kind(await node.ledger(), "queue_abandoned")
+    assert [(e.occurred_at, e.data) for e in abandoned] == [(AMI_TIME, {"queue_time": 18})]
+
+
+async def test_ami_events_of_unknown_callers_and_other_events_are_ignored(node: Node) -> None:
+    chan = "1764432004.2"
+    await queued_call(node, chan)
+    before = await node.kinds()
+
+    node.dispatcher.handle_ami(ami_event("QueueCallerJoin", "1764439999.9", Position="1"))
+    node.dispatcher.handle_ami(ami_event("QueueMemberStatus", chan, Status="1"))
+    node.dispatcher.handle_ami(ami_event("Newexten", chan, Application="Queue"))
+    node.dispatcher.handle_ami({"Event": "AgentConnect", "MemberName": "Agent 1"})
+    await settle()
+
+    assert await node.kinds() == before

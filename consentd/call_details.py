@@ -59,7 +59,12 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         else None
     )
     recorded = sum(_recorded_seconds(s, until, bridge) for s in segments.values() if not s.deleted)
-    kept = [s for s in segments.values() if s.started_at is not None and not s.deleted]
+    # A bridged-only recording of a call that never reached an agent holds no audio.
+    kept = [
+        s
+        for s in segments.values()
+        if s.started_at is not None and not s.deleted and (bridge or not s.bridged_only)
+    ]
     voicemail = _voicemail(ordered, until)
     if voicemail is not None:
         recorded += voicemail[1]

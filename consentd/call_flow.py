@@ -209,7 +209,8 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
         case VoicemailStarted():
             t.update(voicemail_active=True)
             t.ledger("voicemail_started", event.at, **_voicemail_data(call))
-        case VoicemailFinished() if call.voicemail_active:
+        case VoicemailFinished() if call.phase is Phase.VOICEMAIL:
+            # Also when ARI fails the recording before it started: don't leave the caller waiting.
             t.update(voicemail_active=False)
             t.ledger(
                 "voicemail_finished",
@@ -248,6 +249,10 @@ def _arrive(t: _Transition, event: CallArrived) -> None:
         node=facts.node,
         **routed,
     )
+    if event.returned_from_queue is not None:
+        t.update(pending_greetings=())
+        _no_answer(t, ReturnedFromQueue(event.returned_from_queue, event.at))
+        return
     t.do(Answer())
     if policy.recording in (Recording.ALWAYS, Recording.OPT_OUT):
         t.start_recording()

@@ -105,6 +105,9 @@ class Segment:
 @dataclass(frozen=True)
 class CallArrived:
     at: datetime
+    #: Set when consentd first sees the call as it comes back from a queue nobody
+    #: answered (it restarted meanwhile): QUEUESTATUS. The caller is then not greeted again.
+    returned_from_queue: str | None = None
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,9 @@ class Dispatcher:
             runner.log.info("unknown_number_uses_default", policy=match.policy.recording.value)
         self.calls[channel_id] = runner
         self.calls_started += 1
-        runner.post(CallArrived(at))
+        after_queue = args[:1] == ["after-queue"]
+        returned = (args[1] if len(args) > 1 else "") if after_queue else None
+        runner.post(CallArrived(at, returned_from_queue=returned))
         self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
 
     async def _run(self, channel_id: str, runner: CallRunner) -> Call:

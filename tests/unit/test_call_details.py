@@ -20,7 +20,7 @@ from consentd.call_model import (
     VoicemailFinished,
     VoicemailStarted,
 )
-from consentd.ledger import MemoryLedger
+from consentd.ledger import LedgerEvent, MemoryLedger
 from consentd.policy import Group
 
 T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
@@ -499,3 +499,35 @@ def test_routed_recording_time_is_the_overlap_of_consent_and_the_agent_bridge(
     bridged_and_consented = max(0, hangup_at - max(pressed_at, connected_at))
     assert details["recording_time"] == round(bridged_and_consented / 1000)
     assert details["recording_time"] + details["not_recording_time"] == round(hangup_at / 1000)
+
+
+def test_routed_recording_of_a_call_no_agent_answered_is_not_listed() -> None:
+    t0 = datetime(2026, 11, 29, 16, 0, tzinfo=UTC)
+    segment = {
+        "segment": 1,
+        "file": "/var/spool/asterisk/monitor/x-1.wav",
+        "path": "/srv/x-1.wav",
+        "bridged_only": True,
+    }
+    started = {
+        "did": "+4930100012", "caller": "+491", "direction": "inbound", "line": "phone",
+        "policy": "always", "policy_source": "number", "group": "support", "queue": "support",
+    }  # fmt: skip
+    events = [
+        LedgerEvent("k/0", "c", "pbx1", 0, "call_started", t0, started),
+        LedgerEvent("k/1", "c", "pbx1", 1, "recording_started", t0, segment),
+        LedgerEvent("k/2", "c", "pbx1", 2, "queue_joined", t0, {"queue": "support"}),
+        LedgerEvent("k/3", "c", "pbx1", 3, "queue_abandoned", t0, {"queue_time": 5}),
+        LedgerEvent(
+            "k/4", "c", "pbx1", 4, "recording_stopped", t0, {**segment, "reason": "hangup"}
+        ),
+        LedgerEvent("k/5", "c", "pbx1", 5, "call_ended", t0.replace(second=9), {"cause": "x"}),
+    ]
+
+    details = summarize(events, t0)
+
+    assert details is not None
+    assert details["recordings"] == []
+    assert details["recording_time"] == 0
+    assert details["not_recording_time"] == 9
+    assert details["abandoned"] is True

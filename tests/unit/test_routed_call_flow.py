@@ -668,3 +668,31 @@ def test_any_digits_in_any_phase_decide_once_exactly_when_a_3_is_among_them(
     assert all(c.bridged_only for c in call.commands if isinstance(c, StartRecording))
     assert [w.seq for w in call.ledger] == list(range(len(call.ledger)))
     assert call.kinds()[-1] == "call_ended"
+
+
+# ------------------------------------------------- restarts and failures
+
+
+@pytest.mark.parametrize("recording", ["never", "opt_out"])
+def test_a_call_first_seen_back_from_the_queue_goes_to_voicemail_without_greetings(
+    facts: Facts, recording: str
+) -> None:
+    call = new_call(routed(facts, recording))
+
+    call, commands = handle(call, CallArrived(T0, returned_from_queue="TIMEOUT"))
+
+    assert kinds(commands) == ["call_started", "queue_left"]
+    assert actions(commands) == [Play(VOICEMAIL, VOICEMAIL_MEDIA)]
+    assert call.phase is Phase.VOICEMAIL
+    assert call.recording is None
+
+
+def test_voicemail_recording_that_fails_before_it_starts_hangs_up(facts: Facts) -> None:
+    call = queued(routed(facts, "never"))
+    call, _ = run(call, ReturnedFromQueue("TIMEOUT", at(30)), PlaybackFinished(VOICEMAIL, at(34)))
+
+    call, commands = handle(call, VoicemailFinished("failed", None, at(34.2)))
+
+    assert kinds(commands) == ["voicemail_finished"]
+    assert ledger(commands)[0].data["state"] == "failed"
+    assert actions(commands) == [Hangup()]

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from consentd.ami import AmiClient
 from consentd.sipp import AgentResult, CallPlan, CallResult, place_call, run_agent
 from tests.e2e.harness import (
     REPO,
@@ -273,3 +274,43 @@ def test_check_against_the_pbx_reports_a_queue_asterisk_lacks(stack: Stack, tmp_
     assert "group 'sales': queue 'sales' does not exist on the PBX (it has: support)" in (
         result.stderr
     )
+
+
+async def _pause_members(paused: bool) -> None:
+    """Log every agent of the queue out (paused) or back in, over AMI."""
+    ami = AmiClient("127.0.0.1", 5038, "consentd", "consentd")
+    task = asyncio.create_task(ami.run())
+    try:
+        async with asyncio.timeout(5):
+            await ami.connected.wait()
+        for n in (1, 2, 3):
+            await ami.send(
+                "QueuePause",
+                Queue="support",
+                Interface=f"PJSIP/agent{n}",
+                Paused="true" if paused else "false",
+            )
+    finally:
+        task.cancel()
+
+
+def test_no_agent_logged_in_sends_the_caller_to_voicemail(stack: Stack) -> None:
+    since = datetime.now(UTC)
+    caller = _caller(20)
+    asyncio.run(_pause_members(True))
+    try:
+        # +4930100013 waits up to 20 s in the queue; with nobody in it, not at all.
+        plan = CallPlan("+4930100013", caller, talk_ms=7000, speak=True)
+        result = asyncio.run(place_call(plan, SCENARIO, sip_port=5150, media_port=17500))
+    finally:
+        asyncio.run(_pause_members(False))
+    assert result.ok, result.output[-2000:]
+    time.sleep(1.0)
+    [details] = [c for c in consentd_calls(since=since) if c["caller"] == caller]
+    ledger = ledger_rows(details["id"])
+    left = [r for r in ledger if r["kind"] == "queue_left"]
+    assert [r["data"]["status"] for r in left] == ["JOINEMPTY"]
+    assert details["voicemail"] is True
+    assert details["agent"] is None
+    [path] = details["recordings"]
+    assert wav_seconds(stack.host_path(path.removeprefix(str(stack.root)))) > 2.0

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consentd.call_flow import Call, handle, new_call
+from consentd.call_flow import handle, new_call
 from consentd.call_model import (
     Answer,
     CallArrived,
@@ -33,40 +32,13 @@ from consentd.call_model import (
     StopRecording,
     WriteLedger,
 )
+from tests.unit.flow_helpers import CHANNEL, T0, actions, arrived, at, kinds, ledger, press
 
-T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
-CHANNEL = "1764432000.17"
 GREETING = f"{CHANNEL}-greeting"
 FILE_1 = "/var/spool/asterisk/monitor/consentd-pbx1_1764432000.17-1.wav"
 FILE_2 = "/var/spool/asterisk/monitor/consentd-pbx1_1764432000.17-2.wav"
 
 Facts = Callable[..., CallFacts]
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
-def arrived(call_facts: CallFacts) -> Call:
-    call, _ = handle(new_call(call_facts), CallArrived(T0))
-    return call
-
-
-def press(call: Call, digit: str, seconds: float = 2.0) -> tuple[Call, list[Command]]:
-    return handle(call, DtmfReceived(digit, at(seconds), duration_ms=120))
-
-
-def ledger(commands: list[Command]) -> list[WriteLedger]:
-    return [c for c in commands if isinstance(c, WriteLedger)]
-
-
-def actions(commands: list[Command]) -> list[Command]:
-    """Everything except ledger writes: what Asterisk is asked to do."""
-    return [c for c in commands if not isinstance(c, WriteLedger)]
-
-
-def kinds(commands: list[Command]) -> list[str]:
-    return [w.kind for w in ledger(commands)]
 
 
 def started_data(call_facts: CallFacts, **changes: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ from consentd.call_model import (
     CommandFailed,
     ContinueToQueue,
     DeleteRecording,
-    DtmfReceived,
     Hangup,
     LeftStasis,
     Media,
@@ -44,9 +42,8 @@ from consentd.call_model import (
     WriteLedger,
 )
 from consentd.policy import Group, NoAnswer
+from tests.unit.flow_helpers import CHANNEL, T0, actions, arrived, at, kinds, ledger, press
 
-T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
-CHANNEL = "1764432000.17"
 AVAILABLE = f"{CHANNEL}-available"
 GREETING = f"{CHANNEL}-greeting"
 VOICEMAIL = f"{CHANNEL}-voicemail"
@@ -63,10 +60,6 @@ Facts = Callable[..., CallFacts]
 Script = Callable[..., Any]
 
 
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
 def routed(facts: Facts, recording: str, group: Group = SUPPORT, **options: Any) -> CallFacts:
     return facts(recording, group=group, did="+4930100010", **options)
 
@@ -77,10 +70,6 @@ def run(call: Call, *events: Any) -> tuple[Call, list[Command]]:
     for event in events:
         call, commands = handle(call, event)
     return call, commands
-
-
-def arrived(call_facts: CallFacts) -> Call:
-    return run(new_call(call_facts), CallArrived(T0))[0]
 
 
 def queued(call_facts: CallFacts) -> Call:
@@ -104,22 +93,6 @@ def in_voicemail(call_facts: CallFacts) -> Call:
     )
     assert call.voicemail_active
     return call
-
-
-def press(call: Call, digit: str, seconds: float) -> tuple[Call, list[Command]]:
-    return handle(call, DtmfReceived(digit, at(seconds), duration_ms=120))
-
-
-def ledger(commands: list[Command]) -> list[WriteLedger]:
-    return [c for c in commands if isinstance(c, WriteLedger)]
-
-
-def actions(commands: list[Command]) -> list[Command]:
-    return [c for c in commands if not isinstance(c, WriteLedger)]
-
-
-def kinds(commands: list[Command]) -> list[str]:
-    return [w.kind for w in ledger(commands)]
 
 
 def consent_greeting(recording: str) -> Media:

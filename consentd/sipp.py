@@ -21,7 +21,7 @@ KEYS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "none")
 _LINK_HEADER = {1: 14, 113: 16}  # Ethernet, Linux cooked capture
 
 
-def _alaw(sample: int) -> int:
+def alaw(sample: int) -> int:
     """G.711 A-law encoding of one 16-bit sample."""
     sign = 0x80 if sample >= 0 else 0
     magnitude = min(sample if sample >= 0 else -sample - 1, 32635) >> 3
@@ -40,7 +40,7 @@ def tone_file(cache_dir: Path | None = None, freq: float = 440.0) -> Path:
     if not target.exists():
         directory.mkdir(parents=True, exist_ok=True)
         data = bytes(
-            _alaw(int(6000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(8000)
+            alaw(int(6000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(8000)
         )
         tmp = target.with_suffix(f".tmp{id(data)}")
         tmp.write_bytes(data)

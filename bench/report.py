@@ -1,0 +1,100 @@
+"""The benchmark's summary and its Markdown table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _highest_clean(steps: list[dict[str, Any]], path: str, media: bool) -> float | None:
+    """The highest rate at which this path failed no call and stranded none.
+
+    A step where SIPp fell behind its plan does not count either way.
+    """
+    best = None
+    for step in steps:
+        if step["path"] != path or (step["media"] != "none") != media:
+            continue
+        if step["generator_limited"]:
+            continue
+        if step["failed"] == 0 and step["stranded"] == 0 and step["completed"] > 0:
+            best = max(best or 0, step["cps"])
+    return best
+
+
+def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for media in (True, False):
+        key = "with_media" if media else "signalling_only"
+        rates = {p: _highest_clean(steps, p, media) for p in ("floor", "baseline", "consentd")}
+        base, ours = rates["baseline"], rates["consentd"]
+        summary[key] = {
+            "highest_zero_failure_cps": rates,
+            "consentd_to_baseline": round(ours / base, 2) if ours and base else None,
+        }
+    limited = [f"{s['path']}@{s['cps']:g}/{s['media']}" for s in steps if s["generator_limited"]]
+    summary["generator_limited_steps"] = limited
+    return summary
+
+
+COLUMNS = (
+    ("path", "path"),
+    ("cps", "cps"),
+    ("media", "media"),
+    ("ok/offered", None),
+    ("failed", "failed"),
+    ("stranded", "stranded"),
+    ("setup p50/p99 ms", ("setup_p50_ms", "setup_p99_ms")),
+    ("key→rec p50/p99 ms", ("latency_p50_ms", "latency_p99_ms")),
+    ("ledger lat p50/p99 ms", ("ledger_latency_p50_ms", "ledger_latency_p99_ms")),
+    ("dur err p50 s", "duration_error_p50_s"),
+    ("|dur err| p99 s", "duration_error_p99_s"),
+    ("within ±0.3 s %", "duration_within_0_3s"),
+    ("silent blocks p99", "silent_blocks_p99"),
+    ("longest gap max ms", "longest_gap_ms_max"),
+    ("ledger rows", None),
+    ("cpu s/1000", "cpu_s_per_1000_calls"),
+    ("rss MB", "rss_peak_mb"),
+    ("gen-limited", "generator_limited"),
+)
+
+
+def _cell(step: dict[str, Any], key: Any, title: str) -> str:
+    if title == "ok/offered":
+        return f"{step['completed']}/{step['offered']}"
+    if title == "ledger rows":
+        if step["ledger_rows_expected"] is None:
+            return "–"
+        return f"{step['ledger_rows_found']}/{step['ledger_rows_expected']}"
+    if isinstance(key, tuple):
+        return "/".join("–" if step[k] is None else f"{step[k]:g}" for k in key)
+    value = step[key]
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"## consentd bench {result['created_at']}"
+        f" ({m['cores']} cores, {m['memory_gb']} GB, {m['asterisk']}, kernel {m['kernel']})",
+        "",
+        "| " + " | ".join(title for title, _ in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for step in result["steps"]:
+        lines.append("| " + " | ".join(_cell(step, k, t) for t, k in COLUMNS) + " |")
+    s = result["summary"]
+    lines.append("")
+    for key in ("with_media", "signalling_only"):
+        rates = s[key]["highest_zero_failure_cps"]
+        lines.append(
+            f"- highest zero-failure rate, {key.replace('_', ' ')}: "
+            + ", ".join(f"{p} {'–' if v is None else f'{v:g} cps'}" for p, v in rates.items())
+            + f"; consentd/baseline {s[key]['consentd_to_baseline']}"
+        )
+    if s["generator_limited_steps"]:
+        lines.append(f"- generator-limited (not judged): {', '.join(s['generator_limited_steps'])}")
+    return "\n".join(lines)

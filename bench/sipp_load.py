@@ -1,0 +1,135 @@
+"""One SIPp load step: run the bench caller at a rate and read back what it did.
+
+SIPp's own files are the generator's record: ``-trace_stat`` for totals and
+failures, ``-trace_rtt`` for every call's setup time and length, and
+``-trace_err`` for the SIP answers that failed a call. From them the step is
+checked against its plan (rate and call length), so that a step where SIPp
+fell behind is marked generator-limited instead of blamed on the PBX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import re
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIO = REPO / "sipp-scenarios" / "bench-caller.xml"
+_SIP_STATUS = re.compile(r"^SIP/2\.0 (\d{3} [^\r\n]*)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    did: str
+    cps: float
+    calls: int
+    pcap: Path
+    lead_ms: int
+    hold_ms: int
+
+    @property
+    def call_ms(self) -> int:
+        return self.lead_ms + self.hold_ms
+
+
+@dataclass
+class LoadResult:
+    plan: LoadPlan
+    started: float
+    finished: float
+    returncode: int
+    offered: int = 0
+    completed: int = 0
+    failed: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    setup_ms: list[float] = field(default_factory=list)
+    call_ms: list[float] = field(default_factory=list)
+    realised_cps: float = 0.0
+
+    @property
+    def generator_limited(self) -> bool:
+        """SIPp did not keep the schedule: rate under 90 %, or calls 15 % longer."""
+        plan = self.plan
+        slow_rate = self.realised_cps < 0.9 * plan.cps
+        long_calls = bool(self.call_ms) and statistics.median(self.call_ms) > 1.15 * plan.call_ms
+        return slow_rate or long_calls
+
+
+async def run_load(plan: LoadPlan, workdir: Path, *, port: int = 5300) -> LoadResult:
+    workdir.mkdir(parents=True, exist_ok=True)
+    limit = max(50, int(plan.cps * plan.call_ms / 1000 * 3))
+    timeout_s = plan.calls / plan.cps + plan.call_ms / 1000 + 60
+    args = [
+        "sipp", "127.0.0.1:5060", "-sf", str(SCENARIO), "-s", plan.did,
+        "-i", "127.0.0.1", "-p", str(port), "-mp", str(port + 10000),
+        "-r", f"{plan.cps:g}", "-m", str(plan.calls), "-l", str(limit),
+        "-nostdin", "-timeout", f"{int(timeout_s)}s",
+        "-recv_timeout", "30000", "-max_socket", "60000",
+        "-key", "media", str(plan.pcap),
+        "-set", "lead", str(plan.lead_ms), "-set", "hold", str(plan.hold_ms),
+        "-trace_stat", "-stf", "stat.csv", "-fd", "1",
+        "-trace_rtt", "-rtt_freq", "1", "-trace_err", "-error_file", "errors.log",
+    ]  # fmt: skip
+    started = time.time()
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        cwd=workdir,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), timeout_s + 30)
+    except TimeoutError:
+        proc.kill()
+        _, err = await proc.communicate()
+    result = LoadResult(plan, started, time.time(), proc.returncode or 0)
+    _read_stats(result, workdir / "stat.csv")
+    _read_rtt(result, workdir)
+    _read_errors(result, workdir / "errors.log", err.decode(errors="replace"))
+    return result
+
+
+def _read_stats(result: LoadResult, path: Path) -> None:
+    if not path.exists():
+        result.reasons["sipp wrote no statistics"] += 1
+        return
+    rows = list(csv.reader(path.open(), delimiter=";"))
+    last = dict(zip(rows[0], rows[-1], strict=False))
+    result.offered = int(last.get("TotalCallCreated", 0))
+    result.completed = int(last.get("SuccessfulCall(C)", 0))
+    result.failed = int(last.get("FailedCall(C)", 0))
+    # Calls created but neither completed nor failed were cut off when SIPp ended.
+    result.failed += max(0, result.offered - result.completed - result.failed)
+
+
+def _read_rtt(result: LoadResult, workdir: Path) -> None:
+    first_setup: list[float] = []
+    for path in workdir.glob("*_rtt.csv"):
+        for row in csv.DictReader(path.open(), delimiter=";"):
+            if row["rtd_no"] == "setup":
+                result.setup_ms.append(float(row["response_time_ms"]))
+                first_setup.append(float(row["Date_ms"]))
+            elif row["rtd_no"] == "call":
+                result.call_ms.append(float(row["response_time_ms"]))
+    if len(first_setup) > 1:
+        span_s = (max(first_setup) - min(first_setup)) / 1000
+        result.realised_cps = (len(first_setup) - 1) / span_s if span_s > 0 else 0.0
+
+
+def _read_errors(result: LoadResult, path: Path, stderr: str) -> None:
+    if path.exists():
+        text = path.read_text(errors="replace")
+        for status in _SIP_STATUS.findall(text):
+            if not status.startswith(("1", "2")):
+                result.reasons[status] += 1
+        for line in text.splitlines():
+            if "Aborting call" in line or "timeout" in line.lower():
+                result.reasons["timeout (no answer in time)"] += 1
+    if result.returncode not in (0, 1) and not result.reasons:
+        result.reasons[f"sipp exit {result.returncode}: {stderr.strip()[-200:]}"] += 1

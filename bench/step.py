@@ -1,0 +1,298 @@
+"""What one path did in one step: calls, recordings, latency, ledger, cost.
+
+Every path is judged the same way from the outside: SIPp's record of the
+calls, the WAV files Asterisk wrote, and for consentd also its ledger and its
+process counters. The expected recording length comes from the plan: the
+callers hang up a known time after the key, so a recording that starts late
+is short by exactly its latency, for the baseline and consentd alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from bench.fidelity import Fidelity, measure
+from bench.media import EVENT_PACKETS, PTIME_MS
+from bench.sipp_load import REPO, LoadResult
+
+ROOT = REPO / ".cache" / "asterisk-root"
+MONITOR = ROOT / "var" / "spool" / "asterisk" / "monitor"
+DATABASE_URL = os.environ.get(
+    "CONSENTD_DATABASE_URL", "postgresql://consentd@127.0.0.1:55432/consentd"
+)
+ARI = "http://127.0.0.1:8088/ari"
+ARI_AUTH = aiohttp.BasicAuth("consentd", "consentd")
+#: Ledger kinds every opt-in call that pressed 3 must have, exactly once.
+REQUIRED_KINDS = (
+    "call_started",
+    "consent_decided",
+    "recording_started",
+    "recording_stopped",
+    "call_ended",
+)
+
+
+@dataclass(frozen=True)
+class Path_:
+    name: str
+    did: str
+    file_prefix: str | None  # dialplan paths: their MixMonitor file names
+
+
+PATHS = (
+    Path_("floor", "+4930199000", "bench-floor-"),
+    Path_("baseline", "+4930199001", "bench-baseline-"),
+    Path_("consentd", "+4930199002", None),
+)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+@dataclass
+class StepMeasure:
+    path: str
+    cps: float
+    media: str
+    load: LoadResult
+    stranded: int = 0
+    fidelity: list[Fidelity] = field(default_factory=list)
+    duration_errors: list[float] = field(default_factory=list)
+    latency_wav_ms: list[float] = field(default_factory=list)
+    latency_ledger_ms: list[float] = field(default_factory=list)
+    keypress_late_ms: list[float] = field(default_factory=list)
+    ledger_expected: int | None = None
+    ledger_found: int | None = None
+    ledger_duplicates: int | None = None
+    cpu_s: float | None = None
+    rss_peak_mb: float | None = None
+
+    @property
+    def generator_limited(self) -> bool:
+        late = _pct(self.keypress_late_ms, 50)
+        return self.load.generator_limited or (late is not None and late > 300)
+
+    def as_json(self) -> dict[str, Any]:
+        load = self.load
+        calls = max(1, load.completed + load.failed)
+
+        def r(value: float | None, digits: int = 1) -> float | None:
+            return None if value is None else round(value, digits)
+
+        silent = [f.silent_block_share for f in self.fidelity]
+        gaps = [f.longest_gap_ms for f in self.fidelity]
+        within = [e for e in self.duration_errors if abs(e) <= 0.3]
+        return {
+            "path": self.path,
+            "cps": self.cps,
+            "media": self.media,
+            "offered": load.offered,
+            "completed": load.completed,
+            "failed": load.failed,
+            "failure_reasons": dict(load.reasons),
+            "stranded": self.stranded,
+            "generator_limited": self.generator_limited,
+            "realised_cps": r(load.realised_cps, 2),
+            "call_length_p50_s": r(_pct([c / 1000 for c in load.call_ms], 50), 2),
+            "keypress_late_p50_ms": r(_pct(self.keypress_late_ms, 50)),
+            "setup_p50_ms": r(_pct(load.setup_ms, 50)),
+            "setup_p99_ms": r(_pct(load.setup_ms, 99)),
+            "latency_p50_ms": r(_pct(self.latency_wav_ms, 50)),
+            "latency_p99_ms": r(_pct(self.latency_wav_ms, 99)),
+            "ledger_latency_p50_ms": r(_pct(self.latency_ledger_ms, 50)),
+            "ledger_latency_p99_ms": r(_pct(self.latency_ledger_ms, 99)),
+            "recordings": len(self.fidelity),
+            "duration_error_p50_s": r(_pct(self.duration_errors, 50), 3),
+            "duration_error_p99_s": r(_pct([abs(e) for e in self.duration_errors], 99), 3),
+            "duration_within_0_3s": r(100 * len(within) / len(self.duration_errors), 1)
+            if self.duration_errors
+            else None,
+            "silent_blocks_p99": r(_pct(silent, 99), 4),
+            "longest_gap_ms_p99": r(_pct(gaps, 99)),
+            "longest_gap_ms_max": r(max(gaps) if gaps else None),
+            "ledger_rows_expected": self.ledger_expected,
+            "ledger_rows_found": self.ledger_found,
+            "ledger_duplicates": self.ledger_duplicates,
+            "cpu_s_per_1000_calls": r(1000 * self.cpu_s / calls, 2)
+            if self.cpu_s is not None
+            else None,
+            "rss_peak_mb": r(self.rss_peak_mb),
+        }
+
+    def one_line(self) -> str:
+        j = self.as_json()
+        parts = [
+            f"{j['completed']}/{j['offered']} ok",
+            f"{j['failed']} failed" + (f" {j['failure_reasons']}" if j["failure_reasons"] else ""),
+            f"setup p50 {j['setup_p50_ms']} ms",
+        ]
+        if j["recordings"]:
+            parts.append(
+                f"{j['recordings']} files, dur err p50 {j['duration_error_p50_s']} s,"
+                f" {j['duration_within_0_3s']} % within 0.3 s,"
+                f" longest gap max {j['longest_gap_ms_max']} ms"
+            )
+        if j["latency_p50_ms"] is not None:
+            parts.append(f"latency p50/p99 {j['latency_p50_ms']}/{j['latency_p99_ms']} ms")
+        if j["ledger_rows_expected"] is not None:
+            parts.append(f"ledger {j['ledger_rows_found']}/{j['ledger_rows_expected']}")
+        if j["cpu_s_per_1000_calls"] is not None:
+            parts.append(f"cpu {j['cpu_s_per_1000_calls']} s/1000, rss {j['rss_peak_mb']} MB")
+        if j["generator_limited"]:
+            parts.append("GENERATOR-LIMITED")
+        return "; ".join(parts)
+
+
+class ProcessSampler:
+    """CPU seconds and peak RSS of consentd while a step runs."""
+
+    def __init__(self) -> None:
+        pid_file = REPO / ".state" / "run" / "consentd.pid"
+        self.pid = int(pid_file.read_text()) if pid_file.exists() else None
+        self.peak_kb = 0
+        self._cpu0 = 0.0
+        self.cpu_s: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _cpu(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak_kb = max(self.peak_kb, self._rss_kb())
+            await asyncio.sleep(0.25)
+
+    async def __aenter__(self) -> ProcessSampler:
+        if self.pid is not None:
+            self._cpu0 = self._cpu()
+            self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self.cpu_s = self._cpu() - self._cpu0
+
+
+async def wait_idle(timeout: float = 40.0) -> int:
+    """Wait until Asterisk has no channels; hang up and count what is still there."""
+    async with aiohttp.ClientSession(auth=ARI_AUTH) as http:
+        deadline = time.monotonic() + timeout
+        channels: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            async with http.get(f"{ARI}/channels") as resp:
+                channels = await resp.json()
+            if not channels:
+                return 0
+            await asyncio.sleep(0.5)
+        for channel in channels:
+            async with http.delete(f"{ARI}/channels/{channel['id']}"):
+                pass
+        return len(channels)
+
+
+async def measure_step(
+    path: Path_, media: str, load: LoadResult, press_at_ms: int, sampler: ProcessSampler
+) -> StepMeasure:
+    step = StepMeasure(path.name, load.plan.cps, media, load)
+    step.stranded = await wait_idle()
+    step.cpu_s = sampler.cpu_s
+    step.rss_peak_mb = sampler.peak_kb / 1024 if sampler.pid else None
+    plan = load.plan
+    press_end_ms = (plan.lead_ms if media == "none" else press_at_ms) + EVENT_PACKETS * PTIME_MS
+    expected_after_key_s = (plan.call_ms - press_end_ms) / 1000
+    if path.file_prefix is not None:
+        if media != "none":
+            for wav in _new_files(path.file_prefix, load.started):
+                fid = measure(wav)
+                step.fidelity.append(fid)
+                if path.name == "floor":
+                    step.duration_errors.append(fid.duration_s - plan.hold_ms / 1000)
+                else:
+                    step.duration_errors.append(fid.duration_s - expected_after_key_s)
+                    step.latency_wav_ms.append(1000 * (expected_after_key_s - fid.duration_s))
+        return step
+    await _measure_consentd(step, load, media, press_end_ms, expected_after_key_s)
+    return step
+
+
+def _new_files(prefix: str, since: float) -> list[Path]:
+    return sorted(
+        p for p in MONITOR.glob(f"{prefix}*.wav") if p.stat().st_mtime >= since - 1
+    )
+
+
+async def _measure_consentd(
+    step: StepMeasure, load: LoadResult, media: str, press_end_ms: int, after_key_s: float
+) -> None:
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        rows = await conn.fetch(
+            "SELECT call_id, kind, occurred_at, data::text AS data FROM call_events"
+            " WHERE call_id IN (SELECT call_id FROM call_events WHERE kind = 'call_started'"
+            "   AND data->>'did' = $1 AND occurred_at >= to_timestamp($2))"
+            " ORDER BY call_id, seq",
+            load.plan.did,
+            load.started - 1,
+        )
+    finally:
+        await conn.close()
+    calls: dict[str, list[tuple[str, datetime, dict[str, Any]]]] = {}
+    for row in rows:
+        calls.setdefault(row["call_id"], []).append(
+            (row["kind"], row["occurred_at"], json.loads(row["data"]))
+        )
+    step.ledger_expected = len(REQUIRED_KINDS) * load.completed
+    found = duplicates = 0
+    for events in calls.values():
+        kinds = [kind for kind, _, _ in events]
+        for kind in REQUIRED_KINDS:
+            found += min(1, kinds.count(kind))
+            duplicates += max(0, kinds.count(kind) - 1)
+        at = {kind: when for kind, when, _ in reversed(events)}
+        if "call_started" in at and "keypress" in at:
+            late = (at["keypress"] - at["call_started"]).total_seconds() * 1000 - press_end_ms
+            step.keypress_late_ms.append(late)
+        if "consent_decided" in at and "recording_started" in at:
+            lat = (at["recording_started"] - at["consent_decided"]).total_seconds() * 1000
+            step.latency_ledger_ms.append(lat)
+        if media == "none":
+            continue
+        started = next((e for e in events if e[0] == "recording_started"), None)
+        stopped = next((e for e in events if e[0] == "recording_stopped"), None)
+        if started is None or stopped is None:
+            continue
+        wav = ROOT / str(started[2]["path"]).lstrip("/")
+        if not wav.exists():
+            wav = Path(str(started[2]["path"]))
+        if not wav.exists():
+            continue
+        fid = measure(wav)
+        step.fidelity.append(fid)
+        span = (stopped[1] - started[1]).total_seconds()
+        step.duration_errors.append(fid.duration_s - span)
+        step.latency_wav_ms.append(1000 * (after_key_s - fid.duration_s))
+    step.ledger_found = found
+    step.ledger_duplicates = duplicates

@@ -56,8 +56,7 @@ class MediaPlan:
 def _tone_payloads() -> list[bytes]:
     """One second of tone as 50 payloads; 440 Hz repeats every 1/40 s, so it loops cleanly."""
     samples = [
-        alaw(int(TONE_AMPLITUDE * math.sin(2 * math.pi * TONE_HZ * i / 8000)))
-        for i in range(8000)
+        alaw(int(TONE_AMPLITUDE * math.sin(2 * math.pi * TONE_HZ * i / 8000))) for i in range(8000)
     ]
     return [bytes(samples[i : i + SAMPLES]) for i in range(0, 8000, SAMPLES)]
 

@@ -63,13 +63,13 @@ def _cell(step: dict[str, Any], key: Any, title: str) -> str:
         return f"{step['completed']}/{step['offered']}"
     if title == "ledger rows":
         if step["ledger_rows_expected"] is None:
-            return "–"
+            return "-"
         return f"{step['ledger_rows_found']}/{step['ledger_rows_expected']}"
     if isinstance(key, tuple):
-        return "/".join("–" if step[k] is None else f"{step[k]:g}" for k in key)
+        return "/".join("-" if step[k] is None else f"{step[k]:g}" for k in key)
     value = step[key]
     if value is None:
-        return "–"
+        return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -92,7 +92,7 @@ def markdown(result: dict[str, Any]) -> str:
         rates = s[key]["highest_zero_failure_cps"]
         lines.append(
             f"- highest zero-failure rate, {key.replace('_', ' ')}: "
-            + ", ".join(f"{p} {'–' if v is None else f'{v:g} cps'}" for p, v in rates.items())
+            + ", ".join(f"{p} {'-' if v is None else f'{v:g} cps'}" for p, v in rates.items())
             + f"; consentd/baseline {s[key]['consentd_to_baseline']}"
         )
     if s["generator_limited_steps"]:

@@ -52,9 +52,36 @@ def plan_steps(quick: bool) -> list[StepSpec]:
             StepSpec(5, "jitter", 4, 6000),
             StepSpec(50, "none", 3, 4000),
         ]
-    media = [StepSpec(cps, kind, 10, 10_000) for cps in (5, 10, 20, 40, 80) for kind in ("steady", "jitter")]
+    media = [
+        StepSpec(cps, kind, 10, 10_000)
+        for cps in (5, 10, 20, 40, 80)
+        for kind in ("steady", "jitter")
+    ]
     signalling = [StepSpec(cps, "none", 10, 4000) for cps in (100, 200, 400, 800)]
     return media + signalling
+
+
+def parse_steps(text: str) -> list[StepSpec]:
+    """``CPS:MEDIA[:SECONDS[:CALL_MS]]`` items, comma-separated, e.g. ``20:jitter,200:none``."""
+    specs = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) < 2 or parts[1] not in ("steady", "jitter", "none"):
+            raise argparse.ArgumentTypeError(
+                f"step {item!r}: expected CPS:steady|jitter|none[:SECONDS[:CALL_MS]]"
+            )
+        try:
+            cps = float(parts[0])
+            seconds = float(parts[2]) if len(parts) > 2 else 10.0
+            call_ms = int(parts[3]) if len(parts) > 3 else (4000 if parts[1] == "none" else 10_000)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"step {item!r}: {exc}") from None
+        if cps <= 0 or seconds <= 0 or call_ms < 2500:
+            raise argparse.ArgumentTypeError(
+                f"step {item!r}: rate and seconds must be positive, calls at least 2500 ms"
+            )
+        specs.append(StepSpec(cps, parts[1], seconds, call_ms))
+    return specs
 
 
 def _load_plan(spec: StepSpec, path: Path_, media_dir: Path) -> LoadPlan:
@@ -64,6 +91,14 @@ def _load_plan(spec: StepSpec, path: Path_, media_dir: Path) -> LoadPlan:
         return LoadPlan(path.did, spec.cps, calls, pcap, lead_ms=1500, hold_ms=spec.call_ms - 1500)
     media = MediaPlan(spec.call_ms, PRESS_AT_MS, jitter=spec.media == "jitter")
     return LoadPlan(path.did, spec.cps, calls, pcap_file(media, media_dir), 0, spec.call_ms)
+
+
+async def _stack(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        str(STACK), *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+    )
+    if await proc.wait() != 0:
+        sys.exit(f"bench: scripts/stack.sh {' '.join(args)} failed (exit {proc.returncode})")
 
 
 def machine() -> dict[str, Any]:
@@ -84,24 +119,28 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def run(quick: bool, keep: bool) -> Path:
+async def run(
+    quick: bool, keep: bool, specs: list[StepSpec] | None = None, paths: tuple[str, ...] = ()
+) -> Path:
     for tool in ("sipp", "chroot"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed; run `make setup`")
     started = time.monotonic()
     print(f"==> bench: stack up with {POLICIES.relative_to(REPO)}", flush=True)
-    subprocess.run([str(STACK), "up", str(POLICIES)], check=True, stdout=subprocess.DEVNULL)
+    await _stack("up", str(POLICIES))
     steps: list[StepMeasure] = []
-    specs = plan_steps(quick)
+    specs = specs or plan_steps(quick)
+    chosen = [p for p in PATHS if not paths or p.name in paths]
     try:
         with tempfile.TemporaryDirectory(prefix="consentd-bench-") as tmp:
             media_dir = Path(tmp) / "media"
             for n, spec in enumerate(specs, 1):
-                for path in PATHS:
+                for path in chosen:
                     await wait_idle()
                     plan = _load_plan(spec, path, media_dir)
                     label = f"[{n}/{len(specs)}] {path.name:8} {spec.cps:g} cps, media {spec.media}"
-                    print(f"==> {label}: {plan.calls} calls of {plan.call_ms / 1000:g} s", flush=True)
+                    calls = f"{plan.calls} calls of {plan.call_ms / 1000:g} s"
+                    print(f"==> {label}: {calls}", flush=True)
                     work = Path(tmp) / f"{n}-{path.name}"
                     async with ProcessSampler() as sampler:
                         load = await run_load(plan, work)
@@ -110,17 +149,19 @@ async def run(quick: bool, keep: bool) -> Path:
                     print(f"    {step.one_line()}", flush=True)
     finally:
         if not keep:
-            subprocess.run([str(STACK), "down"], check=False, stdout=subprocess.DEVNULL)
-    result = {
+            await _stack("down")
+    step_rows = [s.as_json() for s in steps]
+    result: dict[str, Any] = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": quick,
         "duration_s": round(time.monotonic() - started, 1),
         "machine": machine(),
-        "steps": [s.as_json() for s in steps],
+        "steps": step_rows,
+        "summary": summarise(step_rows),
     }
-    result["summary"] = summarise(result["steps"])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}{'-quick' if quick else ''}.json"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"{stamp}{'-quick' if quick else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
     print(f"==> bench: results in {out.relative_to(REPO)} ({result['duration_s']:.0f} s)")
@@ -131,8 +172,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three short steps (under 3 min)")
     parser.add_argument("--keep", action="store_true", help="leave the stack up afterwards")
+    parser.add_argument(
+        "--steps", type=parse_steps, help="instead of the plan: CPS:MEDIA[:SECONDS[:CALL_MS]],..."
+    )
+    parser.add_argument(
+        "--paths", default="", help="comma-separated subset of floor,baseline,consentd"
+    )
     args = parser.parse_args(argv)
-    asyncio.run(run(args.quick, args.keep))
+    paths = tuple(p for p in args.paths.split(",") if p)
+    unknown = set(paths) - {p.name for p in PATHS}
+    if unknown:
+        parser.error(f"--paths: unknown {', '.join(sorted(unknown))}")
+    asyncio.run(run(args.quick, args.keep, args.steps, paths))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -239,9 +238,7 @@ async def measure_step(
 
 
 def _new_files(prefix: str, since: float) -> list[Path]:
-    return sorted(
-        p for p in MONITOR.glob(f"{prefix}*.wav") if p.stat().st_mtime >= since - 1
-    )
+    return sorted(p for p in MONITOR.glob(f"{prefix}*.wav") if p.stat().st_mtime >= since - 1)
 
 
 async def _measure_consentd(

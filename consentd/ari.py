@@ -98,9 +98,6 @@ class AriClient:
             return False
         return True
 
-    async def start_silence(self, channel_id: str) -> None:
-        await self.request("POST", f"/channels/{channel_id}/silence")
-
     async def hangup(self, channel_id: str) -> None:
         try:
             await self.request("DELETE", f"/channels/{channel_id}")

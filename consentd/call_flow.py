@@ -48,7 +48,6 @@ from consentd.call_model import (
     RecordingStopped,
     ReturnedFromQueue,
     Segment,
-    StartHold,
     StartRecording,
     StartVoicemail,
     StopPlayback,
@@ -139,8 +138,11 @@ class _Transition:
             self.update(phase=Phase.QUEUED)
             self.do(ContinueToQueue(call.facts.group.queue, call.facts.group.timeout))
         else:
+            # The line stays open with nothing sent to the caller. No silence
+            # generator: its steady frames against the caller's bursty RTP made
+            # MixMonitor insert silence and lengthen the file (see README,
+            # "Recording fidelity").
             self.update(phase=Phase.HOLDING)
-            self.do(StartHold())
 
     def result(self) -> tuple[Call, list[Command]]:
         return self.call, self.commands
@@ -347,7 +349,6 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
         t.next_step()
     elif isinstance(command, ContinueToQueue):
         t.update(phase=Phase.HOLDING)  # the caller may still hang up; the ledger says why
-        t.do(StartHold())
     elif isinstance(command, StartVoicemail):
         t.do(Hangup())
 

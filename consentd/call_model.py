@@ -258,11 +258,6 @@ class StopPlayback:
 
 
 @dataclass(frozen=True)
-class StartHold:
-    """Keep the line open (silence) until the caller hangs up."""
-
-
-@dataclass(frozen=True)
 class StartRecording:
     segment: int
     file: str
@@ -315,7 +310,6 @@ Command = (
     Answer
     | Play
     | StopPlayback
-    | StartHold
     | StartRecording
     | StopRecording
     | DeleteRecording

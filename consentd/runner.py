@@ -33,7 +33,6 @@ from consentd.call_model import (
     RecordingDeleted,
     RecordingStarted,
     RecordingStopped,
-    StartHold,
     StartRecording,
     StartVoicemail,
     StopPlayback,
@@ -119,8 +118,6 @@ class CallRunner:
                     return PlaybackStarted(command.playback_id, self._ports.clock())
                 case StopPlayback():
                     await ari.stop_playback(command.playback_id)
-                case StartHold():
-                    await ari.start_silence(facts.channel_id)
                 case StartRecording():
                     options = "b" if command.bridged_only else ""
                     await recorder.start(facts.channel_id, command.file, options)

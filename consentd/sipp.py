@@ -39,9 +39,7 @@ def tone_file(cache_dir: Path | None = None, freq: float = 440.0) -> Path:
     target = directory / f"tone{int(freq)}.alaw"
     if not target.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        data = bytes(
-            alaw(int(6000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(8000)
-        )
+        data = bytes(alaw(int(6000 * math.sin(2 * math.pi * freq * i / 8000))) for i in range(8000))
         tmp = target.with_suffix(f".tmp{id(data)}")
         tmp.write_bytes(data)
         tmp.replace(target)

@@ -20,13 +20,13 @@ from consentd.call_model import (
     DeleteRecording,
     DtmfReceived,
     Media,
+    Phase,
     Play,
     PlaybackFinished,
     PlaybackStarted,
     RecordingDeleted,
     RecordingStarted,
     RecordingStopped,
-    StartHold,
     StartRecording,
     StopPlayback,
     StopRecording,
@@ -69,7 +69,6 @@ def test_always_answers_starts_recording_and_holds_without_a_greeting(facts: Fac
         WriteLedger(0, "call_started", T0, started_data(call_facts)),
         Answer(),
         StartRecording(1, FILE_1),
-        StartHold(),
     ]
     assert call.recording is not None and call.recording.number == 1
 
@@ -82,7 +81,6 @@ def test_never_answers_and_holds_without_recording_or_greeting(facts: Facts) -> 
     assert commands == [
         WriteLedger(0, "call_started", T0, started_data(call_facts)),
         Answer(),
-        StartHold(),
     ]
 
 
@@ -358,8 +356,8 @@ def test_greeting_finished_is_written_and_the_call_goes_on_hold(facts: Facts) ->
 
     assert commands == [
         WriteLedger(1, "greeting_finished", at(6), {"playback_id": GREETING, "state": "done"}),
-        StartHold(),
     ]
+    assert call.phase is Phase.HOLDING
     assert call.greeting_playback is None
 
 
@@ -371,7 +369,7 @@ def test_greeting_stopped_by_the_3_finishes_into_hold(facts: Facts) -> None:
 
     assert kinds(commands) == ["greeting_finished"]
     assert ledger(commands)[0].data["state"] == "stopped"
-    assert actions(commands) == [StartHold()]
+    assert actions(commands) == []  # holding: no silence generator (recording fidelity)
 
 
 def test_playback_finished_of_an_unknown_playback_does_nothing(facts: Facts) -> None:
@@ -487,7 +485,7 @@ def test_failed_greeting_playback_puts_the_call_on_hold(facts: Facts) -> None:
 
     assert kinds(commands) == ["command_failed"]
     assert ledger(commands)[0].data == {"command": "Play", "error": "404"}
-    assert actions(commands) == [StartHold()]
+    assert actions(commands) == []  # holding: no silence generator (recording fidelity)
     assert call.greeting_playback is None
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from consentd.ami import AmiUnavailable, Recorder
 from consentd.ari import CONNECTED, AriClient, AriNotFound
-from consentd.call_model import Media
+from consentd.call_model import Media, Phase
 from consentd.dispatcher import Dispatcher, NodeConfig, clean_caller, parse_ari_time
 from consentd.greetings import GreetingLibrary
 from consentd.journal import Journal
@@ -144,9 +144,6 @@ class FakeAri:
     async def stop_playback(self, playback_id: str) -> None:
         self._record("stop_playback", playback_id)
         self.playbacks.discard(playback_id)
-
-    async def start_silence(self, channel_id: str) -> None:
-        self._record("start_silence", channel_id)
 
     async def channels(self) -> list[dict[str, Any]]:
         self._record("channels")
@@ -318,7 +315,7 @@ async def test_always_number_records_without_a_greeting(node: Node) -> None:
     await node.feed(stasis_start("1764432000.3", "+4930100001"))
 
     assert node.recorder.requests == [("start", "1764432000.3", recording_file("1764432000.3"))]
-    assert node.ari.requests == [("answer", "1764432000.3"), ("start_silence", "1764432000.3")]
+    assert node.ari.requests == [("answer", "1764432000.3")]
 
 
 async def test_unknown_number_uses_the_default_policy_and_says_so_in_the_ledger(
@@ -333,7 +330,7 @@ async def test_unknown_number_uses_the_default_policy_and_says_so_in_the_ledger(
     assert started.data["policy"] == "never"
     assert started.data["did"] == "+4930999999"
     assert started.call_id == "pbx1:1764432000.4"
-    assert node.ari.requests == [("answer", "1764432000.4"), ("start_silence", "1764432000.4")]
+    assert node.ari.requests == [("answer", "1764432000.4")]
     assert node.recorder.requests == []
 
 
@@ -376,7 +373,8 @@ async def test_playback_finished_reaches_the_call_by_its_target_channel(node: No
         playback_finished("1764432000.7", "1764432000.7-greeting"),
     )
 
-    assert node.ari.of("start_silence") == [("start_silence", "1764432000.7")]
+    assert node.dispatcher.calls["1764432000.7"].call.phase is Phase.HOLDING
+    assert node.dispatcher.calls["1764432000.6"].call.phase is Phase.GREETING
     finished = by_kind(await node.ledger(), "greeting_finished")
     assert [e.call_id for e in finished] == ["pbx1:1764432000.7"]
 
@@ -456,7 +454,7 @@ async def test_resync_finishes_a_greeting_that_ended_while_disconnected(node: No
 
     finished = by_kind(await node.ledger(), "greeting_finished")
     assert [e.data["state"] for e in finished] == ["finished_while_disconnected"]
-    assert node.ari.of("start_silence") == [("start_silence", chan)]
+    assert node.dispatcher.calls[chan].call.phase is Phase.HOLDING
 
 
 async def test_resync_adopts_a_call_left_in_our_app_by_a_previous_run(node: Node) -> None:
@@ -552,7 +550,7 @@ async def test_failed_greeting_playback_puts_the_caller_on_hold(node: Node) -> N
 
     await node.feed(stasis_start(chan, "+4930100002"))
 
-    assert node.ari.of("start_silence") == [("start_silence", chan)]
+    assert node.dispatcher.calls[chan].call.phase is Phase.HOLDING
     failed = by_kind(await node.ledger(), "command_failed")
     assert [e.data["command"] for e in failed] == ["Play"]
 

@@ -32,7 +32,6 @@ from consentd.call_model import (
     QueueJoined,
     RecordingStarted,
     ReturnedFromQueue,
-    StartHold,
     StartRecording,
     StartVoicemail,
     StopPlayback,
@@ -579,7 +578,6 @@ def test_failed_continue_into_the_queue_holds_the_line(facts: Facts) -> None:
             at(5.1),
             {"command": "ContinueToQueue", "error": "POST continue: not found"},
         ),
-        StartHold(),
     ]
     assert call.phase is Phase.HOLDING
     _, left = handle(call, LeftStasis(at(9)))

@@ -34,17 +34,36 @@ def measure(path: Path) -> Fidelity:
             raise ValueError(f"{path}: expected 16-bit mono, got {wav.getparams()}")
         rate = wav.getframerate()
         samples = array.array("h", wav.readframes(wav.getnframes()))
+    return measure_samples(samples, rate)
+
+
+def _quiet(chunk: array.array[int]) -> bool:
+    return not chunk or (max(chunk) <= SILENCE_LEVEL and min(chunk) >= -SILENCE_LEVEL)
+
+
+def measure_samples(samples: array.array[int], rate: int) -> Fidelity:
+    """Scan in 10 ms slices (max/min run in C); look at single samples only at the edges."""
     duration = len(samples) / rate
-    loud = [i for i in range(len(samples)) if abs(samples[i]) > SILENCE_LEVEL]
+    step = rate // 100
+    slices = [samples[i : i + step] for i in range(0, len(samples), step)]
+    loud = [n for n, chunk in enumerate(slices) if not _quiet(chunk)]
     if not loud:
         return Fidelity(duration, 1.0 if samples else 0.0, duration * 1000)
-    first, last = loud[0], loud[-1]
-    longest = run = 0
-    for value in samples[first : last + 1]:
-        run = run + 1 if abs(value) <= SILENCE_LEVEL else 0
-        longest = max(longest, run)
-    block = int(rate * BLOCK_S)
+    head, tail = slices[loud[0]], slices[loud[-1]]
+    first = loud[0] * step + next(i for i, v in enumerate(head) if abs(v) > SILENCE_LEVEL)
+    last = loud[-1] * step + max(i for i, v in enumerate(tail) if abs(v) > SILENCE_LEVEL)
     inner = samples[first : last + 1]
-    blocks = [inner[i : i + block] for i in range(0, len(inner) - block + 1, block)]
-    silent = sum(1 for b in blocks if max(abs(v) for v in b) <= SILENCE_LEVEL)
+    longest = run = 0
+    for n in range(0, len(inner), step):
+        chunk = inner[n : n + step]
+        if _quiet(chunk):
+            run += len(chunk)
+            longest = max(longest, run)
+            continue
+        for value in chunk:
+            run = run + 1 if abs(value) <= SILENCE_LEVEL else 0
+            longest = max(longest, run)
+    block = int(rate * BLOCK_S)
+    blocks = range(0, len(inner) - block + 1, block)
+    silent = sum(1 for i in blocks if _quiet(inner[i : i + block]))
     return Fidelity(duration, silent / len(blocks) if blocks else 0.0, longest * 1000 / rate)

@@ -29,7 +29,7 @@ from typing import Any
 from bench.media import MediaPlan, pcap_file
 from bench.report import markdown, summarise
 from bench.sipp_load import REPO, LoadPlan, run_load
-from bench.step import PATHS, Path_, ProcessSampler, StepMeasure, measure_step, wait_idle
+from bench.step import PATHS, Path_, StepMeasure, StepMonitor, measure_step, wait_idle
 
 STACK = REPO / "scripts" / "stack.sh"
 POLICIES = REPO / "bench" / "policies.yaml"
@@ -142,9 +142,9 @@ async def run(
                     calls = f"{plan.calls} calls of {plan.call_ms / 1000:g} s"
                     print(f"==> {label}: {calls}", flush=True)
                     work = Path(tmp) / f"{n}-{path.name}"
-                    async with ProcessSampler() as sampler:
+                    async with StepMonitor() as monitor:
                         load = await run_load(plan, work)
-                    step = await measure_step(path, spec.media, load, PRESS_AT_MS, sampler)
+                    step = await measure_step(path, spec.media, load, PRESS_AT_MS, monitor)
                     steps.append(step)
                     print(f"    {step.one_line()}", flush=True)
     finally:

@@ -10,6 +10,7 @@ is short by exactly its latency, for the baseline and consentd alike.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import time
@@ -31,15 +32,11 @@ DATABASE_URL = os.environ.get(
     "CONSENTD_DATABASE_URL", "postgresql://consentd@127.0.0.1:55432/consentd"
 )
 ARI = "http://127.0.0.1:8088/ari"
-ARI_AUTH = aiohttp.BasicAuth("consentd", "consentd")
-#: Ledger kinds every opt-in call that pressed 3 must have, exactly once.
-REQUIRED_KINDS = (
-    "call_started",
-    "consent_decided",
-    "recording_started",
-    "recording_stopped",
-    "call_ended",
-)
+ARI_HEADERS = {"Authorization": "Basic " + base64.b64encode(b"consentd:consentd").decode()}
+#: Ledger kinds every call must have exactly once, and those its story adds.
+EVERY_CALL = ("call_started", "call_ended")
+DECIDED = ("consent_decided", "recording_started", "recording_stopped")
+UNSERVED = ("call_unserved",)
 
 
 @dataclass(frozen=True)
@@ -78,12 +75,26 @@ class StepMeasure:
     ledger_expected: int | None = None
     ledger_found: int | None = None
     ledger_duplicates: int | None = None
+    ledger_calls: int | None = None
+    unserved: int = 0
     cpu_s: float | None = None
     rss_peak_mb: float | None = None
+    ari_probes: int = 0
+    ari_probe_failures: int = 0
+
+    @property
+    def keypress_late_p50_ms(self) -> float | None:
+        """How late the key reached Asterisk against SIPp's plan, from the answer on.
+
+        The ledger's times are Asterisk's own event times; SIPp's clock for the
+        key starts at the 200 OK, so the median call setup time is taken off.
+        """
+        late, setup = _pct(self.keypress_late_ms, 50), _pct(self.load.setup_ms, 50)
+        return None if late is None else late - (setup or 0.0)
 
     @property
     def generator_limited(self) -> bool:
-        late = _pct(self.keypress_late_ms, 50)
+        late = self.keypress_late_p50_ms
         return self.load.generator_limited or (late is not None and late > 300)
 
     def as_json(self) -> dict[str, Any]:
@@ -108,7 +119,7 @@ class StepMeasure:
             "generator_limited": self.generator_limited,
             "realised_cps": r(load.realised_cps, 2),
             "call_length_p50_s": r(_pct([c / 1000 for c in load.call_ms], 50), 2),
-            "keypress_late_p50_ms": r(_pct(self.keypress_late_ms, 50)),
+            "keypress_late_p50_ms": r(self.keypress_late_p50_ms),
             "setup_p50_ms": r(_pct(load.setup_ms, 50)),
             "setup_p99_ms": r(_pct(load.setup_ms, 99)),
             "latency_p50_ms": r(_pct(self.latency_wav_ms, 50)),
@@ -127,10 +138,14 @@ class StepMeasure:
             "ledger_rows_expected": self.ledger_expected,
             "ledger_rows_found": self.ledger_found,
             "ledger_duplicates": self.ledger_duplicates,
+            "ledger_calls": self.ledger_calls,
+            "unserved": self.unserved,
             "cpu_s_per_1000_calls": r(1000 * self.cpu_s / calls, 2)
             if self.cpu_s is not None
             else None,
             "rss_peak_mb": r(self.rss_peak_mb),
+            "fresh_ari_client_probes": self.ari_probes,
+            "fresh_ari_client_failures": self.ari_probe_failures,
         }
 
     def one_line(self) -> str:
@@ -149,16 +164,25 @@ class StepMeasure:
         if j["latency_p50_ms"] is not None:
             parts.append(f"latency p50/p99 {j['latency_p50_ms']}/{j['latency_p99_ms']} ms")
         if j["ledger_rows_expected"] is not None:
-            parts.append(f"ledger {j['ledger_rows_found']}/{j['ledger_rows_expected']}")
+            parts.append(
+                f"ledger {j['ledger_rows_found']}/{j['ledger_rows_expected']} rows"
+                f" for {j['ledger_calls']} calls, {j['unserved']} unserved"
+            )
         if j["cpu_s_per_1000_calls"] is not None:
             parts.append(f"cpu {j['cpu_s_per_1000_calls']} s/1000, rss {j['rss_peak_mb']} MB")
+        if j["fresh_ari_client_failures"]:
+            parts.append(
+                f"ARI LOCKOUT {j['fresh_ari_client_failures']}/{j['fresh_ari_client_probes']}"
+            )
         if j["generator_limited"]:
             parts.append("GENERATOR-LIMITED")
         return "; ".join(parts)
 
 
-class ProcessSampler:
-    """CPU seconds and peak RSS of consentd while a step runs."""
+class StepMonitor:
+    """While a step runs: consentd's CPU seconds and peak RSS, and whether a
+    fresh ARI client still gets an answer from Asterisk (a daemon that holds
+    every HTTP session of Asterisk locks other ARI users out)."""
 
     def __init__(self) -> None:
         pid_file = REPO / ".state" / "run" / "consentd.pid"
@@ -166,7 +190,9 @@ class ProcessSampler:
         self.peak_kb = 0
         self._cpu0 = 0.0
         self.cpu_s: float | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.probes = 0
+        self.probe_failures = 0
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _cpu(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -183,28 +209,51 @@ class ProcessSampler:
             self.peak_kb = max(self.peak_kb, self._rss_kb())
             await asyncio.sleep(0.25)
 
-    async def __aenter__(self) -> ProcessSampler:
+    async def _probe(self) -> None:
+        """Once a second, a new connection asks ARI for /asterisk/info (5 s to answer)."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.probes += 1
+            try:
+                async with (
+                    aiohttp.ClientSession(
+                        headers=ARI_HEADERS, connector=aiohttp.TCPConnector(force_close=True)
+                    ) as http,
+                    http.get(f"{ARI}/asterisk/info", timeout=aiohttp.ClientTimeout(total=5)) as r,
+                ):
+                    if r.status != 200:
+                        self.probe_failures += 1
+            except (aiohttp.ClientError, TimeoutError):
+                self.probe_failures += 1
+
+    async def __aenter__(self) -> StepMonitor:
+        self._tasks.append(asyncio.create_task(self._probe()))
         if self.pid is not None:
             self._cpu0 = self._cpu()
-            self._task = asyncio.create_task(self._sample())
+            self._tasks.append(asyncio.create_task(self._sample()))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        if self.pid is not None:
             self.cpu_s = self._cpu() - self._cpu0
 
 
 async def wait_idle(timeout: float = 40.0) -> int:
     """Wait until Asterisk has no channels; hang up and count what is still there."""
-    async with aiohttp.ClientSession(auth=ARI_AUTH) as http:
+    async with aiohttp.ClientSession(headers=ARI_HEADERS) as http:
         deadline = time.monotonic() + timeout
         channels: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            async with http.get(f"{ARI}/channels") as resp:
-                channels = await resp.json()
-            if not channels:
-                return 0
+            try:
+                async with http.get(f"{ARI}/channels") as resp:
+                    channels = await resp.json()
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # Asterisk busy or locked out: ask again
+            else:
+                if not channels:
+                    return 0
             await asyncio.sleep(0.5)
         for channel in channels:
             async with http.delete(f"{ARI}/channels/{channel['id']}"):
@@ -213,12 +262,13 @@ async def wait_idle(timeout: float = 40.0) -> int:
 
 
 async def measure_step(
-    path: Path_, media: str, load: LoadResult, press_at_ms: int, sampler: ProcessSampler
+    path: Path_, media: str, load: LoadResult, press_at_ms: int, monitor: StepMonitor
 ) -> StepMeasure:
     step = StepMeasure(path.name, load.plan.cps, media, load)
     step.stranded = await wait_idle()
-    step.cpu_s = sampler.cpu_s
-    step.rss_peak_mb = sampler.peak_kb / 1024 if sampler.pid else None
+    step.cpu_s = monitor.cpu_s
+    step.rss_peak_mb = monitor.peak_kb / 1024 if monitor.pid else None
+    step.ari_probes, step.ari_probe_failures = monitor.probes, monitor.probe_failures
     plan = load.plan
     press_end_ms = (plan.lead_ms if media == "none" else press_at_ms) + EVENT_PACKETS * PTIME_MS
     expected_after_key_s = (plan.call_ms - press_end_ms) / 1000
@@ -261,13 +311,20 @@ async def _measure_consentd(
         calls.setdefault(row["call_id"], []).append(
             (row["kind"], row["occurred_at"], json.loads(row["data"]))
         )
-    step.ledger_expected = len(REQUIRED_KINDS) * load.completed
-    found = duplicates = 0
+    expected = found = duplicates = 0
     for events in calls.values():
         kinds = [kind for kind, _, _ in events]
-        for kind in REQUIRED_KINDS:
+        # What this call's own rows say happened decides which rows must exist.
+        required: tuple[str, ...] = EVERY_CALL
+        if "call_unserved" in kinds:
+            required += UNSERVED
+            step.unserved += 1
+        elif "keypress" in kinds or "consent_decided" in kinds:
+            required += DECIDED
+        expected += len(required)
+        for kind in required:
             found += min(1, kinds.count(kind))
-            duplicates += max(0, kinds.count(kind) - 1)
+        duplicates += sum(max(0, kinds.count(k) - 1) for k in EVERY_CALL + DECIDED + UNSERVED)
         at = {kind: when for kind, when, _ in reversed(events)}
         if "call_started" in at and "keypress" in at:
             late = (at["keypress"] - at["call_started"]).total_seconds() * 1000 - press_end_ms
@@ -291,5 +348,7 @@ async def _measure_consentd(
         span = (stopped[1] - started[1]).total_seconds()
         step.duration_errors.append(fid.duration_s - span)
         step.latency_wav_ms.append(1000 * (after_key_s - fid.duration_s))
+    step.ledger_calls = len(calls)
+    step.ledger_expected = expected
     step.ledger_found = found
     step.ledger_duplicates = duplicates

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 
 #: Synthetic event yielded after every (re)connection of the events websocket.
@@ -56,11 +57,17 @@ class AriClient:
 
     # ------------------------------------------------------------ REST
 
-    async def request(self, method: str, path: str, params: dict[str, str] | None = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+    ) -> Any:
         url = f"{self._base}{path}"
         try:
             async with self._session.request(
-                method, url, params=params, timeout=self._timeout
+                method, url, params=params, json=json_body, timeout=self._timeout
             ) as resp:
                 body = await resp.text()
                 if resp.status == 404:
@@ -121,6 +128,14 @@ class AriClient:
             {"context": "consentd-queue", "extension": did, "priority": "1"},
         )
 
+    async def continue_unrecorded(self, channel_id: str, did: str) -> None:
+        """Leave Stasis into the dialplan's unrecorded path (consentd-unrecorded)."""
+        await self.request(
+            "POST",
+            f"/channels/{channel_id}/continue",
+            {"context": "consentd-unrecorded", "extension": did, "priority": "1"},
+        )
+
     async def record(self, channel_id: str, name: str, max_seconds: int) -> None:
         """Record what the caller says (voicemail), after a beep, into Asterisk's recording dir."""
         await self.request(
@@ -134,6 +149,19 @@ class AriClient:
                 "ifExists": "overwrite",
                 "terminateOn": "none",
             },
+        )
+
+    async def filter_events(self, types: tuple[str, ...]) -> None:
+        """Ask Asterisk to send this app only these event types.
+
+        A subscribed channel otherwise raises a dozen events per call that
+        consentd ignores (ChannelVarset, ChannelStateChange, ...): serialised
+        by Asterisk and parsed here for nothing.
+        """
+        await self.request(
+            "PUT",
+            f"/applications/{self.app}/eventFilter",
+            json_body={"allowed": [{"type": t} for t in types]},
         )
 
     async def channels(self) -> list[dict[str, Any]]:
@@ -163,7 +191,10 @@ class AriClient:
                     yield {"type": CONNECTED}
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT:
-                            yield msg.json()
+                            try:
+                                yield orjson.loads(msg.data)
+                            except orjson.JSONDecodeError:
+                                self._log.warning("ari_event_not_json", frame=msg.data[:200])
                         elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
                             break
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:

@@ -24,6 +24,7 @@ from consentd.call_model import (
     AgentCompleted,
     AgentConnected,
     Answer,
+    Answered,
     CallArrived,
     CallEnded,
     CallFacts,
@@ -31,6 +32,7 @@ from consentd.call_model import (
     CommandFailed,
     ConsentAction,
     ContinueToQueue,
+    ContinueUnrecorded,
     DeleteRecording,
     DtmfReceived,
     Event,
@@ -74,6 +76,8 @@ class Call:
     pending_greetings: tuple[str, ...] = ()
     recording: Segment | None = None
     voicemail_active: bool = False
+    #: Why consentd handed the call back to the dialplan unrecorded, if it did.
+    unserved: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -167,6 +171,8 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
     match event:
         case CallArrived():
             _arrive(t, event)
+        case Answered() if call.phase is Phase.ANSWERING:
+            _answered(t)
         case DtmfReceived():
             _keypress(t, event)
         case PlaybackStarted() if event.playback_id == call.greeting_playback:
@@ -255,10 +261,29 @@ def _arrive(t: _Transition, event: CallArrived) -> None:
         t.update(pending_greetings=())
         _no_answer(t, ReturnedFromQueue(event.returned_from_queue, event.at))
         return
+    if event.unserved is not None:
+        _unserved(t, event.unserved, event.at)
+        return
+    # Nothing else happens until Asterisk confirms the answer: a call that
+    # cannot be answered in time goes on unrecorded instead of ringing forever.
+    t.update(phase=Phase.ANSWERING)
     t.do(Answer())
-    if policy.recording in (Recording.ALWAYS, Recording.OPT_OUT):
+
+
+def _answered(t: _Transition) -> None:
+    t.update(phase=Phase.GREETING)
+    recording = t.call.facts.policy.recording
+    refused = t.call.decision is ConsentAction.CALLER_OPTED_OUT  # a 3 before the answer
+    if recording is Recording.ALWAYS or (recording is Recording.OPT_OUT and not refused):
         t.start_recording()
     t.next_step()
+
+
+def _unserved(t: _Transition, reason: str, at: datetime) -> None:
+    """consentd cannot serve this call: the dialplan carries it on, never recorded."""
+    t.ledger("call_unserved", at, reason=reason)
+    t.update(phase=Phase.UNSERVED, pending_greetings=(), unserved=reason)
+    t.do(ContinueUnrecorded(reason))
 
 
 def _greeting_started(t: _Transition, event: PlaybackStarted) -> None:
@@ -283,7 +308,7 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
         event.digit == CONSENT_KEY
         and call.decision is None
         and call.facts.policy.recording.asks_caller
-        and call.phase is not Phase.VOICEMAIL
+        and call.phase not in (Phase.VOICEMAIL, Phase.UNSERVED)
     )
     t.ledger(
         "keypress",
@@ -308,18 +333,25 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
     t.ledger(
         "consent_decided", event.at, action=action.value, digit=event.digit, phase=call.phase.value
     )
-    # The recording changes first; the rest of the greeting can wait a round trip.
     segment = call.recording
+    greeting = call.greeting_playback
+    stop_greeting = greeting == call.playback_id(CONSENT)
     if action is ConsentAction.CALLER_OPTED_IN:
+        # The greeting stops first: a recording that begins while the greeting's
+        # steady frames still flow gets silence inserted wherever the caller's
+        # RTP is late (MixMonitor's read/write pairing), and keeps its tail.
+        if stop_greeting and greeting is not None:
+            t.do(StopPlayback(greeting))
         t.start_recording()
-    elif segment is not None:
+        return
+    # A refusal stops the recording before anything else: nothing more is captured.
+    if segment is not None:
         t.update(recording=replace(segment, stopping=True))
         t.do(StopRecording(segment.number, segment.file))
-    if call.greeting_playback == call.playback_id(CONSENT):
-        t.do(StopPlayback(call.greeting_playback))
-    if segment is not None and action is ConsentAction.CALLER_OPTED_OUT:
-        if not policy.keep_partial_on_opt_out:
-            t.do(DeleteRecording(segment.number, segment.file))
+    if stop_greeting and greeting is not None:
+        t.do(StopPlayback(greeting))
+    if segment is not None and not policy.keep_partial_on_opt_out:
+        t.do(DeleteRecording(segment.number, segment.file))
 
 
 def _no_answer(t: _Transition, event: ReturnedFromQueue) -> None:
@@ -347,6 +379,10 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
     elif isinstance(command, Play) and command.playback_id == t.call.greeting_playback:
         t.update(greeting_playback=None)
         t.next_step()
+    elif isinstance(command, Answer) and t.call.phase is Phase.ANSWERING:
+        _unserved(t, "answer_failed", event.at)
+    elif isinstance(command, ContinueUnrecorded):
+        t.do(Hangup())  # the dialplan could not take it either: never leave it ringing
     elif isinstance(command, ContinueToQueue):
         t.update(phase=Phase.HOLDING)  # the caller may still hang up; the ledger says why
     elif isinstance(command, StartVoicemail):

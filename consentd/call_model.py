@@ -26,6 +26,9 @@ class ConsentAction(StrEnum):
 
 
 class Phase(StrEnum):
+    ANSWERING = "answering"
+    #: Handed back to the dialplan unrecorded (overload, or the answer failed).
+    UNSERVED = "unserved"
     GREETING = "greeting"
     HOLDING = "holding"
     QUEUED = "queued"
@@ -108,6 +111,16 @@ class CallArrived:
     #: Set when consentd first sees the call as it comes back from a queue nobody
     #: answered (it restarted meanwhile): QUEUESTATUS. The caller is then not greeted again.
     returned_from_queue: str | None = None
+    #: Set when consentd cannot serve the call in time (overloaded): it goes on
+    #: unrecorded through the dialplan, and the ledger says why.
+    unserved: str | None = None
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Asterisk confirmed the answer: greetings and recording may begin."""
+
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,7 @@ class CallEnded:
 
 Event = (
     CallArrived
+    | Answered
     | LeftStasis
     | ReturnedFromQueue
     | QueueJoined
@@ -291,6 +305,13 @@ class StopRecording:
 
 
 @dataclass(frozen=True)
+class ContinueUnrecorded:
+    """Hand the call back to the dialplan's unrecorded path (consentd cannot serve it)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class DeleteRecording:
     segment: int
     file: str
@@ -314,6 +335,7 @@ Command = (
     | StopRecording
     | DeleteRecording
     | ContinueToQueue
+    | ContinueUnrecorded
     | StartVoicemail
     | Hangup
     | WriteLedger

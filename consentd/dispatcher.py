@@ -40,6 +40,18 @@ from consentd.runner import CallRunner, Ports
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
 
+#: The ARI events consentd acts on; Asterisk is asked to send no others.
+HANDLED_EVENTS = (
+    "StasisStart",
+    "StasisEnd",
+    "ChannelDestroyed",
+    "ChannelDtmfReceived",
+    "PlaybackFinished",
+    "RecordingStarted",
+    "RecordingFinished",
+    "RecordingFailed",
+)
+
 
 @dataclass(frozen=True)
 class NodeConfig:
@@ -48,6 +60,11 @@ class NodeConfig:
     recording_dir: str
     asterisk_root: str
     boot_id: str
+    #: A call whose StasisStart is older than this when consentd gets to it is
+    #: not served: it goes on unrecorded through the dialplan (overload).
+    shed_after: float = 2.0
+    #: More calls than this at once: new ones go on unrecorded.
+    max_calls: int = 10_000
 
 
 def parse_ari_time(value: str | None, fallback: datetime) -> datetime:
@@ -84,11 +101,13 @@ class Dispatcher:
         self.calls: dict[str, CallRunner] = {}
         self._last_dtmf: dict[CallRunner, tuple[str, datetime]] = {}
         self.calls_started = 0
+        self.calls_unserved = 0
         self._log = structlog.get_logger("consentd.dispatch")
 
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == CONNECTED:
+            await self._filter_events()
             await self._resync()
             return
         at = parse_ari_time(event.get("timestamp"), self._ports.clock())
@@ -175,15 +194,36 @@ class Dispatcher:
         self.calls_started += 1
         after_queue = args[:1] == ["after-queue"]
         returned = (args[1] if len(args) > 1 else "") if after_queue else None
-        runner.post(CallArrived(at, returned_from_queue=returned))
+        unserved = None if adopted or after_queue else self._overloaded(at)
+        runner.post(CallArrived(at, returned_from_queue=returned, unserved=unserved))
         self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
+
+    def _overloaded(self, arrived: datetime) -> str | None:
+        """Shed load rather than strand a caller: consentd is behind, or full."""
+        lag = (self._ports.clock() - arrived).total_seconds()
+        if lag > self._config.shed_after:
+            self._log.warning("call_shed", reason="event_lag", lag_s=round(lag, 2))
+            return "overloaded"
+        if len(self.calls) > self._config.max_calls:
+            self._log.warning("call_shed", reason="max_calls", active=len(self.calls))
+            return "max_calls"
+        return None
 
     async def _run(self, channel_id: str, runner: CallRunner) -> Call:
         try:
-            return await runner.run()
+            call = await runner.run()
+            if call.unserved is not None:
+                self.calls_unserved += 1
+            return call
         finally:
             self.calls.pop(channel_id, None)
             self._last_dtmf.pop(runner, None)
+
+    async def _filter_events(self) -> None:
+        try:
+            await self._ports.ari.filter_events(HANDLED_EVENTS)
+        except AriError as exc:  # an older Asterisk: every event comes, and is ignored
+            self._log.warning("ari_event_filter_failed", error=str(exc))
 
     async def _resync(self) -> None:
         try:

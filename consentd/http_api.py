@@ -9,6 +9,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,8 @@ class Health:
     database: bool
     active_calls: int
     ledger_backlog: int
+    calls_started: int = 0
+    calls_unserved: int = 0
 
     @property
     def ready(self) -> bool:
@@ -59,6 +63,28 @@ def register_gauges(registry: CollectorRegistry, health: Callable[[], Health]) -
         gauge = Gauge(f"consentd_{name}_up", f"1 while {name} is reachable", registry=registry)
         gauge.set_function(_health_flag(health, name))
 
+    registry.register(_CallCounters(health))
+
+
+class _CallCounters(Collector):
+    """Totals since start, read from the dispatcher when scraped."""
+
+    def __init__(self, health: Callable[[], Health]) -> None:
+        self._health = health
+
+    def collect(self) -> list[Metric]:
+        health = self._health()
+        return [
+            CounterMetricFamily(
+                "consentd_calls", "Calls consentd took on", value=health.calls_started
+            ),
+            CounterMetricFamily(
+                "consentd_calls_unserved",
+                "Calls handed back to the dialplan unrecorded (overload, answer failed)",
+                value=health.calls_unserved,
+            ),
+        ]
+
 
 def _health_flag(health: Callable[[], Health], name: str) -> Callable[[], float]:
     return lambda: float(getattr(health(), name))
@@ -73,6 +99,7 @@ async def _healthz(request: web.Request) -> web.Response:
         "database": "connected" if health.database else "journalling",
         "active_calls": health.active_calls,
         "ledger_backlog": health.ledger_backlog,
+        "calls_unserved": health.calls_unserved,
     }
     return web.json_response(body, status=200 if health.ready else 503)
 

@@ -28,5 +28,5 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )

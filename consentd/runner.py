@@ -22,9 +22,11 @@ from consentd.ari import AriClient, AriError
 from consentd.call_flow import Call, handle
 from consentd.call_model import (
     Answer,
+    Answered,
     Command,
     CommandFailed,
     ContinueToQueue,
+    ContinueUnrecorded,
     DeleteRecording,
     Event,
     Hangup,
@@ -108,6 +110,9 @@ class CallRunner:
                     self._write(command)
                 case Answer():
                     await ari.answer(facts.channel_id)
+                    return Answered(self._ports.clock())
+                case ContinueUnrecorded():
+                    await ari.continue_unrecorded(facts.channel_id, facts.did)
                 case Play():
                     await ari.play(
                         facts.channel_id,
@@ -154,7 +159,9 @@ class CallRunner:
                 data=command.data,
             )
         )
-        self.log.info(command.kind, **{k: v for k, v in command.data.items() if v is not None})
+        # Debug: the canonical line is call_finished; at hundreds of calls a second
+        # a line per ledger event cost more CPU than the call control itself.
+        self.log.debug(command.kind, **{k: v for k, v in command.data.items() if v is not None})
 
     async def _delete(self, path: Path) -> None:
         """Delete captured audio; MixMonitor may create the file a moment after it starts."""

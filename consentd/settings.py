@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     recording_dir: str = "/var/spool/asterisk/monitor"
     sounds_dir: str = "/var/lib/asterisk/sounds"
 
+    # Overload: calls consentd cannot serve in time go on unrecorded through the
+    # dialplan (context consentd-unrecorded) instead of waiting.
+    shed_after_seconds: float = 2.0
+    max_calls: int = 10_000
+    # HTTP connections to Asterisk's ARI server (default sessionlimit 100):
+    # keep most of them free for other clients.
+    ari_connections: int = 16
+
     http_host: str = "127.0.0.1"
     http_port: int = 8090
 

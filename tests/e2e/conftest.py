@@ -21,6 +21,11 @@ from tests.e2e.harness import (
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The quick bench first: it runs the stack with its own policies, then stops it."""
+    items.sort(key=lambda item: item.get_closest_marker("bench") is None)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     for tool in ("sipp", "chroot"):

@@ -17,6 +17,8 @@ import pytest
 
 from consentd.call_flow import Call, handle, new_call
 from consentd.call_model import (
+    Answer,
+    Answered,
     CallArrived,
     CallEnded,
     CallFacts,
@@ -174,6 +176,8 @@ class CallScript:
     def _outcome(self, command: Command) -> Event | None:
         at = self.clock()
         match command:
+            case Answer():
+                return Answered(at)
             case Play():
                 return PlaybackStarted(command.playback_id, at)
             case StartRecording():

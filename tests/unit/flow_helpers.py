@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from consentd.call_flow import Call, handle, new_call
-from consentd.call_model import CallArrived, CallFacts, Command, DtmfReceived, WriteLedger
+from consentd.call_model import Answered, CallArrived, CallFacts, Command, DtmfReceived, WriteLedger
 
 T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
 CHANNEL = "1764432000.17"
@@ -16,7 +16,9 @@ def at(seconds: float) -> datetime:
 
 
 def arrived(call_facts: CallFacts) -> Call:
+    """A call that arrived and whose answer Asterisk confirmed."""
     call, _ = handle(new_call(call_facts), CallArrived(T0))
+    call, _ = handle(call, Answered(T0))
     return call
 
 

@@ -12,13 +12,17 @@ from hypothesis import strategies as st
 from consentd.call_flow import handle, new_call
 from consentd.call_model import (
     Answer,
+    Answered,
     CallArrived,
     CallEnded,
     CallFacts,
     Command,
     CommandFailed,
+    ConsentAction,
+    ContinueUnrecorded,
     DeleteRecording,
     DtmfReceived,
+    Hangup,
     Media,
     Phase,
     Play,
@@ -64,12 +68,12 @@ def test_always_answers_starts_recording_and_holds_without_a_greeting(facts: Fac
     call_facts = facts("always", did="+4930100001")
 
     call, commands = handle(new_call(call_facts), CallArrived(T0))
+    assert commands == [WriteLedger(0, "call_started", T0, started_data(call_facts)), Answer()]
+    assert call.phase is Phase.ANSWERING and call.recording is None
 
-    assert commands == [
-        WriteLedger(0, "call_started", T0, started_data(call_facts)),
-        Answer(),
-        StartRecording(1, FILE_1),
-    ]
+    call, commands = handle(call, Answered(at(0.05)))
+
+    assert commands == [StartRecording(1, FILE_1)]
     assert call.recording is not None and call.recording.number == 1
 
 
@@ -88,12 +92,13 @@ def test_opt_in_answers_and_plays_the_greeting_without_recording(facts: Facts) -
     call_facts = facts("opt_in", language="de")
 
     call, commands = handle(new_call(call_facts), CallArrived(T0))
-
     assert commands == [
         WriteLedger(0, "call_started", T0, started_data(call_facts, language="de")),
         Answer(),
-        Play(GREETING, Media("sound:consentd/opt_in", "de", "bundled")),
     ]
+    call, commands = handle(call, Answered(at(0.05)))
+
+    assert commands == [Play(GREETING, Media("sound:consentd/opt_in", "de", "bundled"))]
     assert call.recording is None
     assert call.greeting_playback == GREETING
 
@@ -101,10 +106,12 @@ def test_opt_in_answers_and_plays_the_greeting_without_recording(facts: Facts) -
 def test_opt_out_answers_starts_recording_then_plays_the_greeting(facts: Facts) -> None:
     call_facts = facts("opt_out", did="+4930100003")
 
-    _, commands = handle(new_call(call_facts), CallArrived(T0))
+    call, commands = handle(new_call(call_facts), CallArrived(T0))
+    assert actions(commands) == [Answer()]
+
+    _, commands = handle(call, Answered(at(0.05)))
 
     assert actions(commands) == [
-        Answer(),
         StartRecording(1, FILE_1),
         Play(GREETING, Media("sound:consentd/opt_out", "en", "bundled")),
     ]
@@ -166,8 +173,8 @@ def test_opt_in_press_3_during_greeting_stops_it_and_starts_recording(facts: Fac
             at(2.5),
             {"action": "caller_opted_in", "digit": "3", "phase": "greeting"},
         ),
-        StartRecording(1, FILE_1),
         StopPlayback(GREETING),
+        StartRecording(1, FILE_1),
     ]
     assert call.decision is not None and call.decision.value == "caller_opted_in"
 
@@ -600,3 +607,61 @@ def test_any_digits_on_opt_in_decide_and_record_once_exactly_when_a_3_is_among_t
     assert decided == expected
     assert recordings == expected
     assert [w.seq for w in call.ledger] == list(range(len(call.ledger)))
+
+
+# ---------------------------------------------------------------- overload: never strand a caller
+
+
+def test_a_call_consentd_cannot_serve_goes_on_unrecorded_and_the_ledger_says_why(
+    facts: Facts,
+) -> None:
+    call_facts = facts("opt_out", did="+4930100003")
+
+    call, commands = handle(new_call(call_facts), CallArrived(T0, unserved="overloaded"))
+
+    assert kinds(commands) == ["call_started", "call_unserved"]
+    assert ledger(commands)[1].data == {"reason": "overloaded"}
+    assert actions(commands) == [ContinueUnrecorded("overloaded")]  # no answer, no recording
+    assert call.phase is Phase.UNSERVED and call.unserved == "overloaded"
+
+
+def test_a_failed_answer_hands_the_call_to_the_dialplan_instead_of_leaving_it_ringing(
+    facts: Facts,
+) -> None:
+    call, _ = handle(new_call(facts("opt_out", did="+4930100003")), CallArrived(T0))
+
+    call, commands = handle(call, CommandFailed(Answer(), "POST answer: timeout", at(5)))
+
+    assert kinds(commands) == ["command_failed", "call_unserved"]
+    assert ledger(commands)[1].data == {"reason": "answer_failed"}
+    assert actions(commands) == [ContinueUnrecorded("answer_failed")]
+    assert call.recording is None  # an opt-out caller never heard the greeting: not recorded
+
+
+def test_if_the_dialplan_cannot_take_an_unserved_call_either_it_is_hung_up(facts: Facts) -> None:
+    call, _ = handle(new_call(facts("opt_in")), CallArrived(T0, unserved="overloaded"))
+
+    _, commands = handle(call, CommandFailed(ContinueUnrecorded("overloaded"), "timeout", at(5)))
+
+    assert actions(commands) == [Hangup()]
+
+
+def test_a_3_on_an_unserved_call_decides_nothing(facts: Facts) -> None:
+    call, _ = handle(new_call(facts("opt_in")), CallArrived(T0, unserved="overloaded"))
+
+    call, commands = press(call, "3")
+
+    assert ledger(commands)[0].data["decides"] is False
+    assert actions(commands) == [] and call.decision is None
+
+
+def test_an_opt_out_3_before_the_answer_is_confirmed_means_no_recording_at_all(
+    facts: Facts,
+) -> None:
+    call, _ = handle(new_call(facts("opt_out", did="+4930100003")), CallArrived(T0))
+    call, _ = press(call, "3", 0.01)
+
+    call, commands = handle(call, Answered(at(0.05)))
+
+    assert not any(isinstance(c, StartRecording) for c in commands)
+    assert call.decision is ConsentAction.CALLER_OPTED_OUT

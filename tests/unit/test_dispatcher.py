@@ -64,11 +64,16 @@ def channel(channel_id: str, did: str = "", caller: str = CALLER) -> dict[str, A
 
 
 def stasis_start(
-    channel_id: str, did: str, *, caller: str = CALLER, args: list[str] | None = None
+    channel_id: str,
+    did: str,
+    *,
+    caller: str = CALLER,
+    args: list[str] | None = None,
+    timestamp: str = "2026-11-29T16:00:00.000+0000",
 ) -> dict[str, Any]:
     return {
         "type": "StasisStart",
-        "timestamp": "2026-11-29T16:00:00.000+0000",
+        "timestamp": timestamp,
         "args": args or [],
         "channel": channel(channel_id, did, caller),
         "asterisk_id": "02:42:ac:11:00:02",
@@ -145,6 +150,9 @@ class FakeAri:
         self._record("stop_playback", playback_id)
         self.playbacks.discard(playback_id)
 
+    async def filter_events(self, types: tuple[str, ...]) -> None:
+        self._record("filter_events", *types)
+
     async def channels(self) -> list[dict[str, Any]]:
         self._record("channels")
         return self.live_channels
@@ -161,6 +169,9 @@ class FakeAri:
 
     async def hangup(self, channel_id: str) -> None:
         self._record("hangup", channel_id)
+
+    async def continue_unrecorded(self, channel_id: str, did: str) -> None:
+        self._record("continue_unrecorded", channel_id, did)
 
 
 class FakeRecorder:
@@ -829,3 +840,52 @@ async def test_ami_events_of_unknown_callers_and_other_events_are_ignored(node: 
     await settle()
 
     assert await node.kinds() == before
+
+
+# ---------------------------------------------------------------- overload
+
+
+async def test_a_call_consentd_reaches_too_late_goes_on_unrecorded_and_is_counted(
+    node: Node,
+) -> None:
+    chan = "1764432009.1"
+    # The clock reads 16:00:00; this StasisStart is 3 s old (more than shed_after, 2 s).
+    await node.feed(stasis_start(chan, "+4930100003", timestamp="2026-11-29T15:59:57.000+0000"))
+
+    assert node.ari.requests == [("continue_unrecorded", chan, "+4930100003")]
+    assert node.recorder.requests == []  # opt-out, but never answered or recorded
+    unserved = by_kind(await node.ledger(), "call_unserved")
+    assert [e.data for e in unserved] == [{"reason": "overloaded"}]
+
+    await node.feed(stasis_end(chan))
+    await node.calls_done()
+    assert node.dispatcher.calls_unserved == 1
+    assert [e.kind for e in await node.ledger()][-1] == "call_ended"
+
+
+async def test_a_timely_call_is_served(node: Node) -> None:
+    await node.feed(stasis_start("1764432009.2", "+4930100003"))
+
+    assert node.ari.requests[0] == ("answer", "1764432009.2")
+    assert node.dispatcher.calls_unserved == 0
+
+
+async def test_on_connect_asterisk_is_asked_for_only_the_events_consentd_handles(
+    node: Node,
+) -> None:
+    await node.feed({"type": CONNECTED})
+
+    (request,) = node.ari.of("filter_events")
+    assert set(request[1:]) == {
+        "StasisStart", "StasisEnd", "ChannelDestroyed", "ChannelDtmfReceived",
+        "PlaybackFinished", "RecordingStarted", "RecordingFinished", "RecordingFailed",
+    }  # fmt: skip
+    assert node.ari.of("channels")  # and the resync still runs
+
+
+async def test_an_asterisk_without_event_filters_still_resyncs(node: Node) -> None:
+    node.ari.failing["filter_events"] = AriNotFound("PUT eventFilter: not found", 404)
+
+    await node.feed({"type": CONNECTED})
+
+    assert node.ari.of("channels")

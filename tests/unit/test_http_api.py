@@ -53,6 +53,7 @@ async def test_healthz_is_200_with_every_field_while_ari_is_connected(
         "database": "connected",
         "active_calls": 2,
         "ledger_backlog": 0,
+        "calls_unserved": 0,
     }
 
 

@@ -14,6 +14,7 @@ from consentd.call_model import (
     AgentCompleted,
     AgentConnected,
     Answer,
+    Answered,
     CallArrived,
     CallEnded,
     CallFacts,
@@ -126,8 +127,10 @@ def test_routed_call_started_names_group_and_queue_and_the_availability_greeting
             },
         ),
         Answer(),
-        Play(AVAILABLE, AVAILABLE_MEDIA),
     ]
+    call, commands = handle(call, Answered(at(0.05)))
+
+    assert commands == [Play(AVAILABLE, AVAILABLE_MEDIA)]
     assert call.greeting_playback == AVAILABLE
     assert call.phase is Phase.GREETING
 
@@ -136,19 +139,20 @@ def test_routed_call_started_names_group_and_queue_and_the_availability_greeting
 def test_routed_call_that_records_from_the_start_records_only_while_bridged(
     facts: Facts, recording: str
 ) -> None:
-    _, commands = handle(new_call(routed(facts, recording)), CallArrived(T0))
+    call, _ = handle(new_call(routed(facts, recording)), CallArrived(T0))
+    _, commands = handle(call, Answered(at(0.05)))
 
     assert actions(commands) == [
-        Answer(),
         StartRecording(1, FILE_1, bridged_only=True),
         Play(AVAILABLE, AVAILABLE_MEDIA),
     ]
 
 
 def test_routed_never_call_only_answers_and_plays_the_availability_greeting(facts: Facts) -> None:
-    _, commands = handle(new_call(routed(facts, "never")), CallArrived(T0))
+    call, _ = handle(new_call(routed(facts, "never")), CallArrived(T0))
+    _, commands = handle(call, Answered(at(0.05)))
 
-    assert actions(commands) == [Answer(), Play(AVAILABLE, AVAILABLE_MEDIA)]
+    assert actions(commands) == [Play(AVAILABLE, AVAILABLE_MEDIA)]
 
 
 def test_recording_feedback_of_a_routed_call_says_bridged_only(facts: Facts) -> None:
@@ -299,8 +303,8 @@ def test_3_during_the_consent_greeting_stops_it_and_the_queue_follows(facts: Fac
 
     assert kinds(decided) == ["keypress", "consent_decided"]
     assert actions(decided) == [
-        StartRecording(1, FILE_1, bridged_only=True),
         StopPlayback(GREETING),
+        StartRecording(1, FILE_1, bridged_only=True),
     ]
     assert ledger(finished)[0].data == {"playback_id": GREETING, "state": "stopped"}
     assert actions(finished) == [ContinueToQueue("support", 20)]

@@ -1,0 +1,172 @@
+"""The benchmark's own parts: its media, its fidelity yardstick and its summary."""
+
+from __future__ import annotations
+
+import array
+import itertools
+import math
+import struct
+from pathlib import Path
+
+import pytest
+
+from bench.fidelity import measure, measure_samples
+from bench.media import ALAW_PT, EVENT_PT, SSRC, MediaPlan, build_pcap, rtp_packets
+from bench.report import markdown, summarise
+from bench.run import parse_steps
+from tests.e2e.harness import write_tone
+
+
+def _rtp_fields(packet: bytes) -> tuple[int, bool, int, int, int]:
+    _, marker_pt, seq, stamp, ssrc = struct.unpack(">BBHII", packet[:12])
+    return marker_pt & 0x7F, bool(marker_pt & 0x80), seq, stamp, ssrc
+
+
+def test_one_stream_per_call_tone_then_key_3_then_tone_with_one_ssrc() -> None:
+    packets = rtp_packets(MediaPlan(length_ms=4000, press_at_ms=2000))
+    fields = [_rtp_fields(p) for _, p in packets]
+
+    assert {ssrc for *_, ssrc in fields} == {SSRC}
+    assert [seq for _, _, seq, _, _ in fields] == list(range(len(fields)))  # no gap, no reuse
+    kinds = [pt for pt, *_ in fields]
+    events = [i for i, pt in enumerate(kinds) if pt == EVENT_PT]
+    assert events == list(range(100, 109))  # 2.0 s in, 6 packets then 3 end packets
+    assert kinds[:100] == [ALAW_PT] * 100 and set(kinds[109:]) == {ALAW_PT}
+    # the event keeps its start stamp; the tone after it resumes on the RTP clock
+    assert {fields[i][3] for i in events} == {100 * 160}
+    assert fields[109][3] == 109 * 160 and fields[109][1] is True
+    digit, flags, _ = struct.unpack(">BBH", packets[108][1][12:16])
+    assert digit == 3 and flags & 0x80  # the end bit
+
+
+def test_jittered_media_keeps_the_stamps_but_sends_in_bursts_after_stalls() -> None:
+    steady = MediaPlan(10_000, 2000)
+    jittered = MediaPlan(10_000, 2000, jitter=True, seed=7)
+
+    def send_times(plan: MediaPlan) -> list[float]:
+        data = build_pcap(plan)
+        times, offset = [], 24
+        while offset < len(data):
+            sec, usec, length, _ = struct.unpack_from("<IIII", data, offset)
+            times.append(sec + usec / 1e6)
+            offset += 16 + length
+        return times
+
+    def gaps_of(times: list[float]) -> list[float]:
+        return [b - a for a, b in itertools.pairwise(times)]
+
+    gaps = gaps_of(send_times(jittered))
+    assert len(gaps) == len(send_times(steady)) - 1
+    assert all(g > 0 for g in gaps)  # never reordered
+    assert max(gaps) > 0.06  # stalls, as a poor link has them
+    assert sum(g < 0.002 for g in gaps) / len(gaps) > 0.05  # then bursts
+    assert all(g == pytest.approx(0.02) for g in gaps_of(send_times(steady)))
+
+
+def test_signalling_only_media_holds_the_key_alone() -> None:
+    packets = rtp_packets(MediaPlan(200, 0, speech=False))
+
+    assert {_rtp_fields(p)[0] for _, p in packets} == {EVENT_PT}
+
+
+def _tone(seconds: float) -> array.array[int]:
+    return array.array(
+        "h",
+        (int(6000 * math.sin(2 * math.pi * 440 * i / 8000)) for i in range(int(seconds * 8000))),
+    )
+
+
+def test_fidelity_of_a_clean_tone() -> None:
+    result = measure_samples(_tone(3.0), 8000)
+
+    assert result.duration_s == 3.0
+    assert result.silent_block_share == 0.0
+    assert result.longest_gap_ms < 1
+
+
+def test_fidelity_finds_silence_inserted_into_a_continuous_tone() -> None:
+    samples = _tone(1.0) + array.array("h", [0] * 960) + _tone(1.0)  # 120 ms inserted
+
+    result = measure_samples(samples, 8000)
+
+    assert result.duration_s == pytest.approx(2.12)
+    assert result.longest_gap_ms == pytest.approx(120, abs=1)
+    assert result.silent_block_share > 0
+
+
+def test_fidelity_reads_a_wav_file(tmp_path: Path) -> None:
+    wav = tmp_path / "tone.wav"
+    write_tone(wav, 1.5)
+
+    assert measure(wav).duration_s == 1.5
+
+
+def _step(path: str, cps: float, failed: int = 0, media: str = "none", **extra: object) -> dict:
+    return {
+        "path": path,
+        "cps": cps,
+        "media": media,
+        "completed": 10,
+        "failed": failed,
+        "stranded": 0,
+        "generator_limited": False,
+        **extra,
+    }
+
+
+def test_summary_takes_each_paths_highest_rate_without_failures_and_the_ratio() -> None:
+    steps = [
+        _step("baseline", 100),
+        _step("consentd", 100),
+        _step("baseline", 200),
+        _step("consentd", 200, failed=3),
+        _step("baseline", 400, generator_limited=True),  # not judged
+        _step("consentd", 20, media="steady"),
+    ]
+
+    summary = summarise(steps)
+
+    assert summary["signalling_only"]["highest_zero_failure_cps"] == {
+        "floor": None,
+        "baseline": 200,
+        "consentd": 100,
+    }
+    assert summary["signalling_only"]["consentd_to_baseline"] == 0.5
+    assert summary["with_media"]["highest_zero_failure_cps"]["consentd"] == 20
+    assert summary["generator_limited_steps"] == ["baseline@400/none"]
+
+
+def test_steps_are_parsed_with_a_clear_error() -> None:
+    specs = parse_steps("20:jitter,200:none:5")
+    assert [(s.cps, s.media, s.seconds, s.call_ms) for s in specs] == [
+        (20, "jitter", 10.0, 10_000),
+        (200, "none", 5.0, 4000),
+    ]
+    with pytest.raises(Exception, match=r"expected CPS:steady\|jitter\|none"):
+        parse_steps("20:loud")
+    with pytest.raises(Exception, match="must be positive"):
+        parse_steps("0:none")
+
+
+def test_markdown_table_has_a_row_per_step() -> None:
+    row = {
+        key: None
+        for key in (
+            "setup_p50_ms setup_p99_ms latency_p50_ms latency_p99_ms ledger_latency_p50_ms"
+            " ledger_latency_p99_ms duration_error_p50_s duration_error_p99_s"
+            " duration_within_0_3s silent_blocks_p99 longest_gap_ms_max ledger_rows_expected"
+            " ledger_rows_found fresh_ari_client_failures cpu_s_per_1000_calls rss_peak_mb"
+        ).split()
+    }
+    steps = [{**row, **_step("consentd", 100), "offered": 10}]
+    result = {
+        "created_at": "2026-11-30T00:00:00+00:00",
+        "machine": {"cores": 2, "memory_gb": 24, "asterisk": "Asterisk 22", "kernel": "6"},
+        "steps": steps,
+        "summary": summarise(steps),
+    }
+
+    table = markdown(result)
+
+    assert "| consentd | 100 | none | 10/10 | 0 | 0 |" in table
+    assert "consentd 100 cps" in table

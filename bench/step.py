@@ -32,6 +32,7 @@ DATABASE_URL = os.environ.get(
     "CONSENTD_DATABASE_URL", "postgresql://consentd@127.0.0.1:55432/consentd"
 )
 ARI = "http://127.0.0.1:8088/ari"
+HEALTHZ = "http://127.0.0.1:8090/healthz"
 ARI_HEADERS = {"Authorization": "Basic " + base64.b64encode(b"consentd:consentd").decode()}
 #: Ledger kinds every call must have exactly once, and those its story adds.
 EVERY_CALL = ("call_started", "call_ended")
@@ -76,6 +77,7 @@ class StepMeasure:
     ledger_found: int | None = None
     ledger_duplicates: int | None = None
     ledger_calls: int | None = None
+    ledger_backlog_left: int | None = None
     unserved: int = 0
     cpu_s: float | None = None
     rss_peak_mb: float | None = None
@@ -139,6 +141,7 @@ class StepMeasure:
             "ledger_rows_found": self.ledger_found,
             "ledger_duplicates": self.ledger_duplicates,
             "ledger_calls": self.ledger_calls,
+            "ledger_backlog_left": self.ledger_backlog_left,
             "unserved": self.unserved,
             "cpu_s_per_1000_calls": r(1000 * self.cpu_s / calls, 2)
             if self.cpu_s is not None
@@ -291,9 +294,27 @@ def _new_files(prefix: str, since: float) -> list[Path]:
     return sorted(p for p in MONITOR.glob(f"{prefix}*.wav") if p.stat().st_mtime >= since - 1)
 
 
+async def ledger_drained(timeout: float = 60.0) -> int:
+    """Wait until consentd has stored every ledger event; the backlog left, if any."""
+    backlog = -1
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(HEALTHZ) as resp:
+                    backlog = int((await resp.json())["ledger_backlog"])
+            except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+                pass
+            if backlog == 0:
+                return 0
+            await asyncio.sleep(0.5)
+    return backlog
+
+
 async def _measure_consentd(
     step: StepMeasure, load: LoadResult, media: str, press_end_ms: int, after_key_s: float
 ) -> None:
+    step.ledger_backlog_left = await ledger_drained()
     conn = await asyncpg.connect(DATABASE_URL)
     try:
         rows = await conn.fetch(

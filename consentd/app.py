@@ -57,12 +57,13 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    auth = aiohttp.BasicAuth(settings.ari_user, settings.ari_password)
+    # The credentials as one prepared header: encoding them per request showed in profiles.
+    auth = {"Authorization": aiohttp.BasicAuth(settings.ari_user, settings.ari_password).encode()}
     # A bounded pool: Asterisk's HTTP server serves 100 sessions by default, and
     # a client holding all of them locks out every other ARI user.
     connector = aiohttp.TCPConnector(limit=settings.ari_connections)
     async with (
-        aiohttp.ClientSession(auth=auth, connector=connector) as session,
+        aiohttp.ClientSession(headers=auth, connector=connector) as session,
         asyncio.TaskGroup() as tg,
     ):
         ari = AriClient(session, settings.ari_url, settings.ari_app)

@@ -47,7 +47,7 @@ class AriClient:
         *,
         request_timeout: float = 5.0,
     ) -> None:
-        """``session`` must carry the credentials (``aiohttp.BasicAuth``) as a header."""
+        """``session`` must carry the credentials as its Authorization header."""
         self._session = session
         self._base = base_url.rstrip("/")
         self.app = app

@@ -264,6 +264,9 @@ def _arrive(t: _Transition, event: CallArrived) -> None:
     if event.unserved is not None:
         _unserved(t, event.unserved, event.at)
         return
+    if event.answered:
+        _answered(t)
+        return
     # Nothing else happens until Asterisk confirms the answer: a call that
     # cannot be answered in time goes on unrecorded instead of ringing forever.
     t.update(phase=Phase.ANSWERING)

@@ -114,6 +114,8 @@ class CallArrived:
     #: Set when consentd cannot serve the call in time (overloaded): it goes on
     #: unrecorded through the dialplan, and the ledger says why.
     unserved: str | None = None
+    #: The dialplan answered before Stasis(): no ARI answer is needed.
+    answered: bool = False
 
 
 @dataclass(frozen=True)

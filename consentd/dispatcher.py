@@ -195,7 +195,10 @@ class Dispatcher:
         after_queue = args[:1] == ["after-queue"]
         returned = (args[1] if len(args) > 1 else "") if after_queue else None
         unserved = None if adopted or after_queue else self._overloaded(at)
-        runner.post(CallArrived(at, returned_from_queue=returned, unserved=unserved))
+        answered = channel.get("state") == "Up"
+        runner.post(
+            CallArrived(at, returned_from_queue=returned, unserved=unserved, answered=answered)
+        )
         self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
 
     def _overloaded(self, arrived: datetime) -> str | None:

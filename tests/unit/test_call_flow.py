@@ -665,3 +665,15 @@ def test_an_opt_out_3_before_the_answer_is_confirmed_means_no_recording_at_all(
 
     assert not any(isinstance(c, StartRecording) for c in commands)
     assert call.decision is ConsentAction.CALLER_OPTED_OUT
+
+
+def test_a_call_the_dialplan_already_answered_needs_no_answer(facts: Facts) -> None:
+    call_facts = facts("opt_out", did="+4930100003")
+
+    call, commands = handle(new_call(call_facts), CallArrived(T0, answered=True))
+
+    assert actions(commands) == [
+        StartRecording(1, FILE_1),
+        Play(GREETING, Media("sound:consentd/opt_out", "en", "bundled")),
+    ]
+    assert call.phase is Phase.GREETING

@@ -889,3 +889,13 @@ async def test_an_asterisk_without_event_filters_still_resyncs(node: Node) -> No
     await node.feed({"type": CONNECTED})
 
     assert node.ari.of("channels")
+
+
+async def test_a_channel_the_dialplan_answered_is_not_answered_again(node: Node) -> None:
+    event = stasis_start("1764432009.3", "+4930100002")
+    event["channel"]["state"] = "Up"
+
+    await node.feed(event)
+
+    assert node.ari.of("answer") == []
+    assert [r[0] for r in node.ari.requests] == ["play"]

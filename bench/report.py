@@ -53,7 +53,8 @@ COLUMNS = (
     ("longest gap max ms", "longest_gap_ms_max"),
     ("ledger rows", None),
     ("fresh ARI client fails", "fresh_ari_client_failures"),
-    ("cpu s/1000", "cpu_s_per_1000_calls"),
+    ("consentd cpu s/1000", "cpu_s_per_1000_calls"),
+    ("asterisk cpu s/1000", "asterisk_cpu_s_per_1000_calls"),
     ("rss MB", "rss_peak_mb"),
     ("gen-limited", "generator_limited"),
 )

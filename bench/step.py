@@ -82,6 +82,7 @@ class StepMeasure:
     cpu_s: float | None = None
     rss_peak_mb: float | None = None
     ari_probes: int = 0
+    others_cpu_s: dict[str, float] = field(default_factory=dict)
     ari_probe_failures: int = 0
 
     @property
@@ -147,6 +148,12 @@ class StepMeasure:
             if self.cpu_s is not None
             else None,
             "rss_peak_mb": r(self.rss_peak_mb),
+            "asterisk_cpu_s_per_1000_calls": r(
+                1000 * self.others_cpu_s.get("asterisk", 0.0) / calls, 2
+            ),
+            "postgres_cpu_s_per_1000_calls": r(
+                1000 * self.others_cpu_s.get("postgres", 0.0) / calls, 2
+            ),
             "fresh_ari_client_probes": self.ari_probes,
             "fresh_ari_client_failures": self.ari_probe_failures,
         }
@@ -171,8 +178,12 @@ class StepMeasure:
                 f"ledger {j['ledger_rows_found']}/{j['ledger_rows_expected']} rows"
                 f" for {j['ledger_calls']} calls, {j['unserved']} unserved"
             )
-        if j["cpu_s_per_1000_calls"] is not None:
-            parts.append(f"cpu {j['cpu_s_per_1000_calls']} s/1000, rss {j['rss_peak_mb']} MB")
+        parts.append(
+            f"cpu s/1000 calls: asterisk {j['asterisk_cpu_s_per_1000_calls']}"
+            f" consentd {j['cpu_s_per_1000_calls']} postgres {j['postgres_cpu_s_per_1000_calls']}"
+        )
+        if j["rss_peak_mb"] is not None:
+            parts.append(f"rss {j['rss_peak_mb']} MB")
         if j["fresh_ari_client_failures"]:
             parts.append(
                 f"ARI LOCKOUT {j['fresh_ari_client_failures']}/{j['fresh_ari_client_probes']}"
@@ -180,6 +191,15 @@ class StepMeasure:
         if j["generator_limited"]:
             parts.append("GENERATOR-LIMITED")
         return "; ".join(parts)
+
+
+def _cpu_of(pid: int) -> float:
+    """User plus system CPU seconds of a process, all its threads, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class StepMonitor:
@@ -195,11 +215,27 @@ class StepMonitor:
         self.cpu_s: float | None = None
         self.probes = 0
         self.probe_failures = 0
+        self._others0: dict[str, float] = {}
+        self.others_cpu_s: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def _cpu(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_of(self.pid) if self.pid is not None else 0.0
+
+    @staticmethod
+    def _others() -> dict[str, float]:
+        """CPU seconds so far of Asterisk and of PostgreSQL (all its processes)."""
+        pid_file = REPO / ".state" / "run" / "asterisk.pid"
+        asterisk = _cpu_of(int(pid_file.read_text())) if pid_file.exists() else 0.0
+        postgres = 0.0
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if (entry / "comm").read_text().strip() == "postgres":
+                        postgres += _cpu_of(int(entry.name))
+                except OSError:
+                    pass
+        return {"asterisk": asterisk, "postgres": postgres}
 
     def _rss_kb(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -230,6 +266,7 @@ class StepMonitor:
                 self.probe_failures += 1
 
     async def __aenter__(self) -> StepMonitor:
+        self._others0 = self._others()
         self._tasks.append(asyncio.create_task(self._probe()))
         if self.pid is not None:
             self._cpu0 = self._cpu()
@@ -239,6 +276,8 @@ class StepMonitor:
     async def __aexit__(self, *exc: object) -> None:
         for task in self._tasks:
             task.cancel()
+        others = self._others()
+        self.others_cpu_s = {k: others[k] - self._others0[k] for k in others}
         if self.pid is not None:
             self.cpu_s = self._cpu() - self._cpu0
 
@@ -272,6 +311,7 @@ async def measure_step(
     step.cpu_s = monitor.cpu_s
     step.rss_peak_mb = monitor.peak_kb / 1024 if monitor.pid else None
     step.ari_probes, step.ari_probe_failures = monitor.probes, monitor.probe_failures
+    step.others_cpu_s = monitor.others_cpu_s
     plan = load.plan
     press_end_ms = (plan.lead_ms if media == "none" else press_at_ms) + EVENT_PACKETS * PTIME_MS
     expected_after_key_s = (plan.call_ms - press_end_ms) / 1000

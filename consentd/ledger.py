@@ -92,12 +92,16 @@ class LedgerWriter:
         *,
         batch_size: int = 200,
         retry_seconds: float = 2.0,
+        linger_seconds: float = 0.05,
     ) -> None:
+        """``linger_seconds``: after the first event, wait this long for more to share
+        its transaction. A commit per handful of rows cost PostgreSQL a WAL flush each."""
         self._store = store
         self._journal = journal
         self._queue: asyncio.Queue[LedgerEvent | None] = asyncio.Queue()
         self._batch_size = batch_size
         self._retry_seconds = retry_seconds
+        self._linger = linger_seconds
         self._log = structlog.get_logger("consentd.ledger")
         self.store_reachable = True
         self.stored = 0
@@ -121,6 +125,8 @@ class LedgerWriter:
                 if self._journal.pending():
                     await self._replay_journal()
                 continue
+            if first is not None and self._linger > 0 and self._queue.qsize() < self._batch_size:
+                await asyncio.sleep(self._linger)
             batch: list[LedgerEvent] = []
             item: LedgerEvent | None = first
             while True:

@@ -156,6 +156,7 @@ def test_markdown_table_has_a_row_per_step() -> None:
             " ledger_latency_p99_ms duration_error_p50_s duration_error_p99_s"
             " duration_within_0_3s silent_blocks_p99 longest_gap_ms_max ledger_rows_expected"
             " ledger_rows_found fresh_ari_client_failures cpu_s_per_1000_calls rss_peak_mb"
+            " asterisk_cpu_s_per_1000_calls"
         ).split()
     }
     steps = [{**row, **_step("consentd", 100), "offered": 10}]

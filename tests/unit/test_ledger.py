@@ -284,3 +284,29 @@ def test_ledger_event_survives_a_json_round_trip(original: LedgerEvent) -> None:
     assert "\n" not in line
     assert copy == original
     assert copy.occurred_at.utcoffset() == original.occurred_at.utcoffset()
+
+
+class BatchCountingLedger(WatchedLedger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    async def append(self, events: Sequence[LedgerEvent]) -> None:
+        self.batches.append(len(events))
+        await super().append(events)
+
+
+async def test_events_arriving_within_the_linger_share_one_store_call(tmp_path: Path) -> None:
+    store = BatchCountingLedger()
+    writer = LedgerWriter(store, Journal(tmp_path / "pbx1.jsonl"), linger_seconds=0.2)
+    events = [event(n) for n in range(6)]
+
+    async with running(writer):
+        writer.submit(events[0])
+        await asyncio.sleep(0.05)  # the rest trickle in while the first waits
+        for e in events[1:]:
+            writer.submit(e)
+        await until(lambda: len(store.events) == 6)
+
+    assert store.batches == [6]
+    assert store.appended == keys(events)

@@ -2,7 +2,7 @@
 POLICIES ?= examples/policies.yaml
 VENV := .venv/bin
 
-.PHONY: setup up down status test lint demo bench clean distclean
+.PHONY: setup up down status test test-unit test-e2e test-bench lint demo bench clean distclean
 
 setup:
 	scripts/setup.sh
@@ -21,21 +21,32 @@ status:
 # Lint first (seconds), then every unit and end-to-end test against the real
 # stack. CONSENTD_REQUIRE_E2E=1 fails the run if an e2e test is skipped or
 # none ran; pytest's own exit 5 (nothing collected) fails make as well.
-test: setup
-	$(VENV)/ruff check .
-	$(VENV)/ruff format --check .
-	$(VENV)/mypy
+test: setup lint
 	CONSENTD_REQUIRE_E2E=1 $(VENV)/python -m pytest tests -p no:cacheprovider
 
-lint:
+# Quicker subsets while working. Only `make test` is the whole truth.
+test-unit: setup
+	$(VENV)/python -m pytest tests/unit -p no:cacheprovider
+
+test-e2e: setup
+	$(VENV)/python -m pytest tests/e2e -m "not bench" -p no:cacheprovider
+
+test-bench: setup
+	$(VENV)/python -m pytest tests/e2e -m bench -p no:cacheprovider -s
+
+lint: setup
 	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
 	$(VENV)/mypy
 
 demo: setup
 	$(VENV)/python scripts/demo.py
 
-bench:
-	@echo "bench: not written yet (SIPp load test against the stack)"; exit 1
+# Rising call rates through the floor, the dialplan baseline and consentd, side
+# by side; results in bench/results/. QUICK=1: three short steps (< 3 min).
+# STEPS=20:jitter,200:none runs only those steps; KEEP=1 leaves the stack up.
+bench: setup
+	$(VENV)/python -m bench.run $(if $(QUICK),--quick) $(if $(STEPS),--steps $(STEPS)) $(if $(KEEP),--keep)
 
 # Stops the stack and removes run-time state (database, logs, journal).
 clean: down

@@ -10,9 +10,11 @@ with backoff and announcing each new connection so the caller can resync.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -46,14 +48,26 @@ class AriClient:
         app: str,
         *,
         request_timeout: float = 5.0,
+        rest_over_websocket: bool = True,
     ) -> None:
-        """``session`` must carry the credentials as its Authorization header."""
+        """``session`` must carry the credentials as its Authorization header.
+
+        With ``rest_over_websocket`` (Asterisk 22.4 and later), requests travel on
+        the events websocket while it is up: no HTTP session per request on
+        Asterisk's side, and none of its HTTP sessions held. Plain HTTP is the
+        fallback while the websocket is down or when Asterisk refuses the form.
+        """
         self._session = session
         self._base = base_url.rstrip("/")
         self.app = app
+        self._request_timeout = request_timeout
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._log = structlog.get_logger("consentd.ari")
         self.connected = False
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws_requests = rest_over_websocket
+        self._ids = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     # ------------------------------------------------------------ REST
 
@@ -64,6 +78,11 @@ class AriClient:
         params: dict[str, str] | None = None,
         json_body: Any = None,
     ) -> Any:
+        ws = self._ws
+        # A RESTRequest with a message_body went unanswered on Asterisk 22.10 and
+        # stalled every request after it on that socket: bodies go over HTTP.
+        if ws is not None and self._ws_requests and not ws.closed and json_body is None:
+            return await self._ws_request(ws, method, path, params)
         url = f"{self._base}{path}"
         try:
             async with self._session.request(
@@ -81,6 +100,47 @@ class AriClient:
                 return await resp.json()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AriUnavailable(f"{method} {path}: {type(exc).__name__} {exc}") from exc
+
+    async def _ws_request(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+    ) -> Any:
+        request_id = f"c{next(self._ids)}"
+        uri = path.lstrip("/") + (f"?{urlencode(params)}" if params else "")
+        message: dict[str, Any] = {
+            "type": "RESTRequest",
+            "request_id": request_id,
+            "method": method,
+            "uri": uri,
+        }
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        try:
+            await ws.send_str(orjson.dumps(message).decode())
+            async with asyncio.timeout(self._request_timeout):
+                reply = await future
+        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+            raise AriUnavailable(f"{method} {path}: {type(exc).__name__} {exc}") from exc
+        finally:
+            self._waiting.pop(request_id, None)
+        status = int(reply.get("status_code", 0))
+        body = reply.get("message_body")
+        if isinstance(body, str):
+            body = orjson.loads(body) if body.strip() else None
+        if status == 404:
+            raise AriNotFound(f"{method} {path}: not found ({body})", 404)
+        if status >= 400 or status == 0:
+            raise AriError(f"{method} {path}: status {status} {body}", status)
+        return body
+
+    def _fail_waiting(self) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(AriUnavailable("ARI websocket lost"))
+        self._waiting.clear()
 
     async def answer(self, channel_id: str) -> None:
         await self.request("POST", f"/channels/{channel_id}/answer")
@@ -158,10 +218,13 @@ class AriClient:
         consentd ignores (ChannelVarset, ChannelStateChange, ...): serialised
         by Asterisk and parsed here for nothing.
         """
+        # The filter applies to every message on the socket: replies to requests
+        # sent over it must stay allowed.
+        allowed = (*types, "RESTResponse")
         await self.request(
             "PUT",
             f"/applications/{self.app}/eventFilter",
-            json_body={"allowed": [{"type": t} for t in types]},
+            json_body={"allowed": [{"type": t} for t in allowed]},
         )
 
     async def channels(self) -> list[dict[str, Any]]:
@@ -169,6 +232,29 @@ class AriClient:
         return list(result or [])
 
     # ------------------------------------------------------------ events
+
+    async def _read(
+        self, ws: aiohttp.ClientWebSocketResponse, events: asyncio.Queue[dict[str, Any] | None]
+    ) -> None:
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    if msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                        break
+                    continue
+                try:
+                    message = orjson.loads(msg.data)
+                except orjson.JSONDecodeError:
+                    self._log.warning("ari_event_not_json", frame=str(msg.data)[:200])
+                    continue
+                if message.get("type") == "RESTResponse":
+                    future = self._waiting.get(str(message.get("request_id")))
+                    if future is not None and not future.done():
+                        future.set_result(message)
+                else:
+                    events.put_nowait(message)
+        finally:
+            events.put_nowait(None)
 
     async def events(
         self, *, min_backoff: float = 0.2, max_backoff: float = 5.0
@@ -186,17 +272,21 @@ class AriClient:
                     f"{self._base}/events", params=params, heartbeat=15.0
                 ) as ws:
                     self.connected = True
+                    self._ws = ws
                     backoff = min_backoff
                     self._log.info("ari_connected", app=self.app)
-                    yield {"type": CONNECTED}
-                    async for msg in ws:
-                        if msg.type == aiohttp.WSMsgType.TEXT:
-                            try:
-                                yield orjson.loads(msg.data)
-                            except orjson.JSONDecodeError:
-                                self._log.warning("ari_event_not_json", frame=msg.data[:200])
-                        elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
-                            break
+                    # A reader of its own: the consumer of these events may itself
+                    # await a request whose answer arrives on this same socket.
+                    events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+                    reader = asyncio.create_task(self._read(ws, events))
+                    try:
+                        yield {"type": CONNECTED}
+                        while (event := await events.get()) is not None:
+                            yield event
+                    finally:
+                        reader.cancel()
+                        self._ws = None
+                        self._fail_waiting()
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self._log.warning("ari_connect_failed", error=str(exc) or type(exc).__name__)
             if self.connected:

@@ -205,9 +205,7 @@ class Node:
         self.ari = FakeAri()
         self.recorder = FakeRecorder(root)
         self.store = MemoryLedger()
-        self.writer = LedgerWriter(
-            self.store, Journal(None), retry_seconds=0.05, linger_seconds=0
-        )
+        self.writer = LedgerWriter(self.store, Journal(None), retry_seconds=0.05, linger_seconds=0)
         self.greetings = GreetingLibrary.install(book, SOUNDS, root)
         self.book = book
         self.tasks: list[asyncio.Task[Any]] = []

@@ -145,8 +145,12 @@ class _Transition:
             # The line stays open with nothing sent to the caller. No silence
             # generator: its steady frames against the caller's bursty RTP made
             # MixMonitor insert silence and lengthen the file (see README,
-            # "Recording fidelity").
+            # "Recording fidelity"). For the same reason an opt-out call held
+            # here records from the end of its greeting, not during it: the
+            # caller is recorded alone, exactly as their audio arrives.
             self.update(phase=Phase.HOLDING)
+            if _records_opt_out_now(call):
+                self.start_recording()
 
     def result(self) -> tuple[Call, list[Command]]:
         return self.call, self.commands
@@ -275,11 +279,21 @@ def _arrive(t: _Transition, event: CallArrived) -> None:
 
 def _answered(t: _Transition) -> None:
     t.update(phase=Phase.GREETING)
-    recording = t.call.facts.policy.recording
-    refused = t.call.decision is ConsentAction.CALLER_OPTED_OUT  # a 3 before the answer
-    if recording is Recording.ALWAYS or (recording is Recording.OPT_OUT and not refused):
+    if t.call.facts.policy.recording is Recording.ALWAYS:
         t.start_recording()
+    elif _records_opt_out_now(t.call) and t.call.facts.group is not None:
+        t.start_recording()  # bridged-only: it holds nothing before an agent answers
     t.next_step()
+
+
+def _records_opt_out_now(call: Call) -> bool:
+    """An opt-out call records unless the caller refused (also before the answer)."""
+    return (
+        call.facts.policy.recording is Recording.OPT_OUT
+        and call.decision is None
+        and call.recording is None
+        and call.segments_opened == 0
+    )
 
 
 def _unserved(t: _Transition, reason: str, at: datetime) -> None:

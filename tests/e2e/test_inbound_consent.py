@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,27 +32,40 @@ class Case:
     action: str | None = None
     keypress: str | None = None
     #: Seconds of audio the kept recording must hold, or None for no recording.
-    recorded: Callable[[CallPlan], float] | None = None
+    recorded: Callable[[CallPlan, Stack], float] | None = None
 
 
 def _caller(n: int) -> str:
     return f"+49151000000{n:02d}"
 
 
-def _whole_call(plan: CallPlan) -> float:
+def _whole_call(plan: CallPlan, stack: Stack) -> float:
     return plan.duration_s
 
 
-def _after_first_key(plan: CallPlan) -> float:
+def _after_first_key(plan: CallPlan, stack: Stack) -> float:
     return plan.duration_s - plan.wait1_ms / 1000 - DTMF_END_S
 
 
-def _after_second_key(plan: CallPlan) -> float:
+def _after_second_key(plan: CallPlan, stack: Stack) -> float:
     return plan.talk_ms / 1000 - DTMF_END_S
 
 
-def _until_first_key(plan: CallPlan) -> float:
-    return plan.wait1_ms / 1000 + DTMF_END_S
+def _opt_out_greeting(stack: Stack) -> float:
+    return stack.greeting_seconds("en", "opt_out")
+
+
+def _after_opt_out_greeting(plan: CallPlan, stack: Stack) -> float:
+    """An opt-out call held by consentd records from the end of its greeting."""
+    return plan.duration_s - _opt_out_greeting(stack)
+
+
+def _from_greeting_to_first_key(plan: CallPlan, stack: Stack) -> float:
+    return plan.wait1_ms / 1000 + DTMF_END_S - _opt_out_greeting(stack)
+
+
+def _after_greeting_ms(stack: Stack, extra_ms: int) -> int:
+    return int(_opt_out_greeting(stack) * 1000) + extra_ms
 
 
 CASES = [
@@ -79,17 +92,21 @@ CASES = [
     Case("opt_in_other_key_then_3",
          lambda s: CallPlan("+4930100007", _caller(9), 1000, "1", 1500, "3", talk_ms=3000),
          "opt_in", "caller_opted_in", "3", _after_second_key),
-    Case("opt_out_without_key", lambda s: CallPlan("+4930100003", _caller(10), talk_ms=6000),
-         "opt_out", recorded=_whole_call),
+    Case("opt_out_without_key", lambda s: CallPlan("+4930100003", _caller(10), talk_ms=8000),
+         "opt_out", recorded=_after_opt_out_greeting),
     Case("opt_out_key_3_deletes_recording",
-         lambda s: CallPlan("+4930100003", _caller(11), 2000, "3", talk_ms=2500),
+         lambda s: CallPlan("+4930100003", _caller(11), _after_greeting_ms(s, 2000), "3", talk_ms=2500),
+         "opt_out", "caller_opted_out", "3"),
+    Case("opt_out_key_3_during_greeting_records_nothing",
+         lambda s: CallPlan("+4930100003", _caller(17), 1500, "3", talk_ms=6000),
          "opt_out", "caller_opted_out", "3"),
     Case("opt_out_second_key_3_changes_nothing",
-         lambda s: CallPlan("+4930100003", _caller(12), 1500, "3", 1500, "3", talk_ms=1500),
+         lambda s: CallPlan("+4930100003", _caller(12), _after_greeting_ms(s, 1000), "3", 1500, "3",
+                            talk_ms=1500),
          "opt_out", "caller_opted_out", "3"),
     Case("opt_out_keep_partial",
-         lambda s: CallPlan("+4930100006", _caller(13), 3000, "3", talk_ms=2000),
-         "opt_out", "caller_opted_out", "3", _until_first_key),
+         lambda s: CallPlan("+4930100006", _caller(13), _after_greeting_ms(s, 2500), "3", talk_ms=2000),
+         "opt_out", "caller_opted_out", "3", _from_greeting_to_first_key),
     Case("digital_line_always", lambda s: CallPlan("+4930100005", _caller(14), talk_ms=3000),
          "always", recorded=_whole_call),
     Case("unknown_number_follows_default",
@@ -115,7 +132,9 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def outcomes(stack: Stack) -> dict[str, Outcome]:
-    plans = [case.plan(stack) for case in CASES]
+    # Every caller streams audio for the whole call, as real phones do: a held
+    # call is recorded as the caller's audio arrives (no silence generator).
+    plans = [replace(case.plan(stack), speak=True) for case in CASES]
     since = datetime.now(UTC)  # the database outlives test runs
     results = asyncio.run(place_calls(plans, SCENARIO))
     by_caller: dict[str, dict[str, Any]] = {}
@@ -160,7 +179,7 @@ def test_call_details_and_recording_match_the_policy(
             path = stack.host_path(row["data"]["file"])
             assert not path.exists(), f"{path} should have been deleted"
         return
-    expected = case.recorded(plan)
+    expected = case.recorded(plan, stack)
     assert len(details["recordings"]) == 1, details["recordings"]
     path = details["recordings"][0]
     assert path.startswith(str(stack.root)), path
@@ -188,7 +207,9 @@ def test_answered_calls_write_the_ledger_in_order(outcomes: dict[str, Outcome]) 
 
 def test_opt_out_key_3_stops_and_deletes_what_was_captured(outcomes: dict[str, Outcome]) -> None:
     outcome = outcomes["opt_out_key_3_deletes_recording"]
-    assert outcome.kinds()[:3] == ["call_started", "recording_started", "greeting_played"]
+    assert outcome.kinds()[:4] == [
+        "call_started", "greeting_played", "greeting_finished", "recording_started",
+    ]  # fmt: skip
     stopped = outcome.rows("recording_stopped")
     deleted = outcome.rows("recording_deleted")
     assert [r["data"]["reason"] for r in stopped] == ["caller_opted_out"]
@@ -266,3 +287,12 @@ def test_greetings_without_a_key_play_to_the_end(outcomes: dict[str, Outcome]) -
         assert outcome.rows("greeting_finished")[0]["data"]["state"] == "done"
     assert outcomes["always_without_key"].rows("greeting_played") == []
     assert outcomes["never_without_key"].rows("greeting_played") == []
+
+
+def test_opt_out_3_during_the_greeting_means_nothing_was_recorded(
+    outcomes: dict[str, Outcome],
+) -> None:
+    outcome = outcomes["opt_out_key_3_during_greeting_records_nothing"]
+    assert outcome.rows("consent_decided")[0]["data"]["phase"] == "greeting"
+    assert outcome.rows("recording_started") == []
+    assert outcome.details["segments"] == []

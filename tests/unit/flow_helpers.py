@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from consentd.call_flow import Call, handle, new_call
-from consentd.call_model import Answered, CallArrived, CallFacts, Command, DtmfReceived, WriteLedger
+from consentd.call_model import (
+    Answered,
+    CallArrived,
+    CallFacts,
+    Command,
+    DtmfReceived,
+    PlaybackFinished,
+    WriteLedger,
+)
 
 T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
 CHANNEL = "1764432000.17"
@@ -19,6 +27,14 @@ def arrived(call_facts: CallFacts) -> Call:
     """A call that arrived and whose answer Asterisk confirmed."""
     call, _ = handle(new_call(call_facts), CallArrived(T0))
     call, _ = handle(call, Answered(T0))
+    return call
+
+
+def greeted(call_facts: CallFacts, seconds: float = 4.4) -> Call:
+    """Arrived, answered, and the consent greeting played to its end."""
+    call = arrived(call_facts)
+    assert call.greeting_playback is not None
+    call, _ = handle(call, PlaybackFinished(call.greeting_playback, at(seconds)))
     return call
 
 

@@ -89,9 +89,11 @@ def test_opt_out_call_where_the_caller_pressed_3_keeps_no_audio(
 ) -> None:
     call = script(facts("opt_out", did="+4930100003"))
     call.arrive()
+    call.wait(5)
+    call.greeting_ends()  # recording from here
     call.wait(3)
     call.press("3")
-    call.wait(17)
+    call.wait(12)
     call.hang_up()
 
     details = details_of(call)
@@ -106,11 +108,29 @@ def test_opt_out_call_where_the_caller_pressed_3_keeps_no_audio(
         {
             "segment": 1,
             "file": FILE_1,
-            "started_at": "2026-11-29T16:00:00+00:00",
-            "stopped_at": "2026-11-29T16:00:03+00:00",
+            "started_at": "2026-11-29T16:00:05+00:00",
+            "stopped_at": "2026-11-29T16:00:08+00:00",
             "kept": False,
         }
     ]
+
+
+def test_opt_out_call_refused_during_the_greeting_never_recorded(
+    facts: Facts, script: Script
+) -> None:
+    call = script(facts("opt_out", did="+4930100003"))
+    call.arrive()
+    call.wait(2)
+    call.press("3")
+    call.greeting_ends()
+    call.wait(18)
+    call.hang_up()
+
+    details = details_of(call)
+
+    assert details["call_recording_consent_action"] == "caller_opted_out"
+    assert details["segments"] == [] and details["recordings"] == []
+    assert (details["recording_time"], details["not_recording_time"]) == (0, 20)
 
 
 def test_opt_out_call_with_keep_partial_keeps_the_audio_before_the_3(
@@ -118,6 +138,7 @@ def test_opt_out_call_with_keep_partial_keeps_the_audio_before_the_3(
 ) -> None:
     call = script(facts("opt_out", keep_partial_on_opt_out=True))
     call.arrive()
+    call.greeting_ends()
     call.wait(3)
     call.press("3")
     call.wait(17)
@@ -144,7 +165,8 @@ def test_opt_out_call_without_a_3_is_recorded_until_hangup(facts: Facts, script:
     assert details["call_recording_consent_action"] is None
     assert details["call_recording_consent_keypress"] is None
     assert details["recordings"] == [FILE_1]
-    assert (details["recording_time"], details["not_recording_time"]) == (45, 0)
+    # from the end of the greeting: the greeting itself is not recorded
+    assert (details["recording_time"], details["not_recording_time"]) == (39, 6)
 
 
 def test_always_call_is_recorded_and_a_3_is_no_consent_action(facts: Facts, script: Script) -> None:

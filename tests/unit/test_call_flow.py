@@ -36,7 +36,17 @@ from consentd.call_model import (
     StopRecording,
     WriteLedger,
 )
-from tests.unit.flow_helpers import CHANNEL, T0, actions, arrived, at, kinds, ledger, press
+from tests.unit.flow_helpers import (
+    CHANNEL,
+    T0,
+    actions,
+    arrived,
+    at,
+    greeted,
+    kinds,
+    ledger,
+    press,
+)
 
 GREETING = f"{CHANNEL}-greeting"
 FILE_1 = "/var/spool/asterisk/monitor/consentd-pbx1_1764432000.17-1.wav"
@@ -103,18 +113,20 @@ def test_opt_in_answers_and_plays_the_greeting_without_recording(facts: Facts) -
     assert call.greeting_playback == GREETING
 
 
-def test_opt_out_answers_starts_recording_then_plays_the_greeting(facts: Facts) -> None:
+def test_opt_out_plays_the_greeting_then_records_from_its_end(facts: Facts) -> None:
     call_facts = facts("opt_out", did="+4930100003")
 
     call, commands = handle(new_call(call_facts), CallArrived(T0))
     assert actions(commands) == [Answer()]
+    call, commands = handle(call, Answered(at(0.05)))
+    assert actions(commands) == [Play(GREETING, Media("sound:consentd/opt_out", "en", "bundled"))]
+    assert call.recording is None  # not while the greeting plays: see README, fidelity
 
-    _, commands = handle(call, Answered(at(0.05)))
+    call, commands = handle(call, PlaybackFinished(GREETING, at(4.4)))
 
-    assert actions(commands) == [
-        StartRecording(1, FILE_1),
-        Play(GREETING, Media("sound:consentd/opt_out", "en", "bundled")),
-    ]
+    assert kinds(commands) == ["greeting_finished"]
+    assert actions(commands) == [StartRecording(1, FILE_1)]
+    assert call.phase is Phase.HOLDING
 
 
 def test_call_started_records_the_policy_source_of_an_unknown_number(facts: Facts) -> None:
@@ -216,36 +228,49 @@ def test_opt_in_without_a_3_never_records(facts: Facts) -> None:
 
 
 def test_opt_out_press_3_stops_and_deletes_the_recording(facts: Facts) -> None:
-    call = arrived(facts("opt_out"))
+    call = greeted(facts("opt_out"))
 
-    call, commands = press(call, "3", seconds=3)
+    call, commands = press(call, "3", seconds=6)
 
     assert commands == [
         WriteLedger(
-            1,
+            2,
             "keypress",
-            at(3),
-            {"digit": "3", "duration_ms": 120, "phase": "greeting", "decides": True},
+            at(6),
+            {"digit": "3", "duration_ms": 120, "phase": "holding", "decides": True},
         ),
         WriteLedger(
-            2,
+            3,
             "consent_decided",
-            at(3),
-            {"action": "caller_opted_out", "digit": "3", "phase": "greeting"},
+            at(6),
+            {"action": "caller_opted_out", "digit": "3", "phase": "holding"},
         ),
         StopRecording(1, FILE_1),
-        StopPlayback(GREETING),
         DeleteRecording(1, FILE_1),
     ]
 
 
-def test_opt_out_press_3_with_keep_partial_stops_but_keeps_the_recording(facts: Facts) -> None:
-    call = arrived(facts("opt_out", keep_partial_on_opt_out=True))
+def test_opt_out_press_3_during_the_greeting_means_nothing_is_ever_recorded(
+    facts: Facts,
+) -> None:
+    call = arrived(facts("opt_out"))
 
-    _, commands = press(call, "3")
+    call, commands = press(call, "3", seconds=2)
+    assert actions(commands) == [StopPlayback(GREETING)]
+    call, commands = handle(call, PlaybackFinished(GREETING, at(2.1), state="stopped"))
+
+    assert kinds(commands) == ["greeting_finished"]
+    assert actions(commands) == []
+    assert call.recording is None and call.segments_opened == 0
+
+
+def test_opt_out_press_3_with_keep_partial_stops_but_keeps_the_recording(facts: Facts) -> None:
+    call = greeted(facts("opt_out", keep_partial_on_opt_out=True))
+
+    _, commands = press(call, "3", seconds=6)
 
     assert kinds(commands) == ["keypress", "consent_decided"]
-    assert actions(commands) == [StopRecording(1, FILE_1), StopPlayback(GREETING)]
+    assert actions(commands) == [StopRecording(1, FILE_1)]
 
 
 def test_opt_out_recording_stopped_after_the_3_gives_reason_caller_opted_out(
@@ -511,9 +536,9 @@ def test_a_3_after_a_failed_greeting_still_decides(facts: Facts) -> None:
 def test_failed_stop_after_opt_out_leaves_the_recording_to_end_with_the_hangup(
     facts: Facts,
 ) -> None:
-    call = arrived(facts("opt_out"))
-    call, _ = press(call, "3", seconds=2)
-    call, _ = handle(call, CommandFailed(StopRecording(1, FILE_1), "AMI timeout", at(2.1)))
+    call = greeted(facts("opt_out"))
+    call, _ = press(call, "3", seconds=6)
+    call, _ = handle(call, CommandFailed(StopRecording(1, FILE_1), "AMI timeout", at(6.1)))
 
     _, commands = handle(call, CallEnded(at(9)))
 
@@ -545,13 +570,10 @@ def test_ledger_seq_numbers_are_consecutive_from_0_across_a_whole_call(
     assert seqs == list(range(len(seqs)))
     assert call.kinds() == [
         "call_started",
-        "recording_started",
         "greeting_played",
         "keypress",
         "keypress",
         "consent_decided",
-        "recording_stopped",
-        "recording_deleted",
         "greeting_finished",
         "keypress",
         "keypress",
@@ -672,8 +694,5 @@ def test_a_call_the_dialplan_already_answered_needs_no_answer(facts: Facts) -> N
 
     call, commands = handle(new_call(call_facts), CallArrived(T0, answered=True))
 
-    assert actions(commands) == [
-        StartRecording(1, FILE_1),
-        Play(GREETING, Media("sound:consentd/opt_out", "en", "bundled")),
-    ]
+    assert actions(commands) == [Play(GREETING, Media("sound:consentd/opt_out", "en", "bundled"))]
     assert call.phase is Phase.GREETING

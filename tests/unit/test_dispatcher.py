@@ -314,8 +314,10 @@ async def test_opt_in_press_3_stops_the_greeting_and_starts_mixmonitor(node: Nod
     assert decided[0].occurred_at == datetime(2026, 11, 29, 16, 0, 1, 500000, tzinfo=UTC)
 
 
-async def test_opt_out_number_starts_mixmonitor_on_arrival(node: Node) -> None:
+async def test_opt_out_number_starts_mixmonitor_when_its_greeting_ends(node: Node) -> None:
     await node.feed(stasis_start("1764432000.2", "+4930100003"))
+    assert node.recorder.requests == []
+    await node.feed(playback_finished("1764432000.2", "1764432000.2-greeting"))
 
     assert node.recorder.requests == [("start", "1764432000.2", recording_file("1764432000.2"))]
     assert node.ari.of("answer") == [("answer", "1764432000.2")]
@@ -497,7 +499,7 @@ async def test_resync_leaves_channels_of_other_apps_alone(node: Node) -> None:
 
 async def test_opt_out_press_3_deletes_the_recording_file_on_the_host(node: Node) -> None:
     chan = "1764432002.1"
-    await node.feed(stasis_start(chan, "+4930100003"))
+    await node.feed(stasis_start(chan, "+4930100003"), playback_finished(chan, f"{chan}-greeting"))
     audio = node.recorder.host_path(recording_file(chan))
     assert audio.exists()
 
@@ -518,7 +520,12 @@ async def test_opt_out_press_3_deletes_the_recording_file_on_the_host(node: Node
 
 async def test_opt_out_with_keep_partial_leaves_the_file(node: Node) -> None:
     chan = "1764432002.2"
-    await node.feed(stasis_start(chan, "+4930100006"), dtmf(chan, "3"), stasis_end(chan))
+    await node.feed(
+        stasis_start(chan, "+4930100006"),
+        playback_finished(chan, f"{chan}-greeting"),
+        dtmf(chan, "3"),
+        stasis_end(chan),
+    )
     await node.calls_done()
 
     assert node.recorder.host_path(recording_file(chan)).exists()
@@ -527,7 +534,11 @@ async def test_opt_out_with_keep_partial_leaves_the_file(node: Node) -> None:
 
 async def test_deleted_audio_that_reappears_is_deleted_again_after_hangup(node: Node) -> None:
     chan = "1764432002.3"
-    await node.feed(stasis_start(chan, "+4930100003"), dtmf(chan, "3"))
+    await node.feed(
+        stasis_start(chan, "+4930100003"),
+        playback_finished(chan, f"{chan}-greeting"),
+        dtmf(chan, "3"),
+    )
     audio = node.recorder.host_path(recording_file(chan))
     await until(lambda: "recording_deleted" in [e.kind for e in node.store.events.values()])
     audio.write_bytes(b"late MixMonitor flush")

@@ -33,7 +33,61 @@ def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
         }
     limited = [f"{s['path']}@{s['cps']:g}/{s['media']}" for s in steps if s["generator_limited"]]
     summary["generator_limited_steps"] = limited
+    summary["targets"] = _targets(steps, summary)
     return summary
+
+
+def _targets(steps: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """The README's targets, each with what this run measured and whether it holds."""
+    ours = [s for s in steps if s["path"] == "consentd"]
+    targets: dict[str, Any] = {}
+    for key in ("with_media", "signalling_only"):
+        ratio = summary[key]["consentd_to_baseline"]
+        targets[f"capacity_{key}"] = {
+            "target": ">= 0.9 of the baseline",
+            "measured": ratio,
+            "met": ratio is not None and ratio >= 0.9,
+        }
+    stranded = sum(s.get("stranded", 0) for s in ours)
+    targets["no_caller_stranded"] = {
+        "target": "0 stranded; unserved calls counted",
+        "measured": {"stranded": stranded, "unserved": sum(s.get("unserved", 0) for s in ours)},
+        "met": stranded == 0,
+    }
+    targets["latency_p99_at_80_percent"] = _latency_target(steps, summary)
+    lost = sum(
+        (s.get("ledger_rows_expected") or 0) - (s.get("ledger_rows_found") or 0) for s in ours
+    )
+    duplicated = sum(s.get("ledger_duplicates") or 0 for s in ours)
+    targets["ledger_rows"] = {
+        "target": "0 lost, 0 duplicated",
+        "measured": {"missing": lost, "duplicated": duplicated},
+        "met": lost == 0 and duplicated == 0,
+    }
+    big = [s for s in ours if s["media"] == "none" and (s.get("concurrent_calls") or 0) >= 1800]
+    rss = max((s.get("rss_peak_mb") or 0.0 for s in big), default=None)
+    targets["rss_at_2000_calls"] = {
+        "target": "< 150 MB at 2,000 concurrent calls",
+        "measured": rss,
+        "met": rss is not None and rss < 150,
+    }
+    return targets
+
+
+def _latency_target(steps: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    top = summary["with_media"]["highest_zero_failure_cps"]["consentd"]
+    result: dict[str, Any] = {"target": "consentd p99 within 20 ms of the baseline's"}
+    if top is None:
+        return {**result, "measured": None, "met": False}
+    media = [s for s in steps if s["media"] == "steady" and s.get("latency_p99_ms") is not None]
+    rates = sorted({s["cps"] for s in media if s["path"] == "consentd"})
+    if not rates:
+        return {**result, "measured": None, "met": False}
+    cps = min(rates, key=lambda r: abs(r - 0.8 * top))
+    p99 = {s["path"]: s["latency_p99_ms"] for s in media if s["cps"] == cps}
+    ours, base = p99.get("consentd"), p99.get("baseline")
+    met = ours is not None and base is not None and ours - base <= 20
+    return {**result, "cps": cps, "measured": p99, "met": met}
 
 
 COLUMNS = (
@@ -99,4 +153,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
     if s["generator_limited_steps"]:
         lines.append(f"- generator-limited (not judged): {', '.join(s['generator_limited_steps'])}")
+    for name, target in s["targets"].items():
+        mark = "met" if target["met"] else "MISSED"
+        lines.append(f"- target {name}: {target['target']}; measured {target['measured']} ({mark})")
     return "\n".join(lines)

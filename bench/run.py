@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.media import MediaPlan, pcap_file
 from bench.report import markdown, summarise
 from bench.sipp_load import REPO, LoadPlan, run_load
 from bench.step import PATHS, Path_, StepMeasure, StepMonitor, measure_step, wait_idle
+from consentd.sipp_media import MediaPlan, pcap_file
 
 STACK = REPO / "scripts" / "stack.sh"
 POLICIES = REPO / "bench" / "policies.yaml"
@@ -57,8 +57,10 @@ def plan_steps(quick: bool) -> list[StepSpec]:
         for cps in (5, 10, 20, 40, 80)
         for kind in ("steady", "jitter")
     ]
-    signalling = [StepSpec(cps, "none", 10, 4000) for cps in (100, 200, 400, 800)]
-    return media + signalling
+    signalling = [StepSpec(cps, "none", 6, 4000) for cps in (100, 200, 300, 400, 600)]
+    # 10 s calls at 200/s: about 2,000 at once, for consentd's memory at that size.
+    concurrency = [StepSpec(200, "none", 10, 10_000)]
+    return media + signalling + concurrency
 
 
 def parse_steps(text: str) -> list[StepSpec]:

@@ -23,8 +23,8 @@ import aiohttp
 import asyncpg
 
 from bench.fidelity import Fidelity, measure
-from bench.media import EVENT_PACKETS, PTIME_MS
 from bench.sipp_load import REPO, LoadResult
+from consentd.sipp_media import EVENT_PACKETS, PTIME_MS
 
 ROOT = REPO / ".cache" / "asterisk-root"
 MONITOR = ROOT / "var" / "spool" / "asterisk" / "monitor"
@@ -119,6 +119,7 @@ class StepMeasure:
             "failed": load.failed,
             "failure_reasons": dict(load.reasons),
             "stranded": self.stranded,
+            "concurrent_calls": round(load.plan.cps * load.plan.call_ms / 1000),
             "generator_limited": self.generator_limited,
             "realised_cps": r(load.realised_cps, 2),
             "call_length_p50_s": r(_pct([c / 1000 for c in load.call_ms], 50), 2),

@@ -16,21 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from consentd.sipp_media import MediaPlan, alaw, pcap_file
+
 SIPP_PCAPS = Path("/usr/share/sip-tester")
 KEYS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "none")
 _LINK_HEADER = {1: 14, 113: 16}  # Ethernet, Linux cooked capture
-
-
-def alaw(sample: int) -> int:
-    """G.711 A-law encoding of one 16-bit sample."""
-    sign = 0x80 if sample >= 0 else 0
-    magnitude = min(sample if sample >= 0 else -sample - 1, 32635) >> 3
-    if magnitude < 32:
-        code = magnitude >> 1
-    else:
-        exponent = magnitude.bit_length() - 5
-        code = (exponent << 4) | ((magnitude >> exponent) & 0x0F)
-    return (code | sign) ^ 0x55
 
 
 def tone_file(cache_dir: Path | None = None, freq: float = 440.0) -> Path:
@@ -131,14 +121,15 @@ async def place_call(
     media_port: int = 16000,
     timeout: float = 60.0,
 ) -> CallResult:
+    repeat = int(plan.key2 == plan.key1)  # the same digit twice needs a re-stamped pcap
     args = [
         "sipp", pbx, "-sf", str(scenario), "-s", plan.did, "-m", "1",
         "-i", "127.0.0.1", "-p", str(sip_port), "-mp", str(media_port),
         "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
         "-set", "caller", plan.caller, "-set", "talk", str(plan.talk_ms),
-        "-set", "speak", "1" if plan.speak else "0", "-key", "audio", f"{tone_file()},-1,8",
-        *_press_args(1, plan.wait1_ms, plan.key1, 0),
-        *_press_args(2, plan.wait2_ms, plan.key2, int(plan.key2 == plan.key1)),
+        "-set", "speak", "1" if plan.speak else "0", "-key", "media", str(speech_pcap(plan)),
+        *_press_args(1, plan.wait1_ms, "none" if plan.speak else plan.key1, 0),
+        *_press_args(2, plan.wait2_ms, "none" if plan.speak else plan.key2, repeat),
     ]  # fmt: skip
     started = time.time()
     returncode, output = await _run_sipp(args, timeout + 10)
@@ -160,6 +151,23 @@ async def _run_sipp(args: list[str], timeout: float) -> tuple[int, str]:
         out, _ = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
+
+
+def speech_pcap(plan: CallPlan, cache_dir: Path | None = None) -> Path:
+    """One RTP stream for a speaking caller: tone all call long, the keys inside it.
+
+    A tone from rtp_stream plus each key from its own pcap were two RTP
+    sources with different SSRCs on one call; Asterisk then reported one
+    press several times. Phones send one stream.
+    """
+    keys = []
+    if plan.key1 != "none":
+        keys.append((plan.wait1_ms, plan.key1))
+    if plan.key2 != "none":
+        keys.append((plan.wait1_ms + plan.wait2_ms, plan.key2))
+    length = plan.wait1_ms + plan.wait2_ms + plan.talk_ms + 1000
+    directory = cache_dir or Path(tempfile.gettempdir()) / "consentd-sipp"
+    return pcap_file(MediaPlan(length, None, keys=tuple(keys)), directory)
 
 
 def _press_args(n: int, wait_ms: int, key: str, repeat: int) -> list[str]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import wave
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,7 +93,9 @@ def main() -> int:
     stack("up", str(POLICIES))
     try:
         group_call = routed_plan()
-        cases = [*plans(), (group_call, "opt_in", "caller_opted_in")]
+        # Every caller streams audio for the whole call, as a real phone does.
+        cases = [(replace(p, speak=True), policy, action) for p, policy, action in plans()]
+        cases.append((group_call, "opt_in", "caller_opted_in"))
         since = datetime.now(UTC).isoformat()  # the database keeps earlier demos' calls
         longest = max(p.duration_s for p, _, _ in cases)
         print(f"==> placing {len(cases)} SIP calls at once (about {longest:.0f} s) ...", flush=True)

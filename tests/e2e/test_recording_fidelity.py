@@ -23,8 +23,8 @@ import asyncpg
 import pytest
 
 from bench.fidelity import measure
-from bench.media import MediaPlan, pcap_file
 from bench.sipp_load import LoadPlan, run_load
+from consentd.sipp_media import MediaPlan, pcap_file
 from tests.e2e.harness import DATABASE_URL, Stack
 
 pytestmark = pytest.mark.e2e

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench.fidelity import measure, measure_samples
-from bench.media import ALAW_PT, EVENT_PT, SSRC, MediaPlan, build_pcap, rtp_packets
 from bench.report import markdown, summarise
 from bench.run import parse_steps
+from consentd.sipp_media import ALAW_PT, EVENT_PT, SSRC, MediaPlan, build_pcap, rtp_packets
 from tests.e2e.harness import write_tone
 
 
@@ -134,6 +134,33 @@ def test_summary_takes_each_paths_highest_rate_without_failures_and_the_ratio() 
     assert summary["signalling_only"]["consentd_to_baseline"] == 0.5
     assert summary["with_media"]["highest_zero_failure_cps"]["consentd"] == 20
     assert summary["generator_limited_steps"] == ["baseline@400/none"]
+    assert summary["targets"]["capacity_signalling_only"] == {
+        "target": ">= 0.9 of the baseline",
+        "measured": 0.5,
+        "met": False,
+    }
+    assert summary["targets"]["no_caller_stranded"]["met"] is True
+
+
+def test_latency_and_memory_targets_read_the_right_steps() -> None:
+    steps = [
+        _step("baseline", 20, media="steady", latency_p99_ms=100.0),
+        _step("consentd", 20, media="steady", latency_p99_ms=130.0),
+        _step("baseline", 40, media="steady", latency_p99_ms=100.0),
+        _step("consentd", 40, media="steady", latency_p99_ms=110.0),
+        _step("consentd", 200, concurrent_calls=2000, rss_peak_mb=120.0),
+    ]
+
+    targets = summarise(steps)["targets"]
+
+    # consentd's best media rate is 40; 80 % of it (32) is nearest the 40 step
+    assert targets["latency_p99_at_80_percent"]["cps"] == 40
+    assert targets["latency_p99_at_80_percent"]["met"] is True
+    assert targets["rss_at_2000_calls"] == {
+        "target": "< 150 MB at 2,000 concurrent calls",
+        "measured": 120.0,
+        "met": True,
+    }
 
 
 def test_steps_are_parsed_with_a_clear_error() -> None:
@@ -171,3 +198,17 @@ def test_markdown_table_has_a_row_per_step() -> None:
 
     assert "| consentd | 100 | none | 10/10 | 0 | 0 |" in table
     assert "consentd 100 cps" in table
+
+
+def test_several_keys_are_events_of_their_own_in_the_one_stream() -> None:
+    plan = MediaPlan(3000, None, keys=((500, "3"), (1500, "3"), (2000, "#")))
+
+    packets = [(*_rtp_fields(p), p[12]) for _, p in rtp_packets(plan)]
+    starts = [
+        (stamp, payload0)
+        for pt, marker, _, stamp, _, payload0 in packets
+        if pt == EVENT_PT and marker
+    ]
+
+    assert starts == [(25 * 160, 3), (75 * 160, 3), (100 * 160, 11)]  # own stamps: three presses
+    assert len({ssrc for *_, ssrc, _ in packets}) == 1

@@ -17,8 +17,6 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from consentd.sipp import alaw
-
 PTIME_MS = 20
 SAMPLES = 8 * PTIME_MS  # per packet at 8 kHz
 ALAW_PT, EVENT_PT = 8, 101
@@ -38,6 +36,14 @@ class MediaPlan:
     seed: int = 1
     #: False: the key alone (signalling-only steps), played after a lead pause.
     speech: bool = True
+    #: More keys as (ms from the first packet, digit "0"-"9", "*" or "#").
+    keys: tuple[tuple[int, str], ...] = ()
+
+    def events(self) -> list[tuple[int, int]]:
+        """(slot, RFC 2833 event code) of every key, in time order."""
+        keys = [*self.keys, *([(self.press_at_ms, "3")] if self.press_at_ms is not None else [])]
+        codes = {str(n): n for n in range(10)} | {"*": 10, "#": 11}
+        return sorted((at // PTIME_MS, codes[digit]) for at, digit in keys)
 
     @property
     def press_end_ms(self) -> int | None:
@@ -50,7 +56,20 @@ class MediaPlan:
     def name(self) -> str:
         press = "none" if self.press_at_ms is None else str(self.press_at_ms)
         kind = ("jitter" if self.jitter else "steady") if self.speech else "dtmf"
-        return f"call-{self.length_ms}ms-press{press}-{kind}-{self.seed}.pcap"
+        more = "".join(f"-{at}{'s' if d == '*' else 'h' if d == '#' else d}" for at, d in self.keys)
+        return f"call-{self.length_ms}ms-press{press}{more}-{kind}-{self.seed}.pcap"
+
+
+def alaw(sample: int) -> int:
+    """G.711 A-law encoding of one 16-bit sample."""
+    sign = 0x80 if sample >= 0 else 0
+    magnitude = min(sample if sample >= 0 else -sample - 1, 32635) >> 3
+    if magnitude < 32:
+        code = magnitude >> 1
+    else:
+        exponent = magnitude.bit_length() - 5
+        code = (exponent << 4) | ((magnitude >> exponent) & 0x0F)
+    return (code | sign) ^ 0x55
 
 
 def _tone_payloads() -> list[bytes]:
@@ -62,24 +81,26 @@ def _tone_payloads() -> list[bytes]:
 
 
 def rtp_packets(plan: MediaPlan) -> list[tuple[int, bytes]]:
-    """(nominal send time in µs, RTP packet) for the whole call."""
+    """(nominal send time in µs, RTP packet) for the whole call.
+
+    A key replaces the tone for its event's 9 packets, as phones send it; each
+    key is an event of its own (its own RTP timestamp), so the same digit twice
+    is two presses.
+    """
     tone = _tone_payloads()
     packets: list[tuple[int, bytes]] = []
     seq = 0
-    slots = plan.length_ms // PTIME_MS
-    press_slot = None if plan.press_at_ms is None else plan.press_at_ms // PTIME_MS
-    event_end = -1 if press_slot is None else press_slot + EVENT_PACKETS + END_REPEATS
-    for slot in range(slots):
-        stamp = slot * SAMPLES
-        if press_slot is not None and press_slot <= slot < event_end:
-            n = slot - press_slot
+    event_at = {slot + n: (slot, code, n) for slot, code in plan.events() for n in range(9)}
+    for slot in range(plan.length_ms // PTIME_MS):
+        if slot in event_at:
+            start, code, n = event_at[slot]
             end = n >= EVENT_PACKETS
             duration = SAMPLES * min(n + 1, EVENT_PACKETS)
-            payload = struct.pack(">BBH", 3, (0x80 if end else 0) | 10, duration)
-            header = _rtp_header(EVENT_PT, n == 0, seq, press_slot * SAMPLES)
+            payload = struct.pack(">BBH", code, (0x80 if end else 0) | 10, duration)
+            header = _rtp_header(EVENT_PT, n == 0, seq, start * SAMPLES)
         elif plan.speech:
             payload = tone[slot % len(tone)]
-            header = _rtp_header(ALAW_PT, slot == 0 or slot == event_end, seq, stamp)
+            header = _rtp_header(ALAW_PT, slot == 0 or slot - 1 in event_at, seq, slot * SAMPLES)
         else:
             continue
         packets.append((slot * PTIME_MS * 1000, header + payload))

@@ -317,8 +317,8 @@ async def measure_step(
     press_end_ms = (plan.lead_ms if media == "none" else press_at_ms) + EVENT_PACKETS * PTIME_MS
     expected_after_key_s = (plan.call_ms - press_end_ms) / 1000
     if path.file_prefix is not None:
-        if media != "none":
-            for wav in _new_files(path.file_prefix, load.started):
+        for wav in _new_files(path.file_prefix, load.started):
+            if media != "none":
                 fid = measure(wav)
                 step.fidelity.append(fid)
                 if path.name == "floor":
@@ -326,6 +326,7 @@ async def measure_step(
                 else:
                     step.duration_errors.append(fid.duration_s - expected_after_key_s)
                     step.latency_wav_ms.append(1000 * (expected_after_key_s - fid.duration_s))
+            wav.unlink()  # measured: a full run would otherwise leave gigabytes
         return step
     await _measure_consentd(step, load, media, press_end_ms, expected_after_key_s)
     return step
@@ -333,6 +334,31 @@ async def measure_step(
 
 def _new_files(prefix: str, since: float) -> list[Path]:
     return sorted(p for p in MONITOR.glob(f"{prefix}*.wav") if p.stat().st_mtime >= since - 1)
+
+
+LedgerRow = tuple[str, datetime, dict[str, Any]]
+
+
+async def ledger_calls(did: str, since: float) -> dict[str, list[LedgerRow]]:
+    """Every ledger row, (kind, time, data) in order, of the calls to ``did`` since then."""
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        rows = await conn.fetch(
+            "SELECT call_id, kind, occurred_at, data::text AS data FROM call_events"
+            " WHERE call_id IN (SELECT call_id FROM call_events WHERE kind = 'call_started'"
+            "   AND data->>'did' = $1 AND occurred_at >= to_timestamp($2))"
+            " ORDER BY call_id, seq",
+            did,
+            since,
+        )
+    finally:
+        await conn.close()
+    calls: dict[str, list[LedgerRow]] = {}
+    for row in rows:
+        calls.setdefault(row["call_id"], []).append(
+            (row["kind"], row["occurred_at"], json.loads(row["data"]))
+        )
+    return calls
 
 
 async def ledger_drained(timeout: float = 60.0) -> int:
@@ -356,23 +382,7 @@ async def _measure_consentd(
     step: StepMeasure, load: LoadResult, media: str, press_end_ms: int, after_key_s: float
 ) -> None:
     step.ledger_backlog_left = await ledger_drained()
-    conn = await asyncpg.connect(DATABASE_URL)
-    try:
-        rows = await conn.fetch(
-            "SELECT call_id, kind, occurred_at, data::text AS data FROM call_events"
-            " WHERE call_id IN (SELECT call_id FROM call_events WHERE kind = 'call_started'"
-            "   AND data->>'did' = $1 AND occurred_at >= to_timestamp($2))"
-            " ORDER BY call_id, seq",
-            load.plan.did,
-            load.started - 1,
-        )
-    finally:
-        await conn.close()
-    calls: dict[str, list[tuple[str, datetime, dict[str, Any]]]] = {}
-    for row in rows:
-        calls.setdefault(row["call_id"], []).append(
-            (row["kind"], row["occurred_at"], json.loads(row["data"]))
-        )
+    calls = await ledger_calls(load.plan.did, load.started - 1)
     expected = found = duplicates = 0
     for events in calls.values():
         kinds = [kind for kind, _, _ in events]
@@ -394,18 +404,18 @@ async def _measure_consentd(
         if "consent_decided" in at and "recording_started" in at:
             lat = (at["recording_started"] - at["consent_decided"]).total_seconds() * 1000
             step.latency_ledger_ms.append(lat)
-        if media == "none":
-            continue
         started = next((e for e in events if e[0] == "recording_started"), None)
         stopped = next((e for e in events if e[0] == "recording_stopped"), None)
         if started is None or stopped is None:
             continue
-        wav = ROOT / str(started[2]["path"]).lstrip("/")
-        if not wav.exists():
-            wav = Path(str(started[2]["path"]))
+        wav = ROOT / str(started[2]["file"]).lstrip("/")
         if not wav.exists():
             continue
+        if media == "none":
+            wav.unlink()  # nothing to judge without media; don't leave it behind
+            continue
         fid = measure(wav)
+        wav.unlink()
         step.fidelity.append(fid)
         span = (stopped[1] - started[1]).total_seconds()
         step.duration_errors.append(fid.duration_s - span)

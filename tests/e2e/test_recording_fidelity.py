@@ -13,19 +13,18 @@ into inserted silence and files up to 2 s too long.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from bench.fidelity import measure
 from bench.sipp_load import LoadPlan, run_load
+from bench.step import ledger_calls
 from consentd.sipp_media import MediaPlan, pcap_file
-from tests.e2e.harness import DATABASE_URL, Stack
+from tests.e2e.harness import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -35,25 +34,14 @@ MAX_INSERTED_SILENCE_MS = 60
 
 
 async def _recordings(did: str, since: float) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(DATABASE_URL)
-    try:
-        rows = await conn.fetch(
-            "SELECT call_id, kind, occurred_at, data::text AS data FROM call_events"
-            " WHERE call_id IN (SELECT call_id FROM call_events WHERE kind = 'call_started'"
-            "   AND data->>'did' = $1 AND occurred_at >= to_timestamp($2))"
-            " ORDER BY call_id, seq",
-            did,
-            since,
-        )
-    finally:
-        await conn.close()
-    calls: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        call = calls.setdefault(row["call_id"], {"kinds": []})
-        call["kinds"].append(row["kind"])
-        if row["kind"] in ("recording_started", "recording_stopped"):
-            call[row["kind"]] = (row["occurred_at"], json.loads(row["data"]))
-    return list(calls.values())
+    calls = []
+    for rows in (await ledger_calls(did, since)).values():
+        call: dict[str, Any] = {"kinds": [kind for kind, _, _ in rows]}
+        for kind, at, data in rows:
+            if kind in ("recording_started", "recording_stopped"):
+                call[kind] = (at, data)
+        calls.append(call)
+    return calls
 
 
 def _span(call: dict[str, Any]) -> float:

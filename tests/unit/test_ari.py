@@ -34,6 +34,7 @@ class FakeAsterisk:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.sockets.append(ws)
+        await ws.send_str("this is not JSON")  # must not end the stream
         await ws.send_str(json.dumps({"type": "StasisStart", "channel": {"id": "c1"}}))
         async for msg in ws:
             frame = json.loads(msg.data)
@@ -96,7 +97,7 @@ async def test_requests_travel_on_the_events_websocket_and_events_still_arrive(
         ("POST", "channels/c1/play/c1-greeting?media=sound%3Aconsentd%2Fopt_in&lang=de"),
     ]
     assert fake.http_requests == []  # no HTTP session used for either
-    assert [e["type"] for e in events] == [CONNECTED, "StasisStart"]
+    assert [e["type"] for e in events] == [CONNECTED, "StasisStart"]  # the bad frame skipped
 
 
 async def test_a_404_over_the_websocket_is_not_found(

@@ -199,7 +199,7 @@ class AmiClient:
                         handler(message)
                     except Exception:
                         # A bad handler must not cost every call its AMI connection.
-                        self._log.exception("ami_event_handler_failed", event=message["Event"])
+                        self._log.exception("ami_event_handler_failed", ami_event=message["Event"])
 
     def _disconnected(self) -> None:
         was_connected = self.connected.is_set()

@@ -37,6 +37,7 @@ from consentd.call_model import (
     DtmfReceived,
     Event,
     Hangup,
+    InternalError,
     LeftStasis,
     Media,
     Phase,
@@ -236,6 +237,8 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
             _end(t, CallEnded(event.at))
         case CommandFailed():
             _command_failed(t, event)
+        case InternalError():
+            _internal_error(t, event)
         case CallEnded():
             _end(t, event)
     return t.result()
@@ -404,6 +407,17 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
         t.update(phase=Phase.HOLDING)  # the caller may still hang up; the ledger says why
     elif isinstance(command, StartVoicemail):
         t.do(Hangup())
+
+
+def _internal_error(t: _Transition, event: InternalError) -> None:
+    """Fail this call safely: stop recording, and let the dialplan carry it unrecorded."""
+    t.ledger("call_failed", event.at, error=event.error)
+    segment = t.call.recording
+    if segment is not None and not segment.stopping:
+        t.update(recording=replace(segment, stopping=True))
+        t.do(StopRecording(segment.number, segment.file))
+    if t.call.phase in (Phase.ANSWERING, Phase.GREETING, Phase.HOLDING):
+        _unserved(t, "internal_error", event.at)
 
 
 def _end(t: _Transition, event: CallEnded) -> None:

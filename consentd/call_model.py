@@ -227,6 +227,14 @@ class CommandFailed:
 
 
 @dataclass(frozen=True)
+class InternalError:
+    """consentd itself failed on this call (a bug, an unexpected error): this call alone."""
+
+    error: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class CallEnded:
     at: datetime
     cause: str = "hangup"
@@ -250,6 +258,7 @@ Event = (
     | RecordingStopped
     | RecordingDeleted
     | CommandFailed
+    | InternalError
     | CallEnded
 )
 

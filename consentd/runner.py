@@ -30,6 +30,7 @@ from consentd.call_model import (
     DeleteRecording,
     Event,
     Hangup,
+    InternalError,
     Play,
     PlaybackStarted,
     RecordingDeleted,
@@ -75,9 +76,23 @@ class CallRunner:
         self._inbox.put_nowait(event)
 
     async def run(self) -> Call:
-        """Process events until the call has ended; returns the final state."""
+        """Process events until the call has ended; returns the final state.
+
+        An unexpected error fails this call alone (the flow stops its recording
+        and hands it to the dialplan unrecorded); a second one ends it here.
+        Either way the other calls and the daemon go on.
+        """
+        failures = 0
         while not self.call.ended:
-            await self._dispatch(await self._inbox.get())
+            event = await self._inbox.get()
+            try:
+                await self._dispatch(event)
+            except Exception as exc:
+                failures += 1
+                self.log.exception("call_failed", while_handling=type(event).__name__)
+                if failures > 1:
+                    break
+                self.post(InternalError(f"{type(exc).__name__}: {exc}", self._ports.clock()))
         await self._confirm_purged()
         facts = self.call.facts
         self.log.info(

@@ -312,6 +312,27 @@ async def test_events_are_delivered_to_every_handler(ami: FakeAmi) -> None:
     assert also == ["MixMonitorStart"]
 
 
+async def test_a_failing_handler_costs_neither_the_event_nor_the_connection(ami: FakeAmi) -> None:
+    seen: list[str] = []
+
+    def broken(message: dict[str, str]) -> None:
+        raise ValueError("handler bug")
+
+    with capture_logs() as logs:
+        async with client_of(ami) as client:
+            client.on_event(broken)
+            client.on_event(lambda m: seen.append(m["Event"]))
+            await ami.send_event(Event="AgentConnect", Uniqueid="1")
+            await ami.send_event(Event="AgentComplete", Uniqueid="1")
+            await until(lambda: len(seen) == 2)
+            assert client.connected.is_set()
+
+    assert seen == ["AgentConnect", "AgentComplete"]
+    assert ami.count("Login") == 1  # never reconnected
+    failed = [e for e in logs if e["event"] == "ami_event_handler_failed"]
+    assert [e["ami_event"] for e in failed] == ["AgentConnect", "AgentComplete"]
+
+
 async def test_bad_login_keeps_retrying_logs_why_and_never_counts_as_connected(
     ami: FakeAmi,
 ) -> None:

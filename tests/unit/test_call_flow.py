@@ -23,6 +23,7 @@ from consentd.call_model import (
     DeleteRecording,
     DtmfReceived,
     Hangup,
+    InternalError,
     Media,
     Phase,
     Play,
@@ -696,3 +697,16 @@ def test_a_call_the_dialplan_already_answered_needs_no_answer(facts: Facts) -> N
 
     assert actions(commands) == [Play(GREETING, Media("sound:consentd/opt_out", "en", "bundled"))]
     assert call.phase is Phase.GREETING
+
+
+def test_an_internal_error_stops_the_recording_and_hands_the_call_on_unrecorded(
+    facts: Facts,
+) -> None:
+    call = greeted(facts("opt_out"))  # recording since the greeting ended
+
+    call, commands = handle(call, InternalError("ValueError: boom", at(7)))
+
+    assert kinds(commands) == ["call_failed", "call_unserved"]
+    assert ledger(commands)[0].data == {"error": "ValueError: boom"}
+    assert actions(commands) == [StopRecording(1, FILE_1), ContinueUnrecorded("internal_error")]
+    assert call.phase is Phase.UNSERVED

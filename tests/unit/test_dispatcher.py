@@ -910,3 +910,22 @@ async def test_a_channel_the_dialplan_answered_is_not_answered_again(node: Node)
 
     assert node.ari.of("answer") == []
     assert [r[0] for r in node.ari.requests] == ["play"]
+
+
+async def test_an_unexpected_error_in_one_call_fails_that_call_alone(node: Node) -> None:
+    broken, fine = "1764432009.4", "1764432009.5"
+    node.ari.failing["play"] = ValueError("a bug")  # not an ARI error: unexpected
+
+    await node.feed(stasis_start(broken, "+4930100002"))
+    await until(lambda: bool(node.ari.of("continue_unrecorded")))
+    del node.ari.failing["play"]
+    await node.feed(stasis_start(fine, "+4930100002"))
+
+    assert node.ari.of("continue_unrecorded") == [("continue_unrecorded", broken, "+4930100002")]
+    assert [r[1] for r in node.ari.of("play")] == [broken, fine]  # the other call goes on
+    failed = by_kind(await node.ledger(), "call_failed")
+    assert [(e.call_id, e.data["error"]) for e in failed] == [
+        (f"pbx1:{broken}", "ValueError: a bug")
+    ]
+    await node.feed(stasis_end(broken), stasis_end(fine))
+    await node.calls_done()  # both end normally; nothing else was cancelled

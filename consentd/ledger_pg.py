@@ -153,8 +153,15 @@ class PostgresLedger:
                     " ON CONFLICT (event_key) DO NOTHING",
                     *columns,
                 )
-        except (DatabaseError, *_CONNECTION_ERRORS, asyncpg.PostgresConnectionError) as exc:
-            raise LedgerUnavailable(str(exc) or type(exc).__name__) from exc
+        except (
+            DatabaseError,
+            *_CONNECTION_ERRORS,
+            asyncpg.PostgresError,  # disk full, read-only after a failover, shutting down, ...
+            OSError,
+            TimeoutError,
+        ) as exc:
+            # Every database failure degrades to journalling; none may stop the daemon.
+            raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def recent_call_ids(self, limit: int) -> list[str]:
         pool = await self.connect()

@@ -8,11 +8,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import asyncpg
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from consentd.journal import Journal
-from consentd.ledger import LedgerEvent, LedgerWriter, MemoryLedger
+from consentd.ledger import LedgerEvent, LedgerUnavailable, LedgerWriter, MemoryLedger
+from consentd.ledger_pg import PostgresLedger
 
 T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
 
@@ -309,4 +312,74 @@ async def test_events_arriving_within_the_linger_share_one_store_call(tmp_path: 
         await until(lambda: len(store.events) == 6)
 
     assert store.batches == [6]
+    assert store.appended == keys(events)
+
+
+async def test_a_torn_last_line_is_set_aside_and_the_rest_replayed(tmp_path: Path) -> None:
+    path = tmp_path / "journal" / "pbx1.jsonl"
+    earlier = [event(n) for n in range(3)]
+    Journal(path).append([e.to_json() for e in earlier])
+    with path.open("a") as fh:
+        fh.write(event(3).to_json()[:25])  # the crash came mid-write: no newline
+
+    store = WatchedLedger()
+    writer = LedgerWriter(store, Journal(path), retry_seconds=30)
+    async with running(writer):
+        await until(lambda: len(store.events) == 3)
+
+    assert store.appended == keys(earlier)
+    assert path.with_suffix(".torn").read_text() == event(3).to_json()[:25] + "\n"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.DiskFullError("could not extend file: No space left on device"),
+        asyncpg.exceptions.ReadOnlySQLTransactionError("read-only transaction"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection (57P01)"),
+        asyncpg.exceptions.CrashShutdownError("57P02"),
+        OSError(28, "No space left on device"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_every_database_failure_degrades_to_journalling(error: Exception) -> None:
+    class FailingConnection:
+        async def execute(self, *args: object) -> None:
+            raise error
+
+    class FailingPool:
+        @asynccontextmanager
+        async def acquire(self, timeout: float = 0) -> AsyncIterator[FailingConnection]:
+            yield FailingConnection()
+
+    store = PostgresLedger("postgresql://nowhere")
+
+    async def pool() -> FailingPool:
+        return FailingPool()
+
+    store.connect = pool  # type: ignore[assignment,method-assign]
+
+    with pytest.raises(LedgerUnavailable, match=type(error).__name__):
+        await store.append([event(0)])
+
+
+async def test_a_journal_whose_disk_refuses_keeps_events_in_memory_and_replays_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "pbx1.jsonl"
+    store = WatchedLedger()
+    store.available = False
+    journal = Journal(path)
+    path.mkdir()  # every write now fails, as on a full or read-only disk
+    writer = LedgerWriter(store, journal, retry_seconds=0.05)
+    events = [event(n) for n in range(3)]
+
+    async with running(writer):
+        for e in events:
+            writer.submit(e)
+        await until(lambda: writer.journalled == 3)
+        assert journal.disk_error is not None and writer.backlog == 3
+        store.available = True
+        await until(lambda: len(store.events) == 3)
+
     assert store.appended == keys(events)

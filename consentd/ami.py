@@ -222,15 +222,28 @@ class Recorder:
     def __init__(self, ami: AmiClient) -> None:
         self._ami = ami
 
-    async def start(self, channel: str, file: str, options: str = "") -> None:
+    async def start(
+        self, channel: str, file: str, options: str = "", *, id_variable: str | None = None
+    ) -> str | None:
+        """Start MixMonitor; returns its MixMonitorID when ``id_variable`` names one.
+
+        Option ``i(VAR)`` makes Asterisk answer with the id and also keep it in
+        the channel variable VAR, where it can be read back after a restart.
+        """
+        if id_variable:
+            options += f"i({id_variable})"
         fields = {"Channel": channel, "File": file}
         if options:
             fields["Options"] = options
-        await self._ami.send("MixMonitor", **fields)
+        response = await self._ami.send("MixMonitor", **fields)
+        return response.get("MixMonitorID") or None
 
-    async def stop(self, channel: str) -> None:
-        # MixMonitorID is optional; consentd runs one recording per channel at a time.
-        await self._ami.send("StopMixMonitor", Channel=channel)
+    async def stop(self, channel: str, mixmonitor_id: str | None = None) -> None:
+        """Stop one recording: with its id, never another one on the same channel."""
+        fields = {"Channel": channel}
+        if mixmonitor_id:
+            fields["MixMonitorID"] = mixmonitor_id
+        await self._ami.send("StopMixMonitor", **fields)
 
     async def mute(self, channel: str, muted: bool, direction: str = "both") -> None:
         await self._ami.send(

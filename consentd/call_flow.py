@@ -189,7 +189,10 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
             t.update(greeting_playback=None)
             t.next_step()
         case RecordingStarted():
-            t.ledger("recording_started", event.at, **_segment_data(call, event.segment))
+            ids = {"mixmonitor_id": event.mixmonitor_id} if event.mixmonitor_id else {}
+            t.ledger("recording_started", event.at, **_segment_data(call, event.segment), **ids)
+            if call.recording and call.recording.number == event.segment:
+                t.update(recording=replace(call.recording, mixmonitor_id=event.mixmonitor_id))
         case RecordingStopped():
             reason = (
                 "caller_opted_out" if call.decision is ConsentAction.CALLER_OPTED_OUT else "stopped"
@@ -367,7 +370,7 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
     # A refusal stops the recording before anything else: nothing more is captured.
     if segment is not None:
         t.update(recording=replace(segment, stopping=True))
-        t.do(StopRecording(segment.number, segment.file))
+        t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
     if stop_greeting and greeting is not None:
         t.do(StopPlayback(greeting))
     if segment is not None and not policy.keep_partial_on_opt_out:
@@ -415,7 +418,7 @@ def _internal_error(t: _Transition, event: InternalError) -> None:
     segment = t.call.recording
     if segment is not None and not segment.stopping:
         t.update(recording=replace(segment, stopping=True))
-        t.do(StopRecording(segment.number, segment.file))
+        t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
     if t.call.phase in (Phase.ANSWERING, Phase.GREETING, Phase.HOLDING):
         _unserved(t, "internal_error", event.at)
 

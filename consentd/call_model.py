@@ -100,6 +100,9 @@ class Segment:
     number: int
     file: str
     stopping: bool = False
+    #: MixMonitor's own id for this recording: every stop names it, so a stop
+    #: never ends another recording on the same channel.
+    mixmonitor_id: str | None = None
 
 
 # ---------------------------------------------------------------- events
@@ -149,6 +152,7 @@ class PlaybackFinished:
 class RecordingStarted:
     segment: int
     at: datetime
+    mixmonitor_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -313,6 +317,7 @@ class Hangup:
 class StopRecording:
     segment: int
     file: str
+    mixmonitor_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -140,8 +140,13 @@ class CallRunner:
                     await ari.stop_playback(command.playback_id)
                 case StartRecording():
                     options = "b" if command.bridged_only else ""
-                    await recorder.start(facts.channel_id, command.file, options)
-                    return RecordingStarted(command.segment, self._ports.clock())
+                    mixmonitor_id = await recorder.start(
+                        facts.channel_id,
+                        command.file,
+                        options,
+                        id_variable=f"CONSENTD_MIXMONITOR_{command.segment}",
+                    )
+                    return RecordingStarted(command.segment, self._ports.clock(), mixmonitor_id)
                 case ContinueToQueue():
                     await ari.continue_to_queue(
                         facts.channel_id, facts.did, command.queue, command.timeout
@@ -151,7 +156,7 @@ class CallRunner:
                 case Hangup():
                     await ari.hangup(facts.channel_id)
                 case StopRecording():
-                    await recorder.stop(facts.channel_id)
+                    await recorder.stop(facts.channel_id, command.mixmonitor_id)
                     return RecordingStopped(command.segment, self._ports.clock())
                 case DeleteRecording():
                     await self._delete(Path(facts.host_path(command.file)))

@@ -120,6 +120,9 @@ class FakeAmi:
             return True
         if how == "error":
             writer.write(message(Response="Error", ActionID=action_id, Message="No such channel"))
+        elif how == "success" and action == "MixMonitor" and "i(" in request.get("Options", ""):
+            # Asterisk answers with the id when option i(VAR) asks for it
+            writer.write(message(Response="Success", ActionID=action_id, MixMonitorID="0x5617"))
         elif how == "success":
             writer.write(message(Response="Success", ActionID=action_id, Message="Done"))
         return True
@@ -641,3 +644,17 @@ def test_check_with_an_unreachable_ami_exits_2_saying_so(
         f"consentd check: cannot log in to AMI at 127.0.0.1:{port} as 'consentd' within 5 s\n"
     )
     assert "Traceback" not in err
+
+
+async def test_recorder_start_returns_the_mixmonitor_id_and_stop_names_it(ami: FakeAmi) -> None:
+    async with client_of(ami) as client:
+        recorder = Recorder(client)
+        mixmonitor_id = await recorder.start(
+            "1764432000.1", "/var/spool/x.wav", "b", id_variable="CONSENTD_MIXMONITOR_1"
+        )
+        await recorder.stop("1764432000.1", mixmonitor_id)
+
+    start, stop = [m for m in ami.received if m["Action"] in ("MixMonitor", "StopMixMonitor")]
+    assert mixmonitor_id == "0x5617"
+    assert start["Options"] == "bi(CONSENTD_MIXMONITOR_1)"
+    assert stop["MixMonitorID"] == "0x5617" and stop["Channel"] == "1764432000.1"

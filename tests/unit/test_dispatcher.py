@@ -185,16 +185,19 @@ class FakeRecorder:
     def host_path(self, file: str) -> Path:
         return self.root / file.lstrip("/")
 
-    async def start(self, channel: str, file: str, options: str = "") -> None:
+    async def start(
+        self, channel: str, file: str, options: str = "", *, id_variable: str | None = None
+    ) -> str | None:
         self.requests.append(("start", channel, file))
         if self.failing is not None:
             raise self.failing
         path = self.host_path(file)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"RIFF....WAVE")
+        return f"mm-{path.name}"
 
-    async def stop(self, channel: str) -> None:
-        self.requests.append(("stop", channel))
+    async def stop(self, channel: str, mixmonitor_id: str | None = None) -> None:
+        self.requests.append(("stop", channel, mixmonitor_id or ""))
 
 
 class Node:
@@ -510,7 +513,14 @@ async def test_opt_out_press_3_deletes_the_recording_file_on_the_host(node: Node
 
     events = await node.ledger()
     assert not audio.exists()
-    assert node.recorder.requests == [("start", chan, recording_file(chan)), ("stop", chan)]
+    mixmonitor_id = f"mm-{Path(recording_file(chan)).name}"
+    # the stop names the recording it ends: never another one on the channel
+    assert node.recorder.requests == [
+        ("start", chan, recording_file(chan)),
+        ("stop", chan, mixmonitor_id),
+    ]
+    started = by_kind(await node.ledger(), "recording_started")
+    assert started[0].data["mixmonitor_id"] == mixmonitor_id
     deleted = by_kind(events, "recording_deleted")
     assert [(e.data["segment"], e.data["file"], e.data["path"]) for e in deleted] == [
         (1, recording_file(chan), str(audio))

@@ -25,7 +25,11 @@ class AmiError(Exception):
 
 
 class AmiUnavailable(AmiError):
-    """No AMI connection, or no answer within the timeout."""
+    """No AMI connection, or no answer within the timeout: the action may have run."""
+
+
+class AmiNotSent(AmiUnavailable):
+    """No AMI connection: the action was never sent, so it surely did not run."""
 
 
 def encode(fields: dict[str, str]) -> bytes:
@@ -74,14 +78,14 @@ class AmiClient:
         """Send one action once; raise AmiError on refusal, AmiUnavailable on no answer."""
         writer = self._writer
         if writer is None or not self.connected.is_set():
-            raise AmiUnavailable(f"{action}: not connected to AMI")
+            raise AmiNotSent(f"{action}: not connected to AMI")
         return await self._exchange(writer, action, fields)
 
     async def send_list(self, action: str, complete: str, **fields: str) -> list[Message]:
         """An action answered by a list of events ending in ``complete`` (e.g. QueueSummary)."""
         writer = self._writer
         if writer is None or not self.connected.is_set():
-            raise AmiUnavailable(f"{action}: not connected to AMI")
+            raise AmiNotSent(f"{action}: not connected to AMI")
         action_id = f"consentd-{next(self._ids)}"
         items: asyncio.Queue[Message] = asyncio.Queue()
         self._lists[action_id] = items

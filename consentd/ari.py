@@ -37,7 +37,11 @@ class AriNotFound(AriError):
 
 
 class AriUnavailable(AriError):
-    """Asterisk did not answer: not running, restarting, or too slow."""
+    """Asterisk did not answer: not running, restarting, or too slow. It may have acted."""
+
+
+class AriNotSent(AriUnavailable):
+    """The request never reached Asterisk (no connection): it surely did not act."""
 
 
 class AriClient:
@@ -98,6 +102,8 @@ class AriClient:
                 if not body or resp.content_type != "application/json":
                     return None
                 return await resp.json()
+        except aiohttp.ClientConnectorError as exc:
+            raise AriNotSent(f"{method} {path}: {type(exc).__name__} {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AriUnavailable(f"{method} {path}: {type(exc).__name__} {exc}") from exc
 

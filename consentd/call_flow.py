@@ -391,11 +391,17 @@ def _no_answer(t: _Transition, event: ReturnedFromQueue) -> None:
 
 def _command_failed(t: _Transition, event: CommandFailed) -> None:
     command = event.command
-    t.ledger("command_failed", event.at, command=type(command).__name__, error=event.error)
+    unknown = {"outcome": "unknown"} if event.unknown else {}
+    t.ledger(
+        "command_failed", event.at, command=type(command).__name__, error=event.error, **unknown
+    )
     segment = t.call.recording
     if isinstance(command, StartRecording | StopRecording) and segment is not None:
         if segment.number == command.segment and isinstance(command, StartRecording):
-            t.update(recording=None)
+            # Refused: nothing records. No answer: it may record, so the segment
+            # stays, and a later refusal still stops and deletes it.
+            if not event.unknown:
+                t.update(recording=None)
         elif segment.number == command.segment:
             # Still running: the hangup will end it, and the ledger must say so.
             t.update(recording=replace(segment, stopping=False))
@@ -407,7 +413,9 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
     elif isinstance(command, ContinueUnrecorded):
         t.do(Hangup())  # the dialplan could not take it either: never leave it ringing
     elif isinstance(command, ContinueToQueue):
-        t.update(phase=Phase.HOLDING)  # the caller may still hang up; the ledger says why
+        # Refused: the caller stays here. No answer: it may be queued, and a
+        # StasisEnd then must not end the call.
+        t.update(phase=Phase.QUEUED if event.unknown else Phase.HOLDING)
     elif isinstance(command, StartVoicemail):
         t.do(Hangup())
 

@@ -228,6 +228,9 @@ class CommandFailed:
     command: Command
     error: str
     at: datetime
+    #: No answer came (a timeout, or the connection dropped after sending): the
+    #: command may have happened. The flow then takes the reading safer for consent.
+    unknown: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import structlog
 
-from consentd.ami import AmiError, Recorder
-from consentd.ari import AriClient, AriError
+from consentd.ami import AmiError, AmiNotSent, AmiUnavailable, Recorder
+from consentd.ari import AriClient, AriError, AriNotSent, AriUnavailable
 from consentd.call_flow import Call, handle
 from consentd.call_model import (
     Answer,
@@ -162,8 +162,13 @@ class CallRunner:
                     await self._delete(Path(facts.host_path(command.file)))
                     return RecordingDeleted(command.segment, self._ports.clock())
         except (AriError, AmiError, OSError) as exc:
-            self.log.warning("command_failed", command=type(command).__name__, error=str(exc))
-            return CommandFailed(command, str(exc), self._ports.clock())
+            unknown = isinstance(exc, AriUnavailable | AmiUnavailable) and not isinstance(
+                exc, AriNotSent | AmiNotSent
+            )
+            self.log.warning(
+                "command_failed", command=type(command).__name__, error=str(exc), unknown=unknown
+            )
+            return CommandFailed(command, str(exc), self._ports.clock(), unknown=unknown)
         return None
 
     def _write(self, command: WriteLedger) -> None:

@@ -710,3 +710,26 @@ def test_an_internal_error_stops_the_recording_and_hands_the_call_on_unrecorded(
     assert ledger(commands)[0].data == {"error": "ValueError: boom"}
     assert actions(commands) == [StopRecording(1, FILE_1), ContinueUnrecorded("internal_error")]
     assert call.phase is Phase.UNSERVED
+
+
+def test_a_recording_start_with_no_answer_counts_as_maybe_recording(facts: Facts) -> None:
+    call = greeted(facts("opt_out"))
+
+    call, commands = handle(
+        call, CommandFailed(StartRecording(1, FILE_1), "no answer within 5s", at(4.5), unknown=True)
+    )
+    assert ledger(commands)[0].data["outcome"] == "unknown"
+    assert call.recording is not None  # it may be recording
+
+    _, commands = press(call, "3", seconds=6)
+
+    # so a refusal still stops it and deletes whatever it captured
+    assert actions(commands) == [StopRecording(1, FILE_1), DeleteRecording(1, FILE_1)]
+
+
+def test_a_refused_recording_start_counts_as_not_recording(facts: Facts) -> None:
+    call = greeted(facts("opt_out"))
+
+    call, _ = handle(call, CommandFailed(StartRecording(1, FILE_1), "No such channel", at(4.5)))
+
+    assert call.recording is None

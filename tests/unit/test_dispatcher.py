@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from consentd.ami import AmiUnavailable, Recorder
+from consentd.ami import AmiNotSent, Recorder
 from consentd.ari import CONNECTED, AriClient, AriNotFound
 from consentd.call_model import Media, Phase
 from consentd.dispatcher import Dispatcher, NodeConfig, clean_caller, parse_ari_time
@@ -563,7 +563,7 @@ async def test_failed_mixmonitor_is_written_to_the_ledger_and_not_counted_as_rec
     node: Node,
 ) -> None:
     chan = "1764432002.4"
-    node.recorder.failing = AmiUnavailable("MixMonitor: not connected to AMI")
+    node.recorder.failing = AmiNotSent("MixMonitor: not connected to AMI")
 
     await node.feed(stasis_start(chan, "+4930100001"), stasis_end(chan))
     await node.calls_done()

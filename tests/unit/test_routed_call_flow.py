@@ -588,6 +588,22 @@ def test_failed_continue_into_the_queue_holds_the_line(facts: Facts) -> None:
     assert kinds(left) == ["call_ended"]
 
 
+def test_a_queue_hand_off_with_no_answer_counts_as_maybe_queued(facts: Facts) -> None:
+    call = queued(routed(facts, "opt_in"))
+
+    call, commands = handle(
+        call,
+        CommandFailed(ContinueToQueue("support", 20), "no answer within 5s", at(5.1), unknown=True),
+    )
+
+    assert ledger(commands)[0].data["outcome"] == "unknown"
+    assert call.phase is Phase.QUEUED
+    call, left = handle(call, LeftStasis(at(9)))  # leaving Stasis for the queue: not the end
+    assert kinds(left) == [] and not call.ended
+    _, decided = press(call, "3", 12)
+    assert kinds(decided) == ["keypress", "consent_decided"]  # key 3 still counts
+
+
 def test_failed_voicemail_recording_hangs_up(facts: Facts) -> None:
     call = queued(routed(facts, "never"))
     call, _ = run(call, ReturnedFromQueue("TIMEOUT", at(30)), PlaybackFinished(VOICEMAIL, at(34)))

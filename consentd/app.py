@@ -119,10 +119,18 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         )
         await stop.wait()
 
+        # New calls go on unrecorded from now; events keep flowing, so calls in
+        # progress can finish. Those still up after the grace period finish the
+        # event at hand, write call_handed_off and stay in Asterisk: the next
+        # start adopts them from the ledger. Nothing is cancelled mid-command.
         log.info("consentd_stopping", active_calls=len(dispatcher.calls))
-        events_task.cancel()
+        dispatcher.draining = True
         if call_tasks:
             await asyncio.wait(set(call_tasks), timeout=shutdown_grace)
+        dispatcher.hand_off_all()
+        if call_tasks:
+            await asyncio.wait(set(call_tasks), timeout=shutdown_grace)
+        events_task.cancel()
         for task in list(call_tasks):
             task.cancel()
         await writer.close()

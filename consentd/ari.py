@@ -177,13 +177,28 @@ class AriClient:
         except AriNotFound:
             pass
 
-    async def continue_to_queue(self, channel_id: str, did: str, queue: str, timeout: int) -> None:
-        """Hand the caller to app_queue, staying subscribed so key 3 is still seen."""
+    async def subscribe(self, channel_id: str) -> None:
+        """Keep receiving this channel's events after it leaves Stasis (the queue)."""
         await self.request(
             "POST",
             f"/applications/{self.app}/subscription",
             {"eventSource": f"channel:{channel_id}"},
         )
+
+    async def variable(self, channel_id: str, name: str) -> str | None:
+        """A channel variable's value, or None when it is not set."""
+        try:
+            result = await self.request(
+                "GET", f"/channels/{channel_id}/variable", {"variable": name}
+            )
+        except AriNotFound:
+            return None
+        value = (result or {}).get("value")
+        return str(value) if value else None
+
+    async def continue_to_queue(self, channel_id: str, did: str, queue: str, timeout: int) -> None:
+        """Hand the caller to app_queue, staying subscribed so key 3 is still seen."""
+        await self.subscribe(channel_id)
         for name, value in (("QUEUE_NAME", queue), ("QUEUE_TIMEOUT", str(timeout))):
             await self.request(
                 "POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value}

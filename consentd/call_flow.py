@@ -21,6 +21,7 @@ from typing import Any
 
 from consentd.call_model import (
     CONSENT_KEY,
+    Adopted,
     AgentCompleted,
     AgentConnected,
     Answer,
@@ -36,6 +37,7 @@ from consentd.call_model import (
     DeleteRecording,
     DtmfReceived,
     Event,
+    HandOff,
     Hangup,
     InternalError,
     LeftStasis,
@@ -55,6 +57,7 @@ from consentd.call_model import (
     StartVoicemail,
     StopPlayback,
     StopRecording,
+    Subscribe,
     VoicemailFinished,
     VoicemailStarted,
     WriteLedger,
@@ -79,10 +82,14 @@ class Call:
     voicemail_active: bool = False
     #: Why consentd handed the call back to the dialplan unrecorded, if it did.
     unserved: str | None = None
+    #: Refused recordings still on disk (found when adopting after a restart).
+    owed_deletions: tuple[Segment, ...] = ()
+    #: The runner should stop after this event (the daemon hands the call on).
+    handed_off: bool = False
 
     @property
     def ended(self) -> bool:
-        return self.phase is Phase.ENDED
+        return self.phase is Phase.ENDED or self.handed_off
 
     def playback_id(self, suffix: str) -> str:
         return f"{self.facts.channel_id}-{suffix}"
@@ -242,6 +249,11 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
             _command_failed(t, event)
         case InternalError():
             _internal_error(t, event)
+        case Adopted():
+            _adopt(t, event)
+        case HandOff():
+            t.ledger("call_handed_off", event.at, phase=call.phase.value)
+            t.update(handed_off=True)
         case CallEnded():
             _end(t, event)
     return t.result()
@@ -418,6 +430,81 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
         t.update(phase=Phase.QUEUED if event.unknown else Phase.HOLDING)
     elif isinstance(command, StartVoicemail):
         t.do(Hangup())
+
+
+def _adopt(t: _Transition, event: Adopted) -> None:
+    """Reconcile a call rebuilt from the ledger with where Asterisk has it now.
+
+    Consent first: whatever was refused is stopped and deleted, exactly once;
+    whatever was consented (or is the policy) and is not recording, records.
+    The caller is never greeted again.
+    """
+    call = t.call
+    t.ledger(
+        "call_adopted",
+        event.at,
+        location=event.location,
+        phase=call.phase.value,
+        untracked_recordings=[n for n, _ in event.untracked_recordings] or None,
+    )
+    refused = call.decision is ConsentAction.CALLER_OPTED_OUT
+    keep = call.facts.policy.keep_partial_on_opt_out
+    for number, mixmonitor_id in event.untracked_recordings:
+        if call.recording is not None and call.recording.number == number:
+            continue
+        found = Segment(number, call.facts.recording_file(number), mixmonitor_id=mixmonitor_id)
+        t.update(segments_opened=max(t.call.segments_opened, number))
+        if _should_record(t.call) and t.call.recording is None:
+            t.update(recording=found)
+            t.ledger("recording_started", event.at, **_segment_data(call, number), adopted=True)
+        else:  # the ledger never knew it, so it cannot be consented: stop and delete
+            t.do(StopRecording(number, found.file, mixmonitor_id))
+            t.do(DeleteRecording(number, found.file))
+    for owed in call.owed_deletions:
+        t.do(DeleteRecording(owed.number, owed.file))
+    t.update(owed_deletions=())
+    current = t.call.recording
+    if current is not None and refused:
+        t.update(recording=replace(current, stopping=True))
+        t.do(StopRecording(current.number, current.file, current.mixmonitor_id))
+        if not keep:
+            t.do(DeleteRecording(current.number, current.file))
+    if event.location == "queue":
+        t.do(Subscribe())
+        if t.call.phase is not Phase.CONNECTED:
+            t.update(phase=Phase.QUEUED)
+        if _should_record(t.call) and t.call.recording is None:
+            t.start_recording()
+        return
+    if event.returned_from_queue is not None:
+        _no_answer(t, ReturnedFromQueue(event.returned_from_queue, event.at))
+        return
+    if t.call.phase is Phase.VOICEMAIL:
+        return
+    playing = call.playback_id(CONSENT)
+    if playing in event.playing:
+        t.update(phase=Phase.GREETING, greeting_playback=playing)
+        return
+    t.update(greeting_playback=None)
+    if _should_record(t.call) and t.call.recording is None:
+        if t.call.facts.group is None:
+            t.update(phase=Phase.HOLDING)
+            t.start_recording()
+            return
+        t.start_recording()  # bridged-only: from the agent's answer
+    t.next_step()
+
+
+def _should_record(call: Call) -> bool:
+    """Whether the policy and the caller's decision want audio recorded now."""
+    recording = call.facts.policy.recording
+    if recording is Recording.ALWAYS:
+        return True
+    if recording is Recording.OPT_IN:
+        return call.decision is ConsentAction.CALLER_OPTED_IN
+    if recording is Recording.OPT_OUT:
+        return call.decision is None
+    return False
 
 
 def _internal_error(t: _Transition, event: InternalError) -> None:

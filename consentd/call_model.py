@@ -234,6 +234,33 @@ class CommandFailed:
 
 
 @dataclass(frozen=True)
+class Adopted:
+    """consentd finds this call already running (it restarted, or ARI reconnected).
+
+    The call's state was rebuilt from its ledger; this says where Asterisk has
+    the channel now, so the flow can reconcile the two.
+    """
+
+    at: datetime
+    #: "stasis" (in consentd's app) or "queue" (in the dialplan's app_queue).
+    location: str
+    #: Playbacks of this call still playing.
+    playing: tuple[str, ...] = ()
+    #: Set when the channel came back from the queue (QUEUESTATUS) meanwhile.
+    returned_from_queue: str | None = None
+    #: MixMonitors Asterisk has on the channel that the ledger never heard of:
+    #: (segment, MixMonitorID), read back from the channel's variables.
+    untracked_recordings: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class HandOff:
+    """The daemon is stopping: leave this call to the next start, which adopts it."""
+
+    at: datetime
+
+
+@dataclass(frozen=True)
 class InternalError:
     """consentd itself failed on this call (a bug, an unexpected error): this call alone."""
 
@@ -266,6 +293,8 @@ Event = (
     | RecordingDeleted
     | CommandFailed
     | InternalError
+    | Adopted
+    | HandOff
     | CallEnded
 )
 
@@ -324,6 +353,11 @@ class StopRecording:
 
 
 @dataclass(frozen=True)
+class Subscribe:
+    """Receive this channel's events wherever it goes (the queue), e.g. after a restart."""
+
+
+@dataclass(frozen=True)
 class ContinueUnrecorded:
     """Hand the call back to the dialplan's unrecorded path (consentd cannot serve it)."""
 
@@ -355,6 +389,7 @@ Command = (
     | DeleteRecording
     | ContinueToQueue
     | ContinueUnrecorded
+    | Subscribe
     | StartVoicemail
     | Hangup
     | WriteLedger

@@ -8,6 +8,7 @@ meanwhile are reconstructed from Asterisk's current state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,9 +16,11 @@ from typing import Any
 
 import structlog
 
+from consentd.adoption import rebuild
 from consentd.ari import CONNECTED, AriError
 from consentd.call_flow import Call, new_call
 from consentd.call_model import (
+    Adopted,
     AgentCompleted,
     AgentConnected,
     CallArrived,
@@ -26,6 +29,7 @@ from consentd.call_model import (
     Direction,
     DtmfReceived,
     Event,
+    HandOff,
     LeftStasis,
     PlaybackFinished,
     QueueAbandoned,
@@ -39,6 +43,9 @@ from consentd.policy import PolicyBook
 from consentd.runner import CallRunner, Ports
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
+
+#: The dialplan context consentd sends callers to for the queue (extensions.conf).
+QUEUE_CONTEXT = "consentd-queue"
 
 #: The ARI events consentd acts on; Asterisk is asked to send no others.
 HANDLED_EVENTS = (
@@ -102,6 +109,8 @@ class Dispatcher:
         self._last_dtmf: dict[CallRunner, tuple[str, datetime]] = {}
         self.calls_started = 0
         self.calls_unserved = 0
+        #: Set on SIGTERM: new calls go on unrecorded, calls in progress finish or are handed on.
+        self.draining = False
         self._log = structlog.get_logger("consentd.dispatch")
 
     async def handle(self, event: dict[str, Any]) -> None:
@@ -115,7 +124,11 @@ class Dispatcher:
         runner = self.calls.get(channel.get("id", ""))
         if kind == "StasisStart":
             args = event.get("args") or []
-            if runner is None:
+            if runner is None and args[:1] == ["after-queue"]:
+                # Back from the queue, but this process never saw it go: it
+                # restarted meanwhile. The call goes on from its ledger.
+                await self._adopt(channel, "stasis", args, at)
+            elif runner is None:
                 self._start_call(channel, args, at, adopted=False)
             elif args[:1] == ["after-queue"]:
                 runner.post(ReturnedFromQueue(str(args[1]) if len(args) > 1 else "", at))
@@ -159,22 +172,16 @@ class Dispatcher:
         if event is not None:
             runner.post(event)
 
-    def _start_call(
-        self, channel: dict[str, Any], args: list[str], at: datetime, *, adopted: bool
-    ) -> None:
+    def _facts(self, channel: dict[str, Any], args: list[str], call_id: str) -> CallFacts:
         config = self._config
-        channel_id = str(channel["id"])
         did = str((channel.get("dialplan") or {}).get("exten", ""))
         match = self._policies.lookup(did)
         announcement, voicemail = self._greetings.routed_greetings(match.policy)
         direction = Direction.OUTBOUND if args[:1] == ["outbound"] else Direction.INBOUND
-        call_id = f"{config.node}:{channel_id}"
-        if adopted:
-            call_id += f"~{config.boot_id}"
-        facts = CallFacts(
+        return CallFacts(
             call_id=call_id,
             node=config.node,
-            channel_id=channel_id,
+            channel_id=str(channel["id"]),
             did=did,
             caller=clean_caller((channel.get("caller") or {}).get("number")),
             direction=direction,
@@ -187,9 +194,19 @@ class Dispatcher:
             announcement=announcement,
             voicemail_greeting=voicemail,
         )
+
+    def _start_call(
+        self, channel: dict[str, Any], args: list[str], at: datetime, *, adopted: bool
+    ) -> None:
+        config = self._config
+        channel_id = str(channel["id"])
+        call_id = f"{config.node}:{channel_id}"
+        if adopted:
+            call_id += f"~{config.boot_id}"  # a call the ledger never heard of
+        facts = self._facts(channel, args, call_id)
         runner = CallRunner(new_call(facts), self._ports)
-        if match.source == "default":
-            runner.log.info("unknown_number_uses_default", policy=match.policy.recording.value)
+        if facts.policy_source == "default":
+            runner.log.info("unknown_number_uses_default", policy=facts.policy.recording.value)
         self.calls[channel_id] = runner
         self.calls_started += 1
         after_queue = args[:1] == ["after-queue"]
@@ -201,8 +218,17 @@ class Dispatcher:
         )
         self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
 
+    def hand_off_all(self) -> None:
+        """Stopping: each call finishes what it is doing, writes ``call_handed_off`` and is
+        left in Asterisk for the next start to adopt (nothing is cut mid-command)."""
+        now = self._ports.clock()
+        for runner in self.calls.values():
+            runner.post(HandOff(now))
+
     def _overloaded(self, arrived: datetime) -> str | None:
         """Shed load rather than strand a caller: consentd is behind, or full."""
+        if self.draining:
+            return "shutting_down"
         lag = (self._ports.clock() - arrived).total_seconds()
         if lag > self._config.shed_after:
             self._log.warning("call_shed", reason="event_lag", lag_s=round(lag, 2))
@@ -243,15 +269,60 @@ class Dispatcher:
             if playback and not await self._ports.ari.playback_exists(playback):
                 runner.post(PlaybackFinished(playback, now, state="finished_while_disconnected"))
         for channel_id, channel in channels.items():
+            if channel_id in self.calls:
+                continue
             dialplan = channel.get("dialplan") or {}
-            ours = (
-                dialplan.get("app_name") == "Stasis"
-                and str(dialplan.get("app_data", "")).split(",")[0] == self._config.app
-            )
-            if ours and channel_id not in self.calls:
-                self._log.info("call_adopted", channel_id=channel_id)
-                args = str(dialplan.get("app_data", "")).split(",")[1:]
-                self._start_call(channel, args, now, adopted=True)
+            app_data = str(dialplan.get("app_data", "")).split(",")
+            if dialplan.get("app_name") == "Stasis" and app_data[0] == self._config.app:
+                await self._adopt(channel, "stasis", app_data[1:], now)
+            elif dialplan.get("context") == QUEUE_CONTEXT:
+                await self._adopt(channel, "queue", [], now)
+
+    async def _adopt(
+        self, channel: dict[str, Any], location: str, args: list[str], at: datetime
+    ) -> None:
+        """Take on a call already running: rebuilt from its ledger when there is one."""
+        channel_id = str(channel["id"])
+        history = await self._ports.ledger.history_of(channel_id)
+        if not history or any(e.kind == "call_ended" for e in history):
+            self._log.info("call_adopted", channel_id=channel_id, ledger=False)
+            if location == "stasis":
+                self._start_call(channel, args, at, adopted=True)
+            return  # in the queue without a ledger: nothing to decide for it
+        call = rebuild(self._facts(channel, args, history[0].call_id), history)
+        playing = await self._still_playing(call)
+        untracked = await self._untracked_recordings(channel_id, call.segments_opened)
+        runner = CallRunner(call, self._ports)
+        self.calls[channel_id] = runner
+        self._log.info("call_adopted", channel_id=channel_id, ledger=True, location=location)
+        returned = (args[1] if len(args) > 1 else "") if args[:1] == ["after-queue"] else None
+        runner.post(Adopted(at, location, playing, returned, untracked))
+        self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
+
+    async def _still_playing(self, call: Call) -> tuple[str, ...]:
+        ids = (call.playback_id("greeting"), call.playback_id("available"))
+        found = []
+        for playback_id in ids:
+            with contextlib.suppress(AriError):
+                if await self._ports.ari.playback_exists(playback_id):
+                    found.append(playback_id)
+        return tuple(found)
+
+    async def _untracked_recordings(
+        self, channel_id: str, known: int
+    ) -> tuple[tuple[int, str], ...]:
+        """MixMonitors started after the last segment the ledger has (the process died
+        between the start and its row): their ids are in the channel's variables."""
+        found = []
+        for segment in range(known + 1, known + 3):
+            try:
+                value = await self._ports.ari.variable(channel_id, f"CONSENTD_MIXMONITOR_{segment}")
+            except AriError:
+                break
+            if not value:
+                break
+            found.append((segment, value))
+        return tuple(found)
 
 
 def _ami_time(value: str | None, fallback: datetime) -> datetime:

@@ -55,6 +55,10 @@ class Journal:
             self._log.warning("journal_torn_tail", path=str(path), set_aside=str(aside))
         return lines
 
+    def lines(self) -> list[str]:
+        """Every line not yet stored elsewhere, oldest first."""
+        return list(self._lines)
+
     def pending(self) -> int:
         return len(self._lines)
 

@@ -10,6 +10,7 @@ back. Every event carries an idempotency key, so a replay never duplicates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,9 @@ class LedgerStore(Protocol):
     async def events_of(self, call_ids: Sequence[str]) -> list[LedgerEvent]:
         """All events of these calls in ledger order."""
 
+    async def events_of_channel(self, channel_id: str) -> list[LedgerEvent]:
+        """All events of the latest call on this Asterisk channel, in ledger order."""
+
 
 class MemoryLedger:
     """An in-process store with the same semantics, for unit tests and dry runs."""
@@ -80,6 +84,22 @@ class MemoryLedger:
         wanted = set(call_ids)
         found = [e for e in self.events.values() if e.call_id in wanted]
         return sorted(found, key=lambda e: (e.call_id, e.seq))
+
+    async def events_of_channel(self, channel_id: str) -> list[LedgerEvent]:
+        if not self.available:
+            raise LedgerUnavailable("memory ledger switched off")
+        return latest_call_of_channel(list(self.events.values()), channel_id)
+
+
+def latest_call_of_channel(events: Sequence[LedgerEvent], channel_id: str) -> list[LedgerEvent]:
+    """The rows of the most recently started call on ``channel_id``, by seq."""
+    starts = [
+        e for e in events if e.kind == "call_started" and e.data.get("channel_id") == channel_id
+    ]
+    if not starts:
+        return []
+    call_id = max(starts, key=lambda e: e.occurred_at).call_id
+    return sorted((e for e in events if e.call_id == call_id), key=lambda e: e.seq)
 
 
 class LedgerWriter:
@@ -106,6 +126,8 @@ class LedgerWriter:
         self.store_reachable = True
         self.stored = 0
         self.journalled = 0
+        #: Set once the journal left by an earlier run has been replayed (or tried).
+        self.ready = asyncio.Event()
 
     def submit(self, event: LedgerEvent) -> None:
         self._queue.put_nowait(event)
@@ -117,6 +139,7 @@ class LedgerWriter:
     async def run(self) -> None:
         """Drain the queue until ``close()``; replay the journal whenever the store is back."""
         await self._replay_journal()
+        self.ready.set()
         closing = False
         while not closing:
             try:
@@ -141,6 +164,27 @@ class LedgerWriter:
                 await self._store_or_journal(batch)
         if self._journal.pending():
             await self._replay_journal()
+
+    async def history_of(self, channel_id: str, *, wait: float = 5.0) -> list[LedgerEvent]:
+        """What the ledger knows of the call on this channel: stored, journalled or queued.
+
+        Waits (up to ``wait`` s) for the journal of an earlier run to be
+        replayed, so a call is never rebuilt from half its rows.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self.ready.wait()
+        known: dict[str, LedgerEvent] = {}
+        try:
+            for event in await self._store.events_of_channel(channel_id):
+                known[event.event_key] = event
+        except LedgerUnavailable as exc:
+            self._log.warning("ledger_history_unavailable", channel_id=channel_id, error=str(exc))
+        pending = [LedgerEvent.from_json(line) for line in self._journal.lines()]
+        pending += [e for e in self._queue._queue if e is not None]  # type: ignore[attr-defined]
+        for event in pending:
+            known.setdefault(event.event_key, event)
+        return latest_call_of_channel(list(known.values()), channel_id)
 
     async def close(self) -> None:
         """Ask ``run()`` to store what is queued and return."""

@@ -173,6 +173,22 @@ class PostgresLedger:
             )
         return [r["call_id"] for r in rows]
 
+    async def events_of_channel(self, channel_id: str) -> list[LedgerEvent]:
+        try:
+            pool = await self.connect()
+            async with pool.acquire(timeout=5) as conn:
+                rows = await conn.fetch(
+                    "SELECT event_key, call_id, node, seq, kind, occurred_at, data"
+                    " FROM call_events WHERE call_id = ("
+                    "   SELECT call_id FROM call_events WHERE kind = 'call_started'"
+                    "   AND data->>'channel_id' = $1 ORDER BY occurred_at DESC, id DESC LIMIT 1"
+                    " ) ORDER BY seq, id",
+                    channel_id,
+                )
+        except (DatabaseError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return [_event(r) for r in rows]
+
     async def events_of(self, call_ids: Sequence[str]) -> list[LedgerEvent]:
         pool = await self.connect()
         async with pool.acquire() as conn:

@@ -40,6 +40,7 @@ from consentd.call_model import (
     StartVoicemail,
     StopPlayback,
     StopRecording,
+    Subscribe,
     WriteLedger,
 )
 from consentd.ledger import LedgerEvent, LedgerWriter
@@ -126,6 +127,8 @@ class CallRunner:
                 case Answer():
                     await ari.answer(facts.channel_id)
                     return Answered(self._ports.clock())
+                case Subscribe():
+                    await ari.subscribe(facts.channel_id)
                 case ContinueUnrecorded():
                     await ari.continue_unrecorded(facts.channel_id, facts.did)
                 case Play():

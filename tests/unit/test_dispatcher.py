@@ -130,6 +130,7 @@ class FakeAri:
         self.live_channels: list[dict[str, Any]] = []
         self.playbacks: set[str] = set()
         self.failing: dict[str, Exception] = {}
+        self.variables: dict[tuple[str, str], str] = {}
 
     def _record(self, *request: str) -> None:
         self.requests.append(request)
@@ -172,6 +173,13 @@ class FakeAri:
 
     async def continue_unrecorded(self, channel_id: str, did: str) -> None:
         self._record("continue_unrecorded", channel_id, did)
+
+    async def subscribe(self, channel_id: str) -> None:
+        self._record("subscribe", channel_id)
+
+    async def variable(self, channel_id: str, name: str) -> str | None:
+        self._record("variable", channel_id, name)
+        return self.variables.get((channel_id, name))
 
 
 class FakeRecorder:
@@ -939,3 +947,130 @@ async def test_an_unexpected_error_in_one_call_fails_that_call_alone(node: Node)
     ]
     await node.feed(stasis_end(broken), stasis_end(fine))
     await node.calls_done()  # both end normally; nothing else was cancelled
+
+
+# ---------------------------------------------------------------- adoption after a restart
+
+
+def earlier_run(
+    store: MemoryLedger, chan: str, did: str, *rows: tuple[str, dict[str, Any]], policy: str
+) -> str:
+    """The ledger a previous daemon left for a call on ``chan``; returns the call id."""
+    call_id = f"pbx1:{chan}"
+    started = {"did": did, "policy": policy, "channel_id": chan, "node": "pbx1"}
+    for seq, (kind, data) in enumerate([("call_started", started), *rows]):
+        store.events[f"{call_id}/{seq}"] = LedgerEvent(
+            f"{call_id}/{seq}", call_id, "pbx1", seq, kind, T0, data
+        )
+    return call_id
+
+
+def segment_row(chan: str, n: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"segment": n, "file": recording_file(chan), "path": "", "bridged_only": False, **extra}
+
+
+async def test_a_refused_recording_a_restart_left_on_disk_is_deleted_exactly_once(
+    node: Node,
+) -> None:
+    chan = "1764432010.1"
+    call_id = earlier_run(
+        node.store, chan, "+4930100003",
+        ("greeting_finished", {"playback_id": f"{chan}-greeting", "state": "done"}),
+        ("recording_started", segment_row(chan, mixmonitor_id="0x1")),
+        ("consent_decided", {"action": "caller_opted_out", "digit": "3", "phase": "holding"}),
+        ("recording_stopped", segment_row(chan, reason="caller_opted_out")),
+        policy="opt_out",
+    )  # fmt: skip
+    audio = node.recorder.host_path(recording_file(chan))
+    audio.parent.mkdir(parents=True, exist_ok=True)
+    audio.write_bytes(b"refused audio")
+    node.ari.live_channels = [channel(chan, "+4930100003")]
+
+    await node.feed({"type": CONNECTED})
+    await until(lambda: not audio.exists())
+
+    assert node.ari.of("answer") == [] and node.ari.of("play") == []  # not greeted again
+    assert node.recorder.requests == []  # nothing new recorded
+    rows = [e for e in await node.ledger() if e.call_id == call_id]
+    assert [e.kind for e in rows][-2:] == ["call_adopted", "recording_deleted"]
+    assert [e.seq for e in rows] == list(range(len(rows)))  # numbering goes on: no collisions
+    await node.feed({"type": CONNECTED})  # a second reconnect: nothing more to do
+    assert len(by_kind(await node.ledger(), "recording_deleted")) == 1
+
+
+async def test_a_caller_in_the_queue_during_a_restart_is_adopted_and_key_3_still_counts(
+    node: Node,
+) -> None:
+    chan = "1764432010.2"
+    call_id = earlier_run(
+        node.store, chan, "+4930100010",
+        ("greeting_finished", {"playback_id": f"{chan}-greeting", "state": "done"}),
+        ("queue_joined", {"queue": "support", "position": 1}),
+        policy="opt_in",
+    )  # fmt: skip
+    queued = channel(chan, "+4930100010")
+    queued["dialplan"].update(context="consentd-queue", app_name="Queue", app_data="support")
+    node.ari.live_channels = [queued]
+
+    await node.feed({"type": CONNECTED}, dtmf(chan, "3"))
+
+    assert node.ari.of("subscribe") == [("subscribe", chan)]
+    assert node.ari.of("answer") == [] and node.ari.of("play") == []
+    decided = by_kind(await node.ledger(), "consent_decided")
+    assert [(e.call_id, e.data["phase"]) for e in decided] == [(call_id, "queued")]
+    assert node.recorder.requests == [("start", chan, recording_file(chan))]
+
+
+async def test_a_recording_the_ledger_never_heard_of_is_stopped_and_deleted(node: Node) -> None:
+    chan = "1764432010.3"
+    earlier_run(
+        node.store, chan, "+4930100002",
+        ("greeting_played", {"playback_id": f"{chan}-greeting"}),
+        policy="opt_in",
+    )  # fmt: skip
+    node.ari.variables[(chan, "CONSENTD_MIXMONITOR_1")] = "0x77"  # started, then the crash
+    node.ari.live_channels = [channel(chan, "+4930100002")]
+
+    await node.feed({"type": CONNECTED})
+
+    assert ("stop", chan, "0x77") in node.recorder.requests
+    adopted = by_kind(await node.ledger(), "call_adopted")
+    assert adopted[0].data["untracked_recordings"] == [1]
+
+
+async def test_a_caller_back_from_the_queue_after_a_restart_keeps_its_call(node: Node) -> None:
+    chan = "1764432010.4"
+    call_id = earlier_run(
+        node.store, chan, "+4930100010",
+        ("queue_joined", {"queue": "support", "position": 1}),
+        policy="opt_in",
+    )  # fmt: skip
+
+    await node.feed(stasis_start(chan, "+4930100010", args=["after-queue", "TIMEOUT"]))
+
+    rows = [e for e in await node.ledger() if e.call_id == call_id]
+    assert [e.kind for e in rows].count("call_started") == 1  # not a second call
+    assert "queue_left" in [e.kind for e in rows]
+    assert [e.seq for e in rows] == list(range(len(rows)))
+    assert node.ari.of("play")[0][2] == f"{chan}-voicemail"
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+async def test_stopping_hands_calls_on_and_sends_new_ones_on_unrecorded(node: Node) -> None:
+    held, late = "1764432011.1", "1764432011.2"
+    await node.feed(stasis_start(held, "+4930100001"))  # always: recording
+    node.dispatcher.draining = True
+
+    await node.feed(stasis_start(late, "+4930100001"))
+    node.dispatcher.hand_off_all()
+    await node.calls_done()
+
+    assert node.ari.of("continue_unrecorded") == [("continue_unrecorded", late, "+4930100001")]
+    rows = [e for e in await node.ledger() if e.call_id == f"pbx1:{held}"]
+    assert rows[-1].kind == "call_handed_off"
+    assert "call_ended" not in [e.kind for e in rows]  # the call goes on, for the next start
+    assert ("stop", held) not in [r[:2] for r in node.recorder.requests]  # recording goes on
+    unserved = by_kind(await node.ledger(), "call_unserved")
+    assert [e.data["reason"] for e in unserved] == ["shutting_down"]

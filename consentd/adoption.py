@@ -1,0 +1,101 @@
+"""A call consentd finds already running (after a restart or a reconnect), rebuilt from its ledger.
+
+The ledger is the memory that survives the process: the consent decision, each
+recording segment and its MixMonitor id, what was refused but not yet
+deleted, and how far the call got. ``rebuild`` turns a call's ledger rows back
+into the state the flow had, so the call keeps its id and its numbering and
+is never greeted or recorded twice; the flow's ``Adopted`` transition then
+reconciles that state with what Asterisk reports now. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from consentd.call_flow import CONSENT, Call
+from consentd.call_model import CallFacts, ConsentAction, Phase, Segment
+from consentd.ledger import LedgerEvent
+from consentd.policy import Recording
+
+#: The kinds that say where a call is, latest wins.
+_PHASE_OF = {
+    "greeting_finished": None,  # decided below: it depends on which greeting
+    "queue_joined": Phase.QUEUED,
+    "agent_connected": Phase.CONNECTED,
+    "voicemail_started": Phase.VOICEMAIL,
+    "call_unserved": Phase.UNSERVED,
+    "call_ended": Phase.ENDED,
+}
+
+
+def rebuild(facts: CallFacts, events: Sequence[LedgerEvent]) -> Call:
+    """The call as the ledger knows it. ``events`` are one call's rows, any order."""
+    ordered = sorted(events, key=lambda e: e.seq)
+    call = Call(facts=_facts_as_started(facts, ordered))
+    segments: dict[int, dict[str, Any]] = {}
+    phase = Phase.GREETING
+    consent_greeting_done = False
+    for event in ordered:
+        data = event.data
+        if event.kind == "consent_decided":
+            call = replace(call, decision=ConsentAction(data["action"]))
+        elif event.kind.startswith("recording_") and "segment" in data:
+            segments.setdefault(int(data["segment"]), {"file": data.get("file")})[event.kind] = data
+        elif event.kind == "greeting_finished" and str(data.get("playback_id", "")).endswith(
+            f"-{CONSENT}"
+        ):
+            consent_greeting_done = True
+        elif event.kind == "voicemail_finished":
+            call = replace(call, voicemail_active=False)
+        if event.kind == "voicemail_started":
+            call = replace(call, voicemail_active=True)
+        if _PHASE_OF.get(event.kind) is not None:
+            phase = _PHASE_OF[event.kind]  # type: ignore[assignment]
+        if event.kind == "call_unserved":
+            call = replace(call, unserved=str(data.get("reason", "")))
+    if phase is Phase.GREETING and consent_greeting_done and facts.group is None:
+        phase = Phase.HOLDING
+    open_segment, owed = _segments(facts, call, segments)
+    return replace(
+        call,
+        phase=phase,
+        next_seq=max((e.seq for e in ordered), default=-1) + 1,
+        segments_opened=max(segments, default=0),
+        recording=open_segment,
+        owed_deletions=owed,
+        pending_greetings=(),
+    )
+
+
+def _facts_as_started(facts: CallFacts, events: Sequence[LedgerEvent]) -> CallFacts:
+    """A call keeps the policy it started with, even if the file changed since."""
+    started = next((e for e in events if e.kind == "call_started"), None)
+    if started is None:
+        return facts
+    recording = started.data.get("policy")
+    if recording and recording != facts.policy.recording.value:
+        return replace(
+            facts, policy=facts.policy.model_copy(update={"recording": Recording(recording)})
+        )
+    return facts
+
+
+def _segments(
+    facts: CallFacts, call: Call, segments: dict[int, dict[str, Any]]
+) -> tuple[Segment | None, tuple[Segment, ...]]:
+    """The segment still recording, and the refused ones whose deletion is owed."""
+    open_segment = None
+    owed = []
+    refused = call.decision is ConsentAction.CALLER_OPTED_OUT
+    keep = facts.policy.keep_partial_on_opt_out
+    for number, rows in sorted(segments.items()):
+        started = rows.get("recording_started")
+        file = str(rows.get("file") or facts.recording_file(number))
+        segment = Segment(number, file, mixmonitor_id=(started or {}).get("mixmonitor_id") or None)
+        if "recording_stopped" not in rows and started is not None:
+            open_segment = segment
+        elif refused and not keep and "recording_deleted" not in rows:
+            owed.append(segment)
+    return open_segment, tuple(owed)

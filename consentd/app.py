@@ -40,6 +40,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
     store = PostgresLedger(settings.database_url)
     try:
         await store.connect()
+        await store.claim_node(settings.node)
     except DatabaseError as exc:
         log.warning("database_unavailable_at_start", error=str(exc), action="journalling")
     journal = Journal(settings.journal_dir / f"{settings.node}.jsonl")

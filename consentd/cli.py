@@ -76,8 +76,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"consentd: not starting, the policy file has errors:\n{exc}", file=sys.stderr)
         return 2
     from consentd.app import run  # the daemon's imports are not needed for check/calls
+    from consentd.ledger_pg import NodeInUse
 
-    run(settings, book)
+    try:
+        run(settings, book)
+    except NodeInUse as exc:
+        print(f"consentd: not starting: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

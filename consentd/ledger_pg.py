@@ -101,13 +101,41 @@ def _redact(dsn: str) -> str:
     return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
 
 
+class NodeInUse(Exception):
+    """Another live consentd already runs under this node name."""
+
+
 class PostgresLedger:
     """The ledger in PostgreSQL; connects and migrates lazily, so consentd starts without it."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._pool: asyncpg.Pool | None = None
+        self._node_lock: asyncpg.Connection | None = None
         self._log = structlog.get_logger("consentd.ledger_pg")
+
+    async def claim_node(self, node: str) -> None:
+        """Hold the node's name for this process's life (a session advisory lock).
+
+        Two daemons under one name would number their calls alike and their
+        ledger rows would collide; the second is refused instead. PostgreSQL
+        frees the lock when this process's connection goes, however it ends.
+        Raises NodeInUse, or DatabaseError when the database cannot be asked.
+        """
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=5)
+            claimed = await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtextextended('consentd-node:' || $1, 0))", node
+            )
+        except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            raise DatabaseError(f"could not claim node {node!r}: {exc}") from exc
+        if not claimed:
+            await conn.close()
+            raise NodeInUse(
+                f"node name {node!r} is in use by another running consentd"
+                " (set CONSENTD_NODE to a name of its own for each daemon)"
+            )
+        self._node_lock = conn
 
     async def connect(self) -> asyncpg.Pool:
         """Connect and apply migrations; raises DatabaseError with an explanation."""
@@ -127,6 +155,9 @@ class PostgresLedger:
         return self._pool
 
     async def close(self) -> None:
+        if self._node_lock is not None:
+            await self._node_lock.close()
+            self._node_lock = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

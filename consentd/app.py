@@ -36,13 +36,13 @@ from consentd.settings import Settings
 
 async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: float = 5.0) -> None:
     log = structlog.get_logger("consentd")
-    greetings = GreetingLibrary.install(book, settings.sounds_dir, settings.asterisk_root)
     store = PostgresLedger(settings.database_url)
     try:
         await store.connect()
-        await store.claim_node(settings.node)
+        await store.claim_node(settings.node)  # first: a refused daemon touches nothing
     except DatabaseError as exc:
         log.warning("database_unavailable_at_start", error=str(exc), action="journalling")
+    greetings = GreetingLibrary.install(book, settings.sounds_dir, settings.asterisk_root)
     journal = Journal(settings.journal_dir / f"{settings.node}.jsonl")
     writer = LedgerWriter(store, journal)
     ami = AmiClient(

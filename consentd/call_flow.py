@@ -34,8 +34,10 @@ from consentd.call_model import (
     ConsentAction,
     ContinueToQueue,
     ContinueUnrecorded,
+    DeleteIfEmpty,
     DeleteRecording,
     DtmfReceived,
+    EmptyFileRemoved,
     Event,
     HandOff,
     Hangup,
@@ -86,6 +88,10 @@ class Call:
     owed_deletions: tuple[Segment, ...] = ()
     #: The runner should stop after this event (the daemon hands the call on).
     handed_off: bool = False
+    #: An agent answered at some point (bridged-only recordings hold audio).
+    agent_answered: bool = False
+    #: consentd asked Asterisk to record a voicemail.
+    voicemail_requested: bool = False
 
     @property
     def ended(self) -> bool:
@@ -141,6 +147,7 @@ class _Transition:
         if call.phase is Phase.VOICEMAIL:
             group = call.facts.group
             assert group is not None
+            self.update(voicemail_requested=True)
             self.do(StartVoicemail(call.facts.voicemail_name, group.voicemail_max_seconds))
         elif call.pending_greetings:
             suffix, *rest = call.pending_greetings
@@ -173,7 +180,7 @@ def new_call(facts: CallFacts) -> Call:
     return Call(facts=facts, pending_greetings=tuple(greetings))
 
 
-_AFTER_END = RecordingStopped | RecordingDeleted
+_AFTER_END = RecordingStopped | RecordingDeleted | EmptyFileRemoved
 
 
 def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
@@ -211,10 +218,12 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
                 t.update(recording=None)
         case RecordingDeleted():
             t.ledger("recording_deleted", event.at, **_segment_data(call, event.segment))
+        case EmptyFileRemoved():
+            t.ledger("empty_file_deleted", event.at, file=event.file)
         case QueueJoined():
             t.ledger("queue_joined", event.at, queue=event.queue, position=event.position)
         case AgentConnected():
-            t.update(phase=Phase.CONNECTED)
+            t.update(phase=Phase.CONNECTED, agent_answered=True)
             t.ledger(
                 "agent_connected",
                 event.at,
@@ -536,6 +545,14 @@ def _end(t: _Transition, event: CallEnded) -> None:
         t.update(voicemail_active=False)
     t.ledger("call_ended", event.at, cause=event.cause)
     t.update(phase=Phase.ENDED, greeting_playback=None)
+    # No empty files left behind: a bridged-only recording whose caller never
+    # reached an agent, or a voicemail hung up at the beep, holds only a header.
+    call = t.call
+    if call.facts.group is not None and not call.agent_answered:
+        for number in range(1, call.segments_opened + 1):
+            t.do(DeleteIfEmpty(call.facts.recording_file(number)))
+    if call.voicemail_requested:
+        t.do(DeleteIfEmpty(call.facts.voicemail_file))
 
 
 def _segment_data(call: Call, segment: int) -> dict[str, Any]:

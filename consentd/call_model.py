@@ -269,6 +269,14 @@ class InternalError:
 
 
 @dataclass(frozen=True)
+class EmptyFileRemoved:
+    """A recording file that held nothing but its WAV header was deleted."""
+
+    file: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class CallEnded:
     at: datetime
     cause: str = "hangup"
@@ -295,6 +303,7 @@ Event = (
     | InternalError
     | Adopted
     | HandOff
+    | EmptyFileRemoved
     | CallEnded
 )
 
@@ -353,6 +362,13 @@ class StopRecording:
 
 
 @dataclass(frozen=True)
+class DeleteIfEmpty:
+    """After the call: delete ``file`` if it holds no audio (a WAV header only)."""
+
+    file: str
+
+
+@dataclass(frozen=True)
 class Subscribe:
     """Receive this channel's events wherever it goes (the queue), e.g. after a restart."""
 
@@ -390,6 +406,7 @@ Command = (
     | ContinueToQueue
     | ContinueUnrecorded
     | Subscribe
+    | DeleteIfEmpty
     | StartVoicemail
     | Hangup
     | WriteLedger

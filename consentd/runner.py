@@ -27,7 +27,9 @@ from consentd.call_model import (
     CommandFailed,
     ContinueToQueue,
     ContinueUnrecorded,
+    DeleteIfEmpty,
     DeleteRecording,
+    EmptyFileRemoved,
     Event,
     Hangup,
     InternalError,
@@ -44,6 +46,9 @@ from consentd.call_model import (
     WriteLedger,
 )
 from consentd.ledger import LedgerEvent, LedgerWriter
+
+#: A WAV file this small holds its header and no audio.
+WAV_HEADER_BYTES = 44
 
 
 def utc_now() -> datetime:
@@ -161,6 +166,9 @@ class CallRunner:
                 case StopRecording():
                     await recorder.stop(facts.channel_id, command.mixmonitor_id)
                     return RecordingStopped(command.segment, self._ports.clock())
+                case DeleteIfEmpty():
+                    if await self._delete_if_empty(Path(facts.host_path(command.file))):
+                        return EmptyFileRemoved(command.file, self._ports.clock())
                 case DeleteRecording():
                     await self._delete(Path(facts.host_path(command.file)))
                     return RecordingDeleted(command.segment, self._ports.clock())
@@ -199,6 +207,17 @@ class CallRunner:
             await asyncio.sleep(0.05)
         path.unlink(missing_ok=True)
         self._purged.append(path)
+
+    async def _delete_if_empty(self, path: Path) -> bool:
+        """A WAV of 44 bytes or less is a header alone; give the writer time to close it."""
+        await asyncio.sleep(self._ports.delete_grace)
+        try:
+            if path.stat().st_size > WAV_HEADER_BYTES:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     async def _confirm_purged(self) -> None:
         """After hangup MixMonitor has closed its files; make sure deleted audio stayed deleted."""

@@ -1074,3 +1074,38 @@ async def test_stopping_hands_calls_on_and_sends_new_ones_on_unrecorded(node: No
     assert ("stop", held) not in [r[:2] for r in node.recorder.requests]  # recording goes on
     unserved = by_kind(await node.ledger(), "call_unserved")
     assert [e.data["reason"] for e in unserved] == ["shutting_down"]
+
+
+async def test_a_bridged_only_recording_that_never_reached_an_agent_leaves_no_file(
+    node: Node,
+) -> None:
+    chan = "1764432012.1"
+    await node.feed(stasis_start(chan, "+4930100010"))  # opt-in, routed
+    for playback in ("available", "greeting"):
+        await node.feed(playback_finished(chan, f"{chan}-{playback}"))
+    await node.feed(dtmf(chan, "3"))  # consented in the queue: MixMonitor b starts
+    audio = node.recorder.host_path(recording_file(chan))
+    assert audio.exists()  # the fake writes a bare header, as MixMonitor does
+
+    await node.feed(stasis_end(chan), {**stasis_end(chan), "type": "ChannelDestroyed"})
+    await node.calls_done()
+
+    assert not audio.exists()
+    deleted = by_kind(await node.ledger(), "empty_file_deleted")
+    assert [e.data["file"] for e in deleted] == [recording_file(chan)]
+
+
+async def test_a_file_with_audio_is_never_taken_for_empty(node: Node) -> None:
+    chan = "1764432012.2"
+    await node.feed(stasis_start(chan, "+4930100010"))
+    for playback in ("available", "greeting"):
+        await node.feed(playback_finished(chan, f"{chan}-{playback}"))
+    await node.feed(dtmf(chan, "3"))
+    audio = node.recorder.host_path(recording_file(chan))
+    audio.write_bytes(b"RIFF" + bytes(40) + b"\x01\x02" * 800)  # a header and some audio
+
+    await node.feed(stasis_end(chan), {**stasis_end(chan), "type": "ChannelDestroyed"})
+    await node.calls_done()
+
+    assert audio.exists()
+    assert by_kind(await node.ledger(), "empty_file_deleted") == []

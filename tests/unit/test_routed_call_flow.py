@@ -21,6 +21,7 @@ from consentd.call_model import (
     Command,
     CommandFailed,
     ContinueToQueue,
+    DeleteIfEmpty,
     DeleteRecording,
     Hangup,
     LeftStasis,
@@ -397,6 +398,7 @@ def test_leaving_stasis_during_a_greeting_ends_the_call(facts: Facts) -> None:
             },
         ),
         WriteLedger(2, "call_ended", at(3), {"cause": "hangup"}),
+        DeleteIfEmpty(FILE_1),  # bridged-only, never bridged: only a header, if anything
     ]
     assert call.ended
 
@@ -511,7 +513,10 @@ def test_voicemail_start_and_finish_are_written_and_the_call_hung_up(
         ),
         Hangup(),
     ]
-    assert ended == [WriteLedger(seq + 2, "call_ended", at(49.2), {"cause": "hangup"})]
+    assert ended == [
+        WriteLedger(seq + 2, "call_ended", at(49.2), {"cause": "hangup"}),
+        DeleteIfEmpty(VOICEMAIL_FILE),  # a message hung up at the beep holds no audio
+    ]
 
 
 def test_hangup_while_leaving_a_voicemail_finishes_it_before_the_call_ends(facts: Facts) -> None:
@@ -528,6 +533,7 @@ def test_hangup_while_leaving_a_voicemail_finishes_it_before_the_call_ends(facts
             {"state": "hangup", "duration": None, "file": VOICEMAIL_FILE, "path": VOICEMAIL_FILE},
         ),
         WriteLedger(seq + 1, "call_ended", at(41), {"cause": "hangup"}),
+        DeleteIfEmpty(VOICEMAIL_FILE),
     ]
     assert call.ended and not call.voicemail_active
 

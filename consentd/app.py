@@ -51,7 +51,9 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         settings.ami_user,
         settings.ami_secret,
         action_timeout=settings.ami_timeout,
-        events="agent",  # app_queue: QueueCallerJoin, AgentConnect, AgentComplete, ...
+        # app_queue (QueueCallerJoin, AgentConnect, ...) and DTMFEnd, a second
+        # source of keypresses while the ARI websocket is down.
+        events="agent,dtmf",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

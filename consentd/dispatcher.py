@@ -44,6 +44,9 @@ from consentd.runner import CallRunner, Ports
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
 
+#: Reports of the same digit closer than this are one press (no finger is that fast).
+SAME_PRESS_S = 0.3
+
 #: The dialplan context consentd sends callers to for the queue (extensions.conf).
 QUEUE_CONTEXT = "consentd-queue"
 
@@ -137,10 +140,7 @@ class Dispatcher:
             self._route_by_target(event, at)
             return
         if kind == "ChannelDtmfReceived":
-            digit = str(event.get("digit", ""))
-            if self._last_dtmf.get(runner) != (digit, at):  # one press, one count
-                self._last_dtmf[runner] = (digit, at)
-                runner.post(DtmfReceived(digit, at, event.get("duration_ms")))
+            self._press(runner, str(event.get("digit", "")), at, event.get("duration_ms"))
         elif kind == "StasisEnd":
             runner.post(LeftStasis(at))
         elif kind == "ChannelDestroyed":
@@ -163,14 +163,26 @@ class Dispatcher:
             runner.post(VoicemailFinished(str(item.get("state", "done")), duration, at))
 
     def handle_ami(self, message: dict[str, str]) -> None:
-        """app_queue's AMI events about a caller we handle (matched by Uniqueid)."""
+        """AMI events about a caller we handle (matched by Uniqueid): app_queue's, and
+        DTMFEnd, a second source of keypresses for when the ARI websocket is down."""
         runner = self.calls.get(message.get("Uniqueid", ""))
         if runner is None:
             return
         at = _ami_time(message.get("Timestamp"), self._ports.clock())
+        if message.get("Event") == "DTMFEnd" and message.get("Direction") == "Received":
+            self._press(runner, message.get("Digit", ""), at, _int(message.get("DurationMs")))
+            return
         event = _queue_event(message, at)
         if event is not None:
             runner.post(event)
+
+    def _press(self, runner: CallRunner, digit: str, at: datetime, duration: object) -> None:
+        """One press, one count: ARI and AMI both report it, a few ms apart at most."""
+        last = self._last_dtmf.get(runner)
+        if last and last[0] == digit and abs((at - last[1]).total_seconds()) < SAME_PRESS_S:
+            return
+        self._last_dtmf[runner] = (digit, at)
+        runner.post(DtmfReceived(digit, at, duration if isinstance(duration, int) else None))
 
     def _facts(self, channel: dict[str, Any], args: list[str], call_id: str) -> CallFacts:
         config = self._config

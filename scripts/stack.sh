@@ -6,6 +6,7 @@
 #   scripts/stack.sh down                 stop everything this checkout started
 #   scripts/stack.sh status               show what runs
 #   scripts/stack.sh db-stop | db-start   stop or start only PostgreSQL (fault tests)
+#   scripts/stack.sh asterisk-restart     stop and start only Asterisk (fault tests)
 #
 # Environment:
 #   CONSENTD_DATABASE_URL=...     use this database; no cluster is started
@@ -317,5 +318,7 @@ status) cmd_status ;;
 # Asterisk and consentd keep running (consentd journals meanwhile).
 db-stop) stop_postgres ;;
 db-start) start_postgres ;;
-*) echo "usage: $0 up [POLICIES_FILE] | down | status | db-stop | db-start" >&2; exit 2 ;;
+# Fault injection: Asterisk goes away and comes back (every call on it ends).
+asterisk-restart) mkdir -p "$RUN"; stop_asterisk; start_asterisk ;;
+*) echo "usage: $0 up [POLICIES_FILE] | down | status | db-stop | db-start | asterisk-restart" >&2; exit 2 ;;
 esac

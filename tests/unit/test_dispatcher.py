@@ -1109,3 +1109,35 @@ async def test_a_file_with_audio_is_never_taken_for_empty(node: Node) -> None:
 
     assert audio.exists()
     assert by_kind(await node.ledger(), "empty_file_deleted") == []
+
+
+def ami_dtmf(channel_id: str, digit: str, timestamp: str) -> dict[str, str]:
+    return {
+        "Event": "DTMFEnd", "Channel": "PJSIP/trunk-00000001", "Uniqueid": channel_id,
+        "Digit": digit, "DurationMs": "120", "Direction": "Received", "Timestamp": timestamp,
+    }  # fmt: skip
+
+
+async def test_a_key_reported_by_both_ari_and_ami_counts_once(node: Node) -> None:
+    chan = "1764432013.1"
+    await node.feed(stasis_start(chan, "+4930100002"))
+
+    await node.feed(dtmf(chan, "3", timestamp="2026-11-29T16:00:01.500+0000"))
+    node.dispatcher.handle_ami(ami_dtmf(chan, "3", "1795968001.503"))  # the same press
+    await settle()
+
+    presses = by_kind(await node.ledger(), "keypress")
+    assert [(e.data["digit"], e.data["decides"]) for e in presses] == [("3", True)]
+
+
+async def test_a_key_pressed_while_the_ari_websocket_is_down_still_counts(node: Node) -> None:
+    chan = "1764432013.2"
+    await node.feed(stasis_start(chan, "+4930100002"))
+
+    node.dispatcher.handle_ami(ami_dtmf(chan, "3", "1795968002.0"))  # ARI never reports it
+    node.dispatcher.handle_ami({**ami_dtmf(chan, "3", "1795968002.1"), "Direction": "Sent"})
+    await settle()
+
+    decided = by_kind(await node.ledger(), "consent_decided")
+    assert [e.data["action"] for e in decided] == ["caller_opted_in"]
+    assert len(by_kind(await node.ledger(), "keypress")) == 1  # the sent digit is not the caller's

@@ -1,0 +1,135 @@
+"""The fault suite's load and its verdict, both from outside the daemon.
+
+A load is four SIPp processes at once, 50 calls each: opt-in with and without
+key 3, opt-out with and without key 3. Every caller streams a tone with its key
+in one RTP stream. The verdict reads only what an auditor could: the ledger in
+PostgreSQL and the WAV files on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.sipp_load import LoadPlan, LoadResult, run_load
+from bench.step import ledger_drained, wait_idle
+from consentd.sipp_media import MediaPlan, pcap_file
+from tests.e2e.harness import DATABASE_URL, ROOT
+
+OPT_IN, OPT_OUT = "+4930100007", "+4930100003"
+CALL_MS = 9000
+#: Key 3 for opt-in at 2 s (during the greeting); for opt-out after its greeting.
+PRESS_MS = {OPT_IN: 2000, OPT_OUT: 6000}
+
+
+@dataclass(frozen=True)
+class Group:
+    did: str
+    press: bool
+
+    @property
+    def name(self) -> str:
+        kind = "opt_in" if self.did == OPT_IN else "opt_out"
+        return f"{kind}_{'with' if self.press else 'without'}_3"
+
+
+GROUPS = tuple(Group(did, press) for did in (OPT_IN, OPT_OUT) for press in (True, False))
+
+
+async def place_load(
+    workdir: Path, *, calls_per_group: int, cps_per_group: float
+) -> list[LoadResult]:
+    """All four groups at once, each its own SIPp process and ports."""
+    loads = []
+    for n, group in enumerate(GROUPS):
+        media = MediaPlan(CALL_MS, PRESS_MS[group.did] if group.press else None)
+        plan = LoadPlan(
+            group.did, cps_per_group, calls_per_group, pcap_file(media, workdir), 0, CALL_MS
+        )
+        loads.append(run_load(plan, workdir / group.name, port=5600 + 20 * n))
+    return list(await asyncio.gather(*loads))
+
+
+@dataclass
+class Verdict:
+    placed: int
+    calls: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    forbidden: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    unended: list[str] = field(default_factory=list)
+
+    def line(self, case: str) -> str:
+        return (
+            f"{case}: placed {self.placed}, reached consentd {self.calls},"
+            f" outcomes {dict(self.outcomes)}, forbidden recordings {len(self.forbidden)},"
+            f" duplicates {len(self.duplicates)}, not ended {len(self.unended)}"
+        )
+
+
+async def verdict(since: float, placed: int) -> Verdict:
+    """What the ledger and the disk say about every call since ``since``."""
+    await wait_idle(60)
+    await ledger_drained(60)
+    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        rows = await conn.fetch(
+            "SELECT event_key, call_id, seq, kind, data::text AS data FROM call_events"
+            " WHERE call_id IN (SELECT call_id FROM call_events WHERE kind = 'call_started'"
+            "   AND data->>'did' = ANY($1::text[]) AND occurred_at >= to_timestamp($2))"
+            " ORDER BY call_id, seq",
+            [OPT_IN, OPT_OUT],
+            since,
+        )
+    finally:
+        await conn.close()
+    calls: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+    for row in rows:
+        calls.setdefault(row["call_id"], []).append(
+            (row["seq"], row["kind"], json.loads(row["data"]))
+        )
+    result = Verdict(placed, calls=len(calls))
+    for call_id, events in calls.items():
+        _judge(result, call_id, events)
+    return result
+
+
+def _judge(result: Verdict, call_id: str, events: list[tuple[int, str, dict[str, Any]]]) -> None:
+    kinds = Counter(kind for _, kind, _ in events)
+    seqs = [seq for seq, _, _ in events]
+    if len(seqs) != len(set(seqs)) or kinds["call_started"] != 1 or kinds["consent_decided"] > 1:
+        result.duplicates.append(f"{call_id}: {dict(kinds)}")
+    if kinds["call_ended"] != 1 and kinds["call_handed_off"] == 0:
+        result.unended.append(f"{call_id}: {[k for _, k, _ in events]}")
+    started = next(data for _, kind, data in events if kind == "call_started")
+    decided = next((data for _, kind, data in events if kind == "consent_decided"), None)
+    if "call_unserved" in kinds:
+        result.outcomes["unserved"] += 1
+    else:
+        result.outcomes[decided["action"] if decided else f"{started['policy']}_undecided"] += 1
+    refused = (started["policy"] == "opt_in" and decided is None) or (
+        started["policy"] == "opt_out" and decided is not None
+    )
+    if not refused:
+        return
+    files = {data["file"] for _, kind, data in events if kind == "recording_started"}
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in call_id)
+    files |= {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "var/spool/asterisk/monitor").glob(f"consentd-{safe}-*.wav")
+    }
+    for file in files:
+        path = ROOT / str(file).lstrip("/")
+        if path.exists() and path.stat().st_size > 44:
+            result.forbidden.append(f"{call_id}: {path} kept ({path.stat().st_size} bytes)")
+
+
+def now() -> float:
+    return time.time()

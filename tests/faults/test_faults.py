@@ -1,0 +1,185 @@
+"""Consent safety under faults: each case runs 200 calls with media while one thing breaks.
+
+Half the callers press 3 (opt-in: consent; opt-out: refusal). In the middle
+of the load one fault strikes and is then repaired. Afterwards, from the
+ledger and the disk only:
+- every call that reached consentd has one start, one end (or was handed on)
+  and at most one consent decision;
+- no recording is kept for an opt-in call without a 3, or an opt-out call
+  after its 3;
+- no duplicate rows, no process left behind.
+The counts are printed per case (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import REPO, ROOT, STACK, Stack, stack_command
+from tests.faults.load import place_load, verdict
+from tests.faults.proxy import Proxy
+
+pytestmark = pytest.mark.e2e
+
+RUN = REPO / ".state" / "run"
+CALLS_PER_GROUP, CPS_PER_GROUP = 50, 2.5
+Fault = Callable[[], Awaitable[None]]
+
+
+def _pid(name: str) -> int:
+    return int((RUN / f"{name}.pid").read_text())
+
+
+def _daemon(stack: Stack, **env: str) -> None:
+    """(Re)start consentd the way `make up` does, with extra settings."""
+    subprocess.run(
+        [str(STACK), "up", str(stack.policies)],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=True,
+    )
+
+
+def _wait_gone(pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.1)
+
+
+def _asterisk(command: str) -> None:
+    subprocess.run(
+        ["chroot", str(ROOT), "/usr/sbin/asterisk", "-rx", command],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+
+
+@pytest.fixture
+def proxies(stack: Stack) -> Iterator[tuple[Proxy, Proxy]]:
+    """consentd talks to ARI and AMI through proxies the test can cut."""
+    with Proxy(18088, 8088) as ari, Proxy(15038, 5038) as ami:
+        _daemon(stack, CONSENTD_ARI_URL="http://127.0.0.1:18088/ari", CONSENTD_AMI_PORT="15038")
+        yield ari, ami
+    _daemon(stack)
+
+
+def _run_case(name: str, stack: Stack, tmp: Path, strike: Fault, repair: Fault) -> None:
+    since = time.time() - 1
+
+    async def scenario() -> int:
+        load = asyncio.create_task(
+            place_load(tmp, calls_per_group=CALLS_PER_GROUP, cps_per_group=CPS_PER_GROUP)
+        )
+        await asyncio.sleep(7)
+        await strike()
+        await asyncio.sleep(5)
+        await repair()
+        results = await load
+        return sum(r.offered for r in results)
+
+    placed = asyncio.run(scenario())
+    result = asyncio.run(verdict(since, placed))
+    print(result.line(name))
+    assert placed >= 4 * CALLS_PER_GROUP * 0.95
+    assert result.calls > 0
+    assert result.forbidden == [], result.forbidden[:5]
+    assert result.duplicates == [], result.duplicates[:5]
+    assert result.unended == [], result.unended[:5]
+    stray = subprocess.run(["pgrep", "-x", "sipp"], capture_output=True, text=True).stdout
+    assert stray == "", f"SIPp processes left: {stray.split()}"
+
+
+def _thread(fn: Callable[[], object]) -> Fault:
+    async def run() -> None:
+        await asyncio.to_thread(fn)
+
+    return run
+
+
+def test_postgres_stops_and_restarts(stack: Stack, tmp_path: Path) -> None:
+    _run_case(
+        "postgres restart", stack, tmp_path,
+        _thread(lambda: stack_command("db-stop")), _thread(lambda: stack_command("db-start")),
+    )  # fmt: skip
+
+
+def test_consentd_is_killed_and_restarted(stack: Stack, tmp_path: Path) -> None:
+    def kill() -> None:
+        pid = _pid("consentd")
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 10)
+
+    _run_case("consentd SIGKILL", stack, tmp_path, _thread(kill), _thread(lambda: _daemon(stack)))
+
+
+def test_consentd_is_stopped_under_load_and_started_again(stack: Stack, tmp_path: Path) -> None:
+    def term() -> None:
+        pid = _pid("consentd")
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone(pid, 30)
+
+    _run_case("consentd SIGTERM", stack, tmp_path, _thread(term), _thread(lambda: _daemon(stack)))
+
+
+def test_asterisk_restarts(stack: Stack, tmp_path: Path) -> None:
+    def restart() -> None:
+        stack_command("asterisk-restart")
+
+    async def nothing() -> None:
+        return None
+
+    _run_case("asterisk restart", stack, tmp_path, _thread(restart), nothing)
+
+
+def test_the_ari_websocket_drops(
+    stack: Stack, tmp_path: Path, proxies: tuple[Proxy, Proxy]
+) -> None:
+    ari, _ = proxies
+    _run_case(
+        "ARI drop", stack, tmp_path, _thread(lambda: ari.cut(refuse=True)), _thread(ari.restore)
+    )
+
+
+def test_ami_drops(stack: Stack, tmp_path: Path, proxies: tuple[Proxy, Proxy]) -> None:
+    _, ami = proxies
+    _run_case(
+        "AMI drop", stack, tmp_path, _thread(lambda: ami.cut(refuse=True)), _thread(ami.restore)
+    )
+
+
+def test_the_journal_disk_fills_while_postgres_is_away(stack: Stack, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(journal)], check=True)
+    try:
+        _daemon(stack, CONSENTD_JOURNAL_DIR=str(journal))
+
+        def fill() -> None:
+            stack_command("db-stop")
+            filler = journal / "filler"
+            with filler.open("wb") as fh, open("/dev/zero", "rb") as zero:
+                while True:
+                    try:
+                        fh.write(zero.read(4096))
+                        fh.flush()
+                    except OSError:
+                        break
+
+        def repair() -> None:
+            (journal / "filler").unlink()
+            stack_command("db-start")
+
+        _run_case("journal disk full", stack, tmp_path, _thread(fill), _thread(repair))
+    finally:
+        _daemon(stack)
+        subprocess.run(["umount", "-l", str(journal)], check=False)

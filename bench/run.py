@@ -54,7 +54,7 @@ def plan_steps(quick: bool) -> list[StepSpec]:
         ]
     media = [
         StepSpec(cps, kind, 10, 10_000)
-        for cps in (5, 10, 20, 40, 80)
+        for cps in (5, 10, 20, 40, 60, 80)
         for kind in ("steady", "jitter")
     ]
     signalling = [StepSpec(cps, "none", 6, 4000) for cps in (100, 200, 300, 400, 600)]

@@ -529,6 +529,8 @@ def _internal_error(t: _Transition, event: InternalError) -> None:
 
 def _end(t: _Transition, event: CallEnded) -> None:
     segment = t.call.recording
+    refused = t.call.decision is ConsentAction.CALLER_OPTED_OUT
+    delete_refused = refused and not t.call.facts.policy.keep_partial_on_opt_out
     if segment is not None and not segment.stopping:
         # MixMonitor ends with the channel; the hangup is the stop time.
         t.ledger(
@@ -538,6 +540,11 @@ def _end(t: _Transition, event: CallEnded) -> None:
             **_segment_data(t.call, segment.number),
         )
         t.update(recording=None)
+        if delete_refused:  # refused, but the stop never happened (found after a restart)
+            t.do(DeleteRecording(segment.number, segment.file))
+    for owed in t.call.owed_deletions:
+        t.do(DeleteRecording(owed.number, owed.file))
+    t.update(owed_deletions=())
     if t.call.voicemail_active:
         t.ledger(
             "voicemail_finished", event.at, state="hangup", duration=None, **_voicemail_data(t.call)

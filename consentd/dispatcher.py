@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -43,6 +43,9 @@ from consentd.policy import PolicyBook
 from consentd.runner import CallRunner, Ports
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
+
+#: How far back a restart looks for calls that never got their call_ended row.
+OPEN_CALL_HOURS = 24
 
 #: Reports of the same digit closer than this are one press (no finger is that fast).
 SAME_PRESS_S = 0.3
@@ -289,6 +292,30 @@ class Dispatcher:
                 await self._adopt(channel, "stasis", app_data[1:], now)
             elif dialplan.get("context") == QUEUE_CONTEXT:
                 await self._adopt(channel, "queue", [], now)
+        await self._close_calls_that_ended_meanwhile(channels, now)
+
+    async def _close_calls_that_ended_meanwhile(
+        self, channels: dict[str, dict[str, Any]], now: datetime
+    ) -> None:
+        """Calls that ended while no consentd watched (a crash, a restart) get their
+        final rows: the open recording's stop, owed deletions, and call_ended."""
+        since = now - timedelta(hours=OPEN_CALL_HOURS)
+        for call_id, rows in (
+            await self._ports.ledger.open_calls(self._config.node, since)
+        ).items():
+            channel_id = str(rows[0].data.get("channel_id", ""))
+            if not channel_id or channel_id in channels or channel_id in self.calls:
+                continue
+            started = rows[0].data
+            channel = {
+                "id": channel_id,
+                "dialplan": {"exten": started.get("did", "")},
+                "caller": {"number": started.get("caller", "")},
+            }
+            runner = CallRunner(rebuild(self._facts(channel, [], call_id), rows), self._ports)
+            self.calls[channel_id] = runner
+            runner.post(CallEnded(now, cause="ended_while_consentd_was_away"))
+            self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
 
     async def _adopt(
         self, channel: dict[str, Any], location: str, args: list[str], at: datetime

@@ -61,6 +61,9 @@ class LedgerStore(Protocol):
     async def events_of_channel(self, channel_id: str) -> list[LedgerEvent]:
         """All events of the latest call on this Asterisk channel, in ledger order."""
 
+    async def open_calls(self, node: str, since: datetime) -> list[LedgerEvent]:
+        """All events of this node's calls started since then that never ended."""
+
 
 class MemoryLedger:
     """An in-process store with the same semantics, for unit tests and dry runs."""
@@ -89,6 +92,30 @@ class MemoryLedger:
         if not self.available:
             raise LedgerUnavailable("memory ledger switched off")
         return latest_call_of_channel(list(self.events.values()), channel_id)
+
+    async def open_calls(self, node: str, since: datetime) -> list[LedgerEvent]:
+        if not self.available:
+            raise LedgerUnavailable("memory ledger switched off")
+        return open_calls_of(list(self.events.values()), node, since)
+
+
+def open_calls_of(events: Sequence[LedgerEvent], node: str, since: datetime) -> list[LedgerEvent]:
+    """Rows of ``node``'s calls started since ``since`` that have no ``call_ended``."""
+    by_call: dict[str, list[LedgerEvent]] = {}
+    for event in events:
+        by_call.setdefault(event.call_id, []).append(event)
+    found = []
+    for rows in by_call.values():
+        rows.sort(key=lambda e: e.seq)
+        first = rows[0]
+        if (
+            first.kind == "call_started"
+            and first.node == node
+            and first.occurred_at >= since
+            and "call_ended" not in {e.kind for e in rows}
+        ):
+            found.extend(rows)
+    return found
 
 
 def latest_call_of_channel(events: Sequence[LedgerEvent], channel_id: str) -> list[LedgerEvent]:
@@ -185,6 +212,25 @@ class LedgerWriter:
         for event in pending:
             known.setdefault(event.event_key, event)
         return latest_call_of_channel(list(known.values()), channel_id)
+
+    async def open_calls(self, node: str, since: datetime) -> dict[str, list[LedgerEvent]]:
+        """This node's calls that never ended, by call id (stored, journalled or queued)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.ready.wait()
+        known: dict[str, LedgerEvent] = {}
+        try:
+            for event in await self._store.open_calls(node, since):
+                known[event.event_key] = event
+        except LedgerUnavailable as exc:
+            self._log.warning("ledger_open_calls_unavailable", error=str(exc))
+        for line in self._journal.lines():
+            event = LedgerEvent.from_json(line)
+            known.setdefault(event.event_key, event)
+        calls: dict[str, list[LedgerEvent]] = {}
+        for event in open_calls_of(list(known.values()), node, since):
+            calls.setdefault(event.call_id, []).append(event)
+        return calls
 
     async def close(self) -> None:
         """Ask ``run()`` to store what is queued and return."""

@@ -8,6 +8,7 @@ the same time. A released migration is never edited; a change is a new file.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -215,6 +216,25 @@ class PostgresLedger:
                     "   AND data->>'channel_id' = $1 ORDER BY occurred_at DESC, id DESC LIMIT 1"
                     " ) ORDER BY seq, id",
                     channel_id,
+                )
+        except (DatabaseError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return [_event(r) for r in rows]
+
+    async def open_calls(self, node: str, since: datetime) -> list[LedgerEvent]:
+        try:
+            pool = await self.connect()
+            async with pool.acquire(timeout=5) as conn:
+                rows = await conn.fetch(
+                    "SELECT event_key, call_id, node, seq, kind, occurred_at, data"
+                    " FROM call_events WHERE call_id IN ("
+                    "   SELECT s.call_id FROM call_events s WHERE s.kind = 'call_started'"
+                    "   AND s.node = $1 AND s.occurred_at >= $2 AND NOT EXISTS ("
+                    "     SELECT 1 FROM call_events e WHERE e.call_id = s.call_id"
+                    "     AND e.kind = 'call_ended'))"
+                    " ORDER BY call_id, seq, id",
+                    node,
+                    since,
                 )
         except (DatabaseError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
             raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc

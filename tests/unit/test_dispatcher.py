@@ -1141,3 +1141,31 @@ async def test_a_key_pressed_while_the_ari_websocket_is_down_still_counts(node: 
     decided = by_kind(await node.ledger(), "consent_decided")
     assert [e.data["action"] for e in decided] == ["caller_opted_in"]
     assert len(by_kind(await node.ledger(), "keypress")) == 1  # the sent digit is not the caller's
+
+
+async def test_a_call_that_ended_while_no_consentd_ran_gets_its_final_rows(node: Node) -> None:
+    chan = "1764432014.1"
+    call_id = earlier_run(
+        node.store,
+        chan,
+        "+4930100003",
+        ("greeting_finished", {"playback_id": f"{chan}-greeting", "state": "done"}),
+        ("recording_started", segment_row(chan, mixmonitor_id="0x9")),
+        ("consent_decided", {"action": "caller_opted_out", "digit": "3", "phase": "holding"}),
+        policy="opt_out",
+    )  # fmt: skip  (the crash came before the stop: the refused audio is on disk)
+    audio = node.recorder.host_path(recording_file(chan))
+    audio.parent.mkdir(parents=True, exist_ok=True)
+    audio.write_bytes(b"refused audio")
+    node.ari.live_channels = []  # the caller hung up meanwhile
+
+    await node.feed({"type": CONNECTED})
+    await node.calls_done()
+
+    rows = [e for e in await node.ledger() if e.call_id == call_id]
+    assert [e.kind for e in rows][-3:] == ["recording_stopped", "call_ended", "recording_deleted"]
+    assert rows[-2].data["cause"] == "ended_while_consentd_was_away"
+    assert not audio.exists()
+    await node.feed({"type": CONNECTED})  # the next reconnect finds nothing open
+    await node.calls_done()
+    assert len(by_kind(await node.ledger(), "call_ended")) == 1

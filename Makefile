@@ -2,7 +2,7 @@
 POLICIES ?= examples/policies.yaml
 VENV := .venv/bin
 
-.PHONY: setup up down status test test-unit test-e2e test-bench lint demo bench clean distclean
+.PHONY: setup up down status test test-unit test-e2e test-faults test-bench lint demo bench clean distclean
 
 setup:
 	scripts/setup.sh
@@ -30,6 +30,9 @@ test-unit: setup
 
 test-e2e: setup
 	$(VENV)/python -m pytest tests/e2e -m "not bench" -p no:cacheprovider
+
+test-faults: setup
+	$(VENV)/python -m pytest tests/faults -p no:cacheprovider -s
 
 test-bench: setup
 	$(VENV)/python -m pytest tests/e2e -m bench -p no:cacheprovider -s

@@ -225,10 +225,10 @@ start_consentd() {
         say "restarting consentd with $policies"
         stop_consentd
     fi
-    mkdir -p "$STATE/journal"
+    mkdir -p "${CONSENTD_JOURNAL_DIR:-$STATE/journal}"
     say "starting consentd --policies $policies"
     CONSENTD_ASTERISK_ROOT=$ROOT CONSENTD_DATABASE_URL=$db_url \
-        CONSENTD_JOURNAL_DIR=$STATE/journal \
+        CONSENTD_JOURNAL_DIR=${CONSENTD_JOURNAL_DIR:-$STATE/journal} \
         setsid "$REPO/.venv/bin/consentd" run --policies "$policies" \
         >>"$STATE/consentd.log" 2>&1 </dev/null &
     echo $! >"$RUN/consentd.pid"

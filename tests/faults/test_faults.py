@@ -179,7 +179,11 @@ def test_the_journal_disk_fills_while_postgres_is_away(stack: Stack, tmp_path: P
             (journal / "filler").unlink()
             stack_command("db-start")
 
+        log = REPO / ".state" / "consentd.log"
+        before = log.read_text().count("journal_write_failed")
         _run_case("journal disk full", stack, tmp_path, _thread(fill), _thread(repair))
+        # the fault really struck: the daemon had to keep events in memory
+        assert log.read_text().count("journal_write_failed") > before
     finally:
         _daemon(stack)
         subprocess.run(["umount", "-l", str(journal)], check=False)

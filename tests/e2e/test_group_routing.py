@@ -278,7 +278,7 @@ def test_check_against_the_pbx_reports_a_queue_asterisk_lacks(stack: Stack, tmp_
 
 async def _pause_members(paused: bool) -> None:
     """Log every agent of the queue out (paused) or back in, over AMI."""
-    ami = AmiClient("127.0.0.1", 5038, "consentd", "consentd")
+    ami = AmiClient("127.0.0.1", 5038, "consentd-tests", "consentd-tests")  # may pause agents
     task = asyncio.create_task(ami.run())
     try:
         async with asyncio.timeout(5):

@@ -206,35 +206,31 @@ class PostgresLedger:
         return [r["call_id"] for r in rows]
 
     async def events_of_channel(self, channel_id: str) -> list[LedgerEvent]:
-        try:
-            pool = await self.connect()
-            async with pool.acquire(timeout=5) as conn:
-                rows = await conn.fetch(
-                    "SELECT event_key, call_id, node, seq, kind, occurred_at, data"
-                    " FROM call_events WHERE call_id = ("
-                    "   SELECT call_id FROM call_events WHERE kind = 'call_started'"
-                    "   AND data->>'channel_id' = $1 ORDER BY occurred_at DESC, id DESC LIMIT 1"
-                    " ) ORDER BY seq, id",
-                    channel_id,
-                )
-        except (DatabaseError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
-            raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        return [_event(r) for r in rows]
+        return await self._events_where(
+            "call_id = (SELECT call_id FROM call_events WHERE kind = 'call_started'"
+            " AND data->>'channel_id' = $1 ORDER BY occurred_at DESC, id DESC LIMIT 1)",
+            channel_id,
+        )
 
     async def open_calls(self, node: str, since: datetime) -> list[LedgerEvent]:
+        return await self._events_where(
+            "call_id IN (SELECT s.call_id FROM call_events s WHERE s.kind = 'call_started'"
+            " AND s.node = $1 AND s.occurred_at >= $2 AND NOT EXISTS ("
+            "   SELECT 1 FROM call_events e WHERE e.call_id = s.call_id"
+            "   AND e.kind = 'call_ended'))",
+            node,
+            since,
+        )
+
+    async def _events_where(self, condition: str, *args: Any) -> list[LedgerEvent]:
+        """Rows matching ``condition``, by call and seq; any failure is LedgerUnavailable."""
         try:
             pool = await self.connect()
             async with pool.acquire(timeout=5) as conn:
                 rows = await conn.fetch(
                     "SELECT event_key, call_id, node, seq, kind, occurred_at, data"
-                    " FROM call_events WHERE call_id IN ("
-                    "   SELECT s.call_id FROM call_events s WHERE s.kind = 'call_started'"
-                    "   AND s.node = $1 AND s.occurred_at >= $2 AND NOT EXISTS ("
-                    "     SELECT 1 FROM call_events e WHERE e.call_id = s.call_id"
-                    "     AND e.kind = 'call_ended'))"
-                    " ORDER BY call_id, seq, id",
-                    node,
-                    since,
+                    f" FROM call_events WHERE {condition} ORDER BY call_id, seq, id",
+                    *args,
                 )
         except (DatabaseError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
             raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc

@@ -80,6 +80,17 @@ class Stack:
         raise AssertionError(f"consentd (pid {pid}) did not stop within 15 s")
 
 
+def restart_daemon(policies: Path, **env: str) -> None:
+    """(Re)start consentd the way `make up` does, with extra settings in its environment."""
+    subprocess.run(
+        [str(STACK), "up", str(policies)],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=True,
+    )
+
+
 def stack_command(*args: str) -> None:
     result = subprocess.run(
         [str(STACK), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True

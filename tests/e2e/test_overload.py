@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import subprocess
 import time
 import urllib.request
 from dataclasses import replace
@@ -22,21 +20,11 @@ from datetime import UTC, datetime
 import pytest
 
 from consentd.sipp import CallPlan, place_calls
-from tests.e2e.harness import SCENARIO, STACK, Stack, consentd_calls, ledger_rows
+from tests.e2e.harness import SCENARIO, Stack, consentd_calls, ledger_rows, restart_daemon
 
 pytestmark = pytest.mark.e2e
 
 ARI_INFO = "http://127.0.0.1:8088/ari/asterisk/info"
-
-
-def _restart_daemon(stack: Stack, **env: str) -> None:
-    subprocess.run(
-        [str(STACK), "up", str(stack.policies)],
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=True,
-    )
 
 
 def _metric(name: str) -> float:
@@ -55,7 +43,7 @@ def _fresh_ari_client_answers() -> bool:
 
 
 def test_calls_beyond_capacity_go_on_unrecorded_and_are_counted(stack: Stack) -> None:
-    _restart_daemon(stack, CONSENTD_MAX_CALLS="2")
+    restart_daemon(stack.policies, CONSENTD_MAX_CALLS="2")
     try:
         since = datetime.now(UTC)
         plans = [
@@ -93,4 +81,4 @@ def test_calls_beyond_capacity_go_on_unrecorded_and_are_counted(stack: Stack) ->
         assert _metric("consentd_calls_unserved_total") == 4
         assert _metric("consentd_calls_total") == 6
     finally:
-        _restart_daemon(stack)
+        restart_daemon(stack.policies)

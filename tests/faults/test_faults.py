@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import REPO, ROOT, STACK, Stack, stack_command
+from tests.e2e.harness import REPO, ROOT, Stack, restart_daemon, stack_command
 from tests.faults.load import place_load, verdict
 from tests.faults.proxy import Proxy
 
@@ -39,14 +39,7 @@ def _pid(name: str) -> int:
 
 
 def _daemon(stack: Stack, **env: str) -> None:
-    """(Re)start consentd the way `make up` does, with extra settings."""
-    subprocess.run(
-        [str(STACK), "up", str(stack.policies)],
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=True,
-    )
+    restart_daemon(stack.policies, **env)
 
 
 def _wait_gone(pid: int, seconds: float) -> None:

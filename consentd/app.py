@@ -100,6 +100,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
                 ledger_backlog=writer.backlog,
                 calls_started=dispatcher.calls_started,
                 calls_unserved=dispatcher.calls_unserved,
+                ledger_full=writer.full,
             )
 
         registry = CollectorRegistry()

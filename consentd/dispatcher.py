@@ -244,6 +244,9 @@ class Dispatcher:
         """Shed load rather than strand a caller: consentd is behind, or full."""
         if self.draining:
             return "shutting_down"
+        if self._ports.ledger.full:
+            self._log.error("call_shed", reason="ledger_full")
+            return "ledger_full"
         lag = (self._ports.clock() - arrived).total_seconds()
         if lag > self._config.shed_after:
             self._log.warning("call_shed", reason="event_lag", lag_s=round(lag, 2))

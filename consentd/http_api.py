@@ -22,11 +22,14 @@ class Health:
     ledger_backlog: int
     calls_started: int = 0
     calls_unserved: int = 0
+    #: The journal reached its bound (database away too long): no new calls are taken.
+    ledger_full: bool = False
 
     @property
     def ready(self) -> bool:
-        """Calls are handled as long as ARI is up; AMI or database trouble degrades, not stops."""
-        return self.ari
+        """Calls are handled as long as ARI is up and the ledger can take their rows;
+        AMI or database trouble alone degrades, not stops."""
+        return self.ari and not self.ledger_full
 
 
 HEALTH: web.AppKey[Callable[[], Health]] = web.AppKey("health", Callable)  # type: ignore[arg-type]
@@ -96,7 +99,13 @@ async def _healthz(request: web.Request) -> web.Response:
         "ready": health.ready,
         "ari": "connected" if health.ari else "disconnected",
         "ami": "connected" if health.ami else "disconnected",
-        "database": "connected" if health.database else "journalling",
+        "database": (
+            "journal full"
+            if health.ledger_full
+            else "connected"
+            if health.database
+            else "journalling"
+        ),
         "active_calls": health.active_calls,
         "ledger_backlog": health.ledger_backlog,
         "calls_unserved": health.calls_unserved,

@@ -1,7 +1,12 @@
 """A durable on-disk queue of ledger lines, used while the database is away.
 
-Lines are appended and fsynced before the writer moves on, so a crash of the
-daemon while PostgreSQL is down loses nothing; the next start replays them.
+Lines are appended and fsynced (file, and directory when the file is new)
+before the writer moves on, so a crash of the daemon while PostgreSQL is
+down loses nothing; the next start replays them. A torn last line (a crash
+or a full disk mid-write) is set aside, never fatal. Replay is linear: stored
+lines are only counted while the replay runs, and the file is rewritten once
+at its end. The journal is bounded: past ``max_lines`` it is full, and the
+daemon takes no new calls until it drains (its health says so).
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from pathlib import Path
 
 import structlog
 
+#: About 0.5 KB a line: a million lines is half a gigabyte of disk.
+DEFAULT_MAX_LINES = 1_000_000
+
 
 @dataclass
 class JournalChunk:
@@ -20,15 +28,17 @@ class JournalChunk:
     _journal: Journal
 
     def done(self) -> None:
-        """The lines are stored elsewhere now; drop them from the journal."""
-        self._journal._drop(len(self.lines))
+        """The lines are stored elsewhere now; the next ``compact()`` drops them."""
+        self._journal._consumed += len(self.lines)
 
 
 class Journal:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *, max_lines: int = DEFAULT_MAX_LINES) -> None:
         """``path=None`` keeps the journal in memory (tests, or no writable disk)."""
         self._path = path
         self._lines: list[str] = []
+        self._consumed = 0
+        self.max_lines = max_lines
         #: Why the last write to disk failed, while it does (the lines are in memory).
         self.disk_error: str | None = None
         self._log = structlog.get_logger("consentd.journal")
@@ -57,24 +67,31 @@ class Journal:
 
     def lines(self) -> list[str]:
         """Every line not yet stored elsewhere, oldest first."""
-        return list(self._lines)
+        return self._lines[self._consumed :]
 
     def pending(self) -> int:
-        return len(self._lines)
+        return len(self._lines) - self._consumed
+
+    @property
+    def full(self) -> bool:
+        return self.pending() >= self.max_lines
 
     def append(self, lines: list[str]) -> None:
         """Append durably; if the disk refuses (full, read-only), keep them in memory.
 
         The daemon must go on taking calls either way: the lines are replayed
         from memory once the database is back, and rewritten to disk with the
-        next successful write.
+        next successful write. Blocking: call it off the event loop.
         """
         if self._path is not None:
             try:
+                new = not self._path.exists()
                 with self._path.open("a", encoding="utf-8") as fh:
                     fh.write("".join(line + "\n" for line in lines))
                     fh.flush()
                     os.fsync(fh.fileno())
+                if new:
+                    _fsync_dir(self._path.parent)
             except OSError as exc:
                 if self.disk_error is None:
                     self._log.error("journal_write_failed", path=str(self._path), error=str(exc))
@@ -82,26 +99,46 @@ class Journal:
             else:
                 self.disk_error = None
         self._lines.extend(lines)
+        if self.full:
+            self._log.error("journal_full", pending=self.pending(), max_lines=self.max_lines)
 
     def chunks(self, size: int) -> Iterator[JournalChunk]:
-        """Oldest lines first; stop when a chunk is not marked done."""
-        while self._lines:
-            before = len(self._lines)
-            yield JournalChunk(self._lines[:size], self)
-            if len(self._lines) == before:
+        """Oldest lines first; stop when a chunk is not marked done. Then ``compact()``."""
+        while self.pending():
+            before = self._consumed
+            start = self._consumed
+            yield JournalChunk(self._lines[start : start + size], self)
+            if self._consumed == before:
                 return
 
-    def _drop(self, count: int) -> None:
-        del self._lines[:count]
+    def compact(self) -> None:
+        """Drop the lines marked done, from memory and disk, in one rewrite. Blocking."""
+        if not self._consumed:
+            return
+        del self._lines[: self._consumed]
+        self._consumed = 0
         if self._path is None:
             return
         try:
             if not self._lines:
                 self._path.unlink(missing_ok=True)
-                return
-            tmp = self._path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in self._lines), encoding="utf-8")
-            os.replace(tmp, self._path)
+            else:
+                tmp = self._path.with_suffix(".tmp")
+                with tmp.open("w", encoding="utf-8") as fh:
+                    fh.write("".join(line + "\n" for line in self._lines))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self._path)
+            _fsync_dir(self._path.parent)
         except OSError as exc:
             self.disk_error = str(exc)
             self._log.error("journal_write_failed", path=str(self._path), error=str(exc))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """A new or renamed file survives a power cut only once its directory is synced too."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -248,19 +248,28 @@ class LedgerWriter:
             else:
                 self.stored += len(batch)
                 return
-        self._journal.append([event.to_json() for event in batch])
+        # fsync off the event loop: calls must not wait for the disk.
+        await asyncio.to_thread(self._journal.append, [event.to_json() for event in batch])
         self.journalled += len(batch)
 
+    @property
+    def full(self) -> bool:
+        """The journal reached its bound: take no new calls until it drains."""
+        return self._journal.full
+
     async def _replay_journal(self) -> None:
-        for chunk in self._journal.chunks(self._batch_size):
-            events = [LedgerEvent.from_json(line) for line in chunk.lines]
-            try:
-                await self._store.append(events)
-            except LedgerUnavailable as exc:
-                self._went_away(exc)
-                return
-            chunk.done()
-            self.stored += len(events)
+        try:
+            for chunk in self._journal.chunks(self._batch_size):
+                events = [LedgerEvent.from_json(line) for line in chunk.lines]
+                try:
+                    await self._store.append(events)
+                except LedgerUnavailable as exc:
+                    self._went_away(exc)
+                    return
+                chunk.done()
+                self.stored += len(events)
+        finally:
+            await asyncio.to_thread(self._journal.compact)  # one rewrite, not one per chunk
         if not self.store_reachable:
             self.store_reachable = True
             self._log.info("ledger_store_back", journal_replayed=True)

@@ -1169,3 +1169,15 @@ async def test_a_call_that_ended_while_no_consentd_ran_gets_its_final_rows(node:
     await node.feed({"type": CONNECTED})  # the next reconnect finds nothing open
     await node.calls_done()
     assert len(by_kind(await node.ledger(), "call_ended")) == 1
+
+
+async def test_with_the_journal_full_new_calls_go_on_unrecorded(node: Node) -> None:
+    node.writer._journal.max_lines = 0  # nothing more fits: the ledger cannot take rows
+
+    await node.feed(stasis_start("1764432015.1", "+4930100001"))
+
+    assert node.ari.of("continue_unrecorded") == [
+        ("continue_unrecorded", "1764432015.1", "+4930100001")
+    ]
+    unserved = by_kind(await node.ledger(), "call_unserved")
+    assert [e.data["reason"] for e in unserved] == ["ledger_full"]

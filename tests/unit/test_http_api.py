@@ -133,3 +133,16 @@ async def test_metrics_expose_active_calls_backlog_and_connection_gauges(
     assert "consentd_ari_up 1.0" in text
     assert "consentd_ami_up 0.0" in text
     assert "consentd_database_up 1.0" in text
+
+
+async def test_healthz_is_503_when_the_journal_is_full(
+    client: TestClient[Any, Any], backend: Backend
+) -> None:
+    backend.health = Health(
+        ari=True, ami=True, database=False, active_calls=0, ledger_backlog=10, ledger_full=True
+    )
+
+    response = await client.get("/healthz")
+
+    assert response.status == 503
+    assert (await response.json())["database"] == "journal full"

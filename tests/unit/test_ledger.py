@@ -383,3 +383,40 @@ async def test_a_journal_whose_disk_refuses_keeps_events_in_memory_and_replays_t
         await until(lambda: len(store.events) == 3)
 
     assert store.appended == keys(events)
+
+
+async def test_a_long_journal_replays_in_one_rewrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "pbx1.jsonl"
+    events = [event(n, call_id=f"pbx1:c{n // 10}") for n in range(5000)]
+    Journal(path).append([e.to_json() for e in events])
+    rewrites: list[int] = []
+    original = Journal.compact
+
+    def counting(self: Journal) -> None:
+        rewrites.append(self.pending())
+        original(self)
+
+    monkeypatch.setattr(Journal, "compact", counting)
+    store = WatchedLedger()
+    writer = LedgerWriter(store, Journal(path), batch_size=200, retry_seconds=30)
+
+    async with running(writer):
+        await until(lambda: len(store.events) == 5000, timeout=10)
+
+    assert len(rewrites) == 1  # not once per chunk of 200: the replay is linear
+    assert not path.exists()
+
+
+async def test_a_full_journal_says_so(tmp_path: Path) -> None:
+    store = WatchedLedger()
+    store.available = False
+    writer = LedgerWriter(store, Journal(tmp_path / "pbx1.jsonl", max_lines=3), retry_seconds=30)
+
+    async with running(writer):
+        for n in range(3):
+            writer.submit(event(n))
+        await until(lambda: writer.journalled == 3)
+        assert writer.full
+        store.available = True

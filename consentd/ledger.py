@@ -207,11 +207,15 @@ class LedgerWriter:
                 known[event.event_key] = event
         except LedgerUnavailable as exc:
             self._log.warning("ledger_history_unavailable", channel_id=channel_id, error=str(exc))
-        pending = [LedgerEvent.from_json(line) for line in self._journal.lines()]
-        pending += [e for e in self._queue._queue if e is not None]  # type: ignore[attr-defined]
-        for event in pending:
+        for event in self._not_yet_stored():
             known.setdefault(event.event_key, event)
         return latest_call_of_channel(list(known.values()), channel_id)
+
+    def _not_yet_stored(self) -> list[LedgerEvent]:
+        """Journalled rows, and rows still queued in memory (both are the ledger's too)."""
+        pending = [LedgerEvent.from_json(line) for line in self._journal.lines()]
+        pending += [e for e in self._queue._queue if e is not None]  # type: ignore[attr-defined]
+        return pending
 
     async def open_calls(self, node: str, since: datetime) -> dict[str, list[LedgerEvent]]:
         """This node's calls that never ended, by call id (stored, journalled or queued)."""
@@ -224,8 +228,9 @@ class LedgerWriter:
                 known[event.event_key] = event
         except LedgerUnavailable as exc:
             self._log.warning("ledger_open_calls_unavailable", error=str(exc))
-        for line in self._journal.lines():
-            event = LedgerEvent.from_json(line)
+        # Rows still on their way count too: a call whose call_ended waits in the
+        # queue has ended, and must not be closed a second time.
+        for event in self._not_yet_stored():
             known.setdefault(event.event_key, event)
         calls: dict[str, list[LedgerEvent]] = {}
         for event in open_calls_of(list(known.values()), node, since):

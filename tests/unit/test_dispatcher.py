@@ -1181,3 +1181,20 @@ async def test_with_the_journal_full_new_calls_go_on_unrecorded(node: Node) -> N
     ]
     unserved = by_kind(await node.ledger(), "call_unserved")
     assert [e.data["reason"] for e in unserved] == ["ledger_full"]
+
+
+async def test_a_reconnect_never_closes_a_call_whose_end_is_still_on_its_way(node: Node) -> None:
+    chan = "1764432016.1"
+    await node.feed(stasis_start(chan, "+4930100004"))
+    node.store.available = False  # the call's rows wait in the writer, not yet stored
+    await node.feed(stasis_end(chan))
+    await node.calls_done()
+
+    node.ari.live_channels = []
+    await node.feed({"type": CONNECTED})
+    node.store.available = True
+    await until(lambda: any(e.kind == "call_ended" for e in node.store.events.values()), 3)
+    await asyncio.sleep(0.2)  # time enough for a second, wrong, call_ended
+
+    ended = [e for e in by_kind(await node.ledger(), "call_ended") if e.call_id.endswith(chan)]
+    assert len(ended) == 1 and ended[0].data["cause"] != "ended_while_consentd_was_away"

@@ -40,6 +40,9 @@ class Group:
         return f"{kind}_{'with' if self.press else 'without'}_3"
 
 
+#: One line per fault case, printed at the end of the test run (conftest.py).
+REPORT: list[str] = []
+
 GROUPS = tuple(Group(did, press) for did in (OPT_IN, OPT_OUT) for press in (True, False))
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import REPO, ROOT, Stack, restart_daemon, stack_command
-from tests.faults.load import place_load, verdict
+from tests.faults.load import REPORT, place_load, verdict
 from tests.faults.proxy import Proxy
 
 pytestmark = pytest.mark.e2e
@@ -83,6 +83,7 @@ def _run_case(name: str, stack: Stack, tmp: Path, strike: Fault, repair: Fault) 
     placed = asyncio.run(scenario())
     result = asyncio.run(verdict(since, placed))
     print(result.line(name))
+    REPORT.append(result.line(name))
     assert placed >= 4 * CALLS_PER_GROUP * 0.95
     assert result.calls > 0
     assert result.forbidden == [], result.forbidden[:5]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -73,6 +74,7 @@ class CallRunner:
         self._ports = ports
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._purged: list[Path] = []
+        self._pending_requests: set[asyncio.Task[None]] = set()
         facts = call.facts
         self.log = structlog.get_logger("consentd.call").bind(
             call_id=facts.call_id, channel_id=facts.channel_id, did=facts.did
@@ -145,7 +147,10 @@ class CallRunner:
                     )
                     return PlaybackStarted(command.playback_id, self._ports.clock())
                 case StopPlayback():
-                    await ari.stop_playback(command.playback_id)
+                    # Not awaited: stopping a greeting must not delay the recording
+                    # that follows it (AMI, another connection) by an ARI round trip,
+                    # and its failure changes nothing (the greeting ends anyway).
+                    self._background(ari.stop_playback(command.playback_id), command)
                 case StartRecording():
                     options = "b" if command.bridged_only else ""
                     mixmonitor_id = await recorder.start(
@@ -181,6 +186,21 @@ class CallRunner:
             )
             return CommandFailed(command, str(exc), self._ports.clock(), unknown=unknown)
         return None
+
+    def _background(self, request: Coroutine[Any, Any, None], command: Command) -> None:
+        task = asyncio.create_task(request)
+        self._pending_requests.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._pending_requests.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                self.log.warning(
+                    "command_failed",
+                    command=type(command).__name__,
+                    error=str(finished.exception()),
+                )
+
+        task.add_done_callback(done)
 
     def _write(self, command: WriteLedger) -> None:
         facts = self.call.facts

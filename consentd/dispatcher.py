@@ -18,7 +18,7 @@ import structlog
 
 from consentd.adoption import rebuild
 from consentd.ari import CONNECTED, AriError
-from consentd.call_flow import Call, new_call
+from consentd.call_flow import AVAILABLE, CONSENT, Call, new_call
 from consentd.call_model import (
     Adopted,
     AgentCompleted,
@@ -342,7 +342,7 @@ class Dispatcher:
         self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
 
     async def _still_playing(self, call: Call) -> tuple[str, ...]:
-        ids = (call.playback_id("greeting"), call.playback_id("available"))
+        ids = (call.playback_id(CONSENT), call.playback_id(AVAILABLE))
         found = []
         for playback_id in ids:
             with contextlib.suppress(AriError):

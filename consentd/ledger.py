@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -192,8 +192,27 @@ class LedgerWriter:
         if self._journal.pending():
             await self._replay_journal()
 
-    async def history_of(self, channel_id: str, *, wait: float = 5.0) -> list[LedgerEvent]:
-        """What the ledger knows of the call on this channel: stored, journalled or queued.
+    async def history_of(self, channel_id: str) -> list[LedgerEvent]:
+        """What the ledger knows of the call on this channel: stored, journalled or queued."""
+        known = await self._known(lambda: self._store.events_of_channel(channel_id))
+        return latest_call_of_channel(known, channel_id)
+
+    async def open_calls(self, node: str, since: datetime) -> dict[str, list[LedgerEvent]]:
+        """This node's calls that never ended, by call id (stored, journalled or queued).
+
+        Rows still on their way count too: a call whose call_ended waits in the
+        queue has ended, and must not be closed a second time.
+        """
+        known = await self._known(lambda: self._store.open_calls(node, since))
+        calls: dict[str, list[LedgerEvent]] = {}
+        for event in open_calls_of(known, node, since):
+            calls.setdefault(event.call_id, []).append(event)
+        return calls
+
+    async def _known(
+        self, stored: Callable[[], Awaitable[list[LedgerEvent]]], *, wait: float = 5.0
+    ) -> list[LedgerEvent]:
+        """The store's answer to ``stored`` plus every row not stored yet, once each.
 
         Waits (up to ``wait`` s) for the journal of an earlier run to be
         replayed, so a call is never rebuilt from half its rows.
@@ -203,39 +222,15 @@ class LedgerWriter:
                 await self.ready.wait()
         known: dict[str, LedgerEvent] = {}
         try:
-            for event in await self._store.events_of_channel(channel_id):
+            for event in await stored():
                 known[event.event_key] = event
         except LedgerUnavailable as exc:
-            self._log.warning("ledger_history_unavailable", channel_id=channel_id, error=str(exc))
-        for event in self._not_yet_stored():
-            known.setdefault(event.event_key, event)
-        return latest_call_of_channel(list(known.values()), channel_id)
-
-    def _not_yet_stored(self) -> list[LedgerEvent]:
-        """Journalled rows, and rows still queued in memory (both are the ledger's too)."""
+            self._log.warning("ledger_history_unavailable", error=str(exc))
         pending = [LedgerEvent.from_json(line) for line in self._journal.lines()]
         pending += [e for e in self._queue._queue if e is not None]  # type: ignore[attr-defined]
-        return pending
-
-    async def open_calls(self, node: str, since: datetime) -> dict[str, list[LedgerEvent]]:
-        """This node's calls that never ended, by call id (stored, journalled or queued)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await self.ready.wait()
-        known: dict[str, LedgerEvent] = {}
-        try:
-            for event in await self._store.open_calls(node, since):
-                known[event.event_key] = event
-        except LedgerUnavailable as exc:
-            self._log.warning("ledger_open_calls_unavailable", error=str(exc))
-        # Rows still on their way count too: a call whose call_ended waits in the
-        # queue has ended, and must not be closed a second time.
-        for event in self._not_yet_stored():
+        for event in pending:
             known.setdefault(event.event_key, event)
-        calls: dict[str, list[LedgerEvent]] = {}
-        for event in open_calls_of(list(known.values()), node, since):
-            calls.setdefault(event.call_id, []).append(event)
-        return calls
+        return list(known.values())
 
     async def close(self) -> None:
         """Ask ``run()`` to store what is queued and return."""

@@ -2,9 +2,10 @@
 
 Call control must not wait for PostgreSQL, and nothing may be lost while the
 database is away. So the call flow hands events to ``LedgerWriter.submit``
-(a queue put), a background task stores them in batches, and whatever cannot
-be stored goes to an on-disk journal that is replayed when the database is
-back. Every event carries an idempotency key, so a replay never duplicates.
+(a queue put), and a background task writes them in batches, first to an
+on-disk journal (write-ahead, fsynced) and then to the store; what the store
+cannot take stays journalled and is replayed when the database is back.
+Every event carries an idempotency key, so a replay never duplicates.
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ class LedgerWriter:
         self.store_reachable = True
         self.stored = 0
         self.journalled = 0
+        #: Events taken from the queue and not yet in the journal.
+        self._in_flight = 0
         #: Set once the journal left by an earlier run has been replayed (or tried).
         self.ready = asyncio.Event()
 
@@ -161,7 +164,7 @@ class LedgerWriter:
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize() + self._journal.pending()
+        return self._queue.qsize() + self._in_flight + self._journal.pending()
 
     async def run(self) -> None:
         """Drain the queue until ``close()``; replay the journal whenever the store is back."""
@@ -237,20 +240,20 @@ class LedgerWriter:
         self._queue.put_nowait(None)
 
     async def _store_or_journal(self, batch: list[LedgerEvent]) -> None:
+        """Journal the batch (write-ahead, durable), then store the journal in order.
+
+        The fsync runs off the event loop: calls must not wait for the disk.
+        One write and one fsync per batch, like PostgreSQL's own commit.
+        """
+        self._in_flight = len(batch)
+        try:
+            await asyncio.to_thread(self._journal.append, [event.to_json() for event in batch])
+        finally:
+            self._in_flight = 0
+        await self._replay_journal()
         if self._journal.pending():
-            # Keep order: older journalled events go first.
-            await self._replay_journal()
-        if not self._journal.pending():
-            try:
-                await self._store.append(batch)
-            except LedgerUnavailable as exc:
-                self._went_away(exc)
-            else:
-                self.stored += len(batch)
-                return
-        # fsync off the event loop: calls must not wait for the disk.
-        await asyncio.to_thread(self._journal.append, [event.to_json() for event in batch])
-        self.journalled += len(batch)
+            # Replay stops at the first failure, so this batch is still waiting.
+            self.journalled += len(batch)
 
     @property
     def full(self) -> bool:

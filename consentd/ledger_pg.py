@@ -79,7 +79,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 async def connect_pool(dsn: str, *, timeout: float = 5.0) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=4, timeout=timeout, init=_init_connection
+            dsn,
+            min_size=1,
+            max_size=4,
+            timeout=timeout,
+            command_timeout=30,
+            init=_init_connection,
         )
     except _CONNECTION_ERRORS as exc:
         raise DatabaseError(
@@ -184,6 +189,9 @@ class PostgresLedger:
                     "   $5::text[], $6::timestamptz[], $7::jsonb[])"
                     " ON CONFLICT (event_key) DO NOTHING",
                     *columns,
+                    # A half-open connection (a firewall dropped it, the server
+                    # froze) would hold the writer for good: give up, journal.
+                    timeout=10,
                 )
         except (
             DatabaseError,

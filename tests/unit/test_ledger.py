@@ -66,6 +66,11 @@ async def running(writer: LedgerWriter) -> AsyncIterator[asyncio.Task[None]]:
         await asyncio.wait_for(task, 1.0)
 
 
+def journal_empty(path: Path) -> bool:
+    """Nothing left to replay: the file is gone or truncated."""
+    return not path.exists() or path.read_bytes() == b""
+
+
 def journal_on_disk(path: Path) -> list[LedgerEvent]:
     return [LedgerEvent.from_json(line) for line in path.read_text().splitlines()]
 
@@ -82,7 +87,37 @@ async def test_submitted_events_are_stored(tmp_path: Path) -> None:
 
     assert list(store.events.values()) == events
     assert writer.stored == 3 and writer.journalled == 0
-    assert not (tmp_path / "pbx1.jsonl").exists()
+    assert (tmp_path / "pbx1.jsonl").read_bytes() == b""  # stored, so truncated
+
+
+class DiskCheckingLedger(WatchedLedger):
+    """Records, at each append, which of the batch's events the journal file held."""
+
+    def __init__(self, journal_path: Path) -> None:
+        super().__init__()
+        self.journal_path = journal_path
+        self.on_disk_when_stored: list[bool] = []
+
+    async def append(self, events: Sequence[LedgerEvent]) -> None:
+        on_disk = set(keys(journal_on_disk(self.journal_path)))
+        self.on_disk_when_stored += [e.event_key in on_disk for e in events]
+        await super().append(events)
+
+
+async def test_every_event_is_on_disk_before_it_is_sent_to_the_store(tmp_path: Path) -> None:
+    """Write-ahead: a crash at any moment loses nothing that reached the writer."""
+    path = tmp_path / "pbx1.jsonl"
+    store = DiskCheckingLedger(path)
+    writer = LedgerWriter(store, Journal(path), retry_seconds=0.05, linger_seconds=0.0)
+
+    async with running(writer):
+        for n in range(20):
+            writer.submit(event(n))
+            await asyncio.sleep(0.005)
+        await until(lambda: len(store.events) == 20)
+
+    assert len(store.on_disk_when_stored) == 20
+    assert all(store.on_disk_when_stored)
 
 
 async def test_events_go_to_the_journal_on_disk_in_order_while_the_store_is_away(
@@ -134,7 +169,7 @@ async def test_journalled_events_are_replayed_in_order_without_duplicates_when_s
     assert list(store.events.values()) == events
     assert writer.store_reachable is True
     assert writer.backlog == 0
-    assert not path.exists()
+    assert journal_empty(path)
 
 
 async def test_new_event_after_an_outage_waits_for_older_journalled_events(
@@ -167,7 +202,7 @@ async def test_journal_left_by_a_previous_run_is_replayed_at_start(tmp_path: Pat
 
     async with running(writer):
         await until(lambda: len(store.events) == 3)
-        assert not path.exists()
+        assert journal_empty(path)
         writer.submit(event(0))
 
     assert store.appended == [*keys(earlier), event(0).event_key]
@@ -182,7 +217,7 @@ async def test_replaying_an_event_the_store_already_has_keeps_one_copy(tmp_path:
     writer = LedgerWriter(store, Journal(path), retry_seconds=30)
 
     async with running(writer):
-        await until(lambda: not path.exists())
+        await until(lambda: journal_empty(path))
 
     assert list(store.events.values()) == events
 
@@ -344,7 +379,7 @@ async def test_a_torn_last_line_is_set_aside_and_the_rest_replayed(tmp_path: Pat
 )
 async def test_every_database_failure_degrades_to_journalling(error: Exception) -> None:
     class FailingConnection:
-        async def execute(self, *args: object) -> None:
+        async def execute(self, *args: object, **kwargs: object) -> None:
             raise error
 
     class FailingPool:
@@ -406,7 +441,7 @@ async def test_a_long_journal_replays_in_one_rewrite(
         await until(lambda: len(store.events) == 5000, timeout=10)
 
     assert len(rewrites) == 1  # not once per chunk of 200: the replay is linear
-    assert not path.exists()
+    assert journal_empty(path)
 
 
 async def test_a_full_journal_says_so(tmp_path: Path) -> None:

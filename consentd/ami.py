@@ -68,11 +68,16 @@ class AmiClient:
         self._lists: dict[str, asyncio.Queue[Message]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._handlers: list[EventHandler] = []
+        self._on_connect: list[Callable[[], None]] = []
         self._log = structlog.get_logger("consentd.ami")
         self.connected = asyncio.Event()
 
     def on_event(self, handler: EventHandler) -> None:
         self._handlers.append(handler)
+
+    def on_connect(self, callback: Callable[[], None]) -> None:
+        """Called after each login: events sent while disconnected are lost for good."""
+        self._on_connect.append(callback)
 
     async def send(self, action: str, **fields: str) -> Message:
         """Send one action once; raise AmiError on refusal, AmiUnavailable on no answer."""
@@ -164,6 +169,8 @@ class AmiClient:
                     ) from None
                 self.connected.set()
                 self._log.info("ami_connected", host=self._addr[0], port=self._addr[1])
+                for callback in self._on_connect:
+                    callback()
                 await self._keepalive(reading)
             finally:
                 reading.cancel()

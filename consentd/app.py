@@ -90,6 +90,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
 
         dispatcher = Dispatcher(config, book, greetings, ports, spawn)
         ami.on_event(dispatcher.handle_ami)
+        ami.on_connect(dispatcher.ami_connected)
 
         def health() -> Health:
             return Health(

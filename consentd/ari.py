@@ -252,6 +252,19 @@ class AriClient:
         result = await self.request("GET", "/channels")
         return list(result or [])
 
+    async def channel(self, channel_id: str) -> dict[str, Any] | None:
+        """One channel's snapshot, or None once it is gone."""
+        try:
+            result = await self.request("GET", f"/channels/{channel_id}")
+        except AriNotFound:
+            return None
+        return dict(result or {})
+
+    async def bridges(self) -> list[dict[str, Any]]:
+        """Every bridge in Asterisk, app_queue's caller-agent bridges included."""
+        result = await self.request("GET", "/bridges")
+        return list(result or [])
+
     # ------------------------------------------------------------ events
 
     async def _read(

@@ -222,7 +222,7 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
             t.ledger("empty_file_deleted", event.at, file=event.file)
         case QueueJoined():
             t.ledger("queue_joined", event.at, queue=event.queue, position=event.position)
-        case AgentConnected():
+        case AgentConnected() if not call.agent_answered:
             t.update(phase=Phase.CONNECTED, agent_answered=True)
             t.ledger(
                 "agent_connected",
@@ -231,6 +231,7 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
                 interface=event.interface,
                 queue_time=event.hold_time,
                 ring_time=event.ring_time,
+                **({"recovered": True} if event.recovered else {}),
             )
         case AgentCompleted():
             t.ledger("agent_completed", event.at, reason=event.reason, talk_time=event.talk_time)

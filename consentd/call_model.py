@@ -196,6 +196,8 @@ class AgentConnected:
     hold_time: int | None
     ring_time: int | None
     at: datetime
+    #: Learned from Asterisk's bridges after the AMI event was lost (a reconnect).
+    recovered: bool = False
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from consentd.call_model import (
     Event,
     HandOff,
     LeftStasis,
+    Phase,
     PlaybackFinished,
     QueueAbandoned,
     QueueJoined,
@@ -148,6 +149,42 @@ class Dispatcher:
             runner.post(LeftStasis(at))
         elif kind == "ChannelDestroyed":
             runner.post(CallEnded(at, cause=str(event.get("cause_txt") or "hangup")))
+
+    def ami_connected(self) -> None:
+        """AMI is back: app_queue's AgentConnect may have been sent meanwhile."""
+        self._spawn(self.recover_agent_connections(), "recover-agent-connections")
+
+    async def recover_agent_connections(self) -> None:
+        """Calls consentd thinks are queued, but that Asterisk has bridged to an agent.
+
+        AgentConnect is an AMI event: one sent while AMI (or consentd) was away
+        is lost, and the bridged audio would count as never recorded. Asterisk's
+        bridges say who talks to whom, and since when (the bridge's creation).
+        """
+        try:
+            bridges = await self._ports.ari.bridges()
+        except AriError as exc:
+            self._log.warning("agent_recovery_failed", error=str(exc))
+            return
+        for bridge in bridges:
+            members = [str(m) for m in bridge.get("channels") or []]
+            for channel_id in members:
+                runner = self.calls.get(channel_id)
+                if runner is None or runner.call.phase is not Phase.QUEUED:
+                    continue
+                interface = await self._agent_interface([m for m in members if m != channel_id])
+                at = parse_ari_time(bridge.get("creationtime"), self._ports.clock())
+                self._log.info("agent_connection_recovered", channel_id=channel_id, agent=interface)
+                runner.post(AgentConnected(interface, interface, None, None, at, recovered=True))
+
+    async def _agent_interface(self, others: list[str]) -> str:
+        """PJSIP/agent1-0000002a is interface PJSIP/agent1."""
+        for channel_id in others:
+            with contextlib.suppress(AriError):
+                channel = await self._ports.ari.channel(channel_id)
+                if channel and channel.get("name"):
+                    return str(channel["name"]).rsplit("-", 1)[0]
+        return ""
 
     def _route_by_target(self, event: dict[str, Any], at: datetime) -> None:
         """Playbacks and recordings name their channel only in target_uri."""
@@ -296,6 +333,7 @@ class Dispatcher:
             elif dialplan.get("context") == QUEUE_CONTEXT:
                 await self._adopt(channel, "queue", [], now)
         await self._close_calls_that_ended_meanwhile(channels, now)
+        await self.recover_agent_connections()
 
     async def _close_calls_that_ended_meanwhile(
         self, channels: dict[str, dict[str, Any]], now: datetime

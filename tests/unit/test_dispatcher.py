@@ -131,6 +131,7 @@ class FakeAri:
         self.playbacks: set[str] = set()
         self.failing: dict[str, Exception] = {}
         self.variables: dict[tuple[str, str], str] = {}
+        self.live_bridges: list[dict[str, Any]] = []
 
     def _record(self, *request: str) -> None:
         self.requests.append(request)
@@ -180,6 +181,15 @@ class FakeAri:
     async def variable(self, channel_id: str, name: str) -> str | None:
         self._record("variable", channel_id, name)
         return self.variables.get((channel_id, name))
+
+    async def bridges(self) -> list[dict[str, Any]]:
+        self._record("bridges")
+        return self.live_bridges
+
+    async def channel(self, channel_id: str) -> dict[str, Any] | None:
+        self._record("channel", channel_id)
+        found = [c for c in self.live_channels if c["id"] == channel_id]
+        return found[0] if found else None
 
 
 class FakeRecorder:
@@ -1019,6 +1029,55 @@ async def test_a_caller_in_the_queue_during_a_restart_is_adopted_and_key_3_still
     decided = by_kind(await node.ledger(), "consent_decided")
     assert [(e.call_id, e.data["phase"]) for e in decided] == [(call_id, "queued")]
     assert node.recorder.requests == [("start", chan, recording_file(chan))]
+
+
+async def test_an_agent_connect_lost_while_ami_was_down_is_recovered_from_the_bridge(
+    node: Node,
+) -> None:
+    """Bridged audio must not count as 0 s because AMI reconnected meanwhile."""
+    chan, agent = "1764432010.7", "1764432010.8"
+    await queued_call(node, chan)
+    node.ari.live_channels = [
+        channel(chan, "+4930100010"),
+        {"id": agent, "name": "PJSIP/agent1-0000002a", "state": "Up"},
+    ]
+    node.ari.live_bridges = [
+        {"id": "b1", "channels": [agent, chan], "creationtime": "2026-11-29T16:00:20.250+0000"}
+    ]
+
+    node.dispatcher.ami_connected()
+    await settle()
+    await asyncio.wait_for(asyncio.gather(*node.tasks[-1:]), 1.0)
+    await settle()
+    # The AMI event itself arrives late after all: still one connection.
+    node.dispatcher.handle_ami(ami_event("AgentConnect", chan, MemberName="Agent 1"))
+    await settle()
+
+    connected = by_kind(await node.ledger(), "agent_connected")
+    assert [(e.occurred_at, e.data) for e in connected] == [
+        (
+            datetime(2026, 11, 29, 16, 0, 20, 250000, tzinfo=UTC),
+            {
+                "agent": "PJSIP/agent1",
+                "interface": "PJSIP/agent1",
+                "queue_time": None,
+                "ring_time": None,
+                "recovered": True,
+            },
+        )
+    ]
+    assert node.dispatcher.calls[chan].call.phase.value == "connected"
+
+
+async def test_bridges_of_calls_not_in_the_queue_are_left_alone(node: Node) -> None:
+    chan = "1764432010.9"
+    await node.feed(stasis_start(chan, "+4930100002"))  # greeting, not queued
+    node.ari.live_bridges = [{"id": "b2", "channels": [chan, "x"]}]
+
+    await node.dispatcher.recover_agent_connections()
+    await settle()
+
+    assert by_kind(await node.ledger(), "agent_connected") == []
 
 
 async def test_a_recording_the_ledger_never_heard_of_is_stopped_and_deleted(node: Node) -> None:

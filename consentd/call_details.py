@@ -114,6 +114,21 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         ],
         "started_at": _iso(start.occurred_at),
         "ended_at": _iso(end.occurred_at) if end else None,
+        # Handled by the dialplan alone while no consentd was connected (fallback_calls.py).
+        "consentd_unavailable": bool(facts.get("consentd_unavailable")),
+        "fallback": _fallback(facts, end) if facts.get("consentd_unavailable") else None,
+    }
+
+
+def _fallback(facts: dict[str, Any], end: LedgerEvent | None) -> dict[str, Any]:
+    """What the dialplan's fallback log said of the call, as it said it."""
+    return {
+        "branch": facts.get("fallback"),
+        "uniqueid": facts.get("uniqueid"),
+        "linkedid": facts.get("linkedid"),
+        "mailbox": facts.get("mailbox"),
+        "hangup_cause": end.data.get("hangup_cause") if end else None,
+        "voicemail_status": end.data.get("voicemail_status") if end else None,
     }
 
 

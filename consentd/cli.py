@@ -154,7 +154,13 @@ _COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("started", lambda c: (c["started_at"] or "")[:19].replace("T", " ")),
     ("number", lambda c: c["phone_number"]),
     ("caller", lambda c: c["caller"]),
-    ("consent", lambda c: c["call_recording_consent"]),
+    (
+        "consent",
+        lambda c: (
+            c["call_recording_consent"]
+            or ("consentd unavailable" if c.get("consentd_unavailable") else "-")
+        ),
+    ),
     ("action", lambda c: c["call_recording_consent_action"] or "-"),
     ("key", lambda c: c["call_recording_consent_keypress"] or "-"),
     ("rec s", lambda c: str(c["recording_time"])),

@@ -101,7 +101,11 @@ class MemoryLedger:
 
 
 def open_calls_of(events: Sequence[LedgerEvent], node: str, since: datetime) -> list[LedgerEvent]:
-    """Rows of ``node``'s calls started since ``since`` that have no ``call_ended``."""
+    """Rows of ``node``'s calls started since ``since`` that have no ``call_ended``.
+
+    Calls the dialplan handled without consentd (``consentd_unavailable``) are
+    never this node's to close or adopt.
+    """
     by_call: dict[str, list[LedgerEvent]] = {}
     for event in events:
         by_call.setdefault(event.call_id, []).append(event)
@@ -112,6 +116,7 @@ def open_calls_of(events: Sequence[LedgerEvent], node: str, since: datetime) -> 
         if (
             first.kind == "call_started"
             and first.node == node
+            and not first.data.get("consentd_unavailable")
             and first.occurred_at >= since
             and "call_ended" not in {e.kind for e in rows}
         ):

@@ -223,7 +223,8 @@ class PostgresLedger:
     async def open_calls(self, node: str, since: datetime) -> list[LedgerEvent]:
         return await self._events_where(
             "call_id IN (SELECT s.call_id FROM call_events s WHERE s.kind = 'call_started'"
-            " AND s.node = $1 AND s.occurred_at >= $2 AND NOT EXISTS ("
+            " AND s.node = $1 AND s.occurred_at >= $2"
+            " AND NOT (s.data ? 'consentd_unavailable') AND NOT EXISTS ("
             "   SELECT 1 FROM call_events e WHERE e.call_id = s.call_id"
             "   AND e.kind = 'call_ended'))",
             node,

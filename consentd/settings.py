@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # Paths as Asterisk sees them.
     recording_dir: str = "/var/spool/asterisk/monitor"
     sounds_dir: str = "/var/lib/asterisk/sounds"
+    # The dialplan's log of calls handled while consentd was away (extensions.conf,
+    # [consentd-fallback-log]); read into the ledger by consentd/fallback_calls.py.
+    fallback_log: str = "/var/log/asterisk/consentd-fallback.log"
+    fallback_poll_seconds: float = 3.0
 
     # Overload: calls consentd cannot serve in time go on unrecorded through the
     # dialplan (context consentd-unrecorded) instead of waiting.

@@ -1,6 +1,6 @@
 """Start-up and shutdown of the daemon: the one place where dependencies are wired.
 
-Long-lived tasks (ARI events, AMI connection, ledger writer, one task per
+Long-lived tasks (ARI events, AMI connection, ledger writer, fallback log reader, one task per
 call) run under one TaskGroup. On SIGTERM the daemon stops taking events,
 gives calls in progress a grace period, stores (or journals) every ledger
 event, and exits. Calls still up afterwards are adopted by the next start.
@@ -24,6 +24,7 @@ from consentd.ami import AmiClient, Recorder
 from consentd.ari import AriClient
 from consentd.call_details import recent_calls
 from consentd.dispatcher import Dispatcher, NodeConfig
+from consentd.fallback_calls import FallbackReconciler
 from consentd.greetings import GreetingLibrary
 from consentd.http_api import Health, init_app, register_gauges
 from consentd.journal import Journal
@@ -115,6 +116,14 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         ami_task = tg.create_task(ami.run(), name="ami")
         writer_task = tg.create_task(writer.run(), name="ledger-writer")
         events_task = tg.create_task(_consume(ari, dispatcher), name="ari-events")
+        # Calls the dialplan handled while no consentd was connected, into the ledger.
+        fallback = FallbackReconciler(
+            settings.asterisk_root / settings.fallback_log.lstrip("/"),
+            settings.node,
+            writer.submit,
+            interval=settings.fallback_poll_seconds,
+        )
+        fallback_task = tg.create_task(fallback.run(), name="fallback-calls")
         log.info(
             "consentd_started",
             node=settings.node,
@@ -136,6 +145,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         if call_tasks:
             await asyncio.wait(set(call_tasks), timeout=shutdown_grace)
         events_task.cancel()
+        fallback_task.cancel()  # what it submitted is in the writer's queue, stored below
         for task in list(call_tasks):
             task.cancel()
         await writer.close()

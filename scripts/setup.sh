@@ -22,7 +22,8 @@ VENV=$REPO/.venv
 ROOT_INCLUDE=asterisk,asterisk-core-sounds-en-gsm
 ROOT_SPEC="v1 sid minbase $ROOT_INCLUDE nodoc"
 
-HOST_PACKAGES=(mmdebstrap sip-tester sox espeak-ng postgresql python3-venv curl util-linux)
+# libsox-fmt-mp3: operators' MP3 greetings are converted with sox.
+HOST_PACKAGES=(mmdebstrap sip-tester sox libsox-fmt-mp3 espeak-ng postgresql python3-venv curl util-linux)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -129,6 +130,19 @@ regen() { # regen KEYFILE KEY -> true when the output must be rebuilt
     return 0
 }
 
+TEXTS=$REPO/greetings/texts.tsv
+# Every language gets every category (consentd/greeting_files.py, GreetingCategory).
+CATEGORIES=(available wait hold voicemail ivr ivr_invalid call_recording_opt_in call_recording_opt_out)
+# Old names still played by the running code: copies of the new ones.
+declare -A ALIASES=([opt_in]=call_recording_opt_in [opt_out]=call_recording_opt_out)
+langs=$(awk -F'\t' 'NF && !/^#/ && $1 != "lang" {print $1}' "$TEXTS" | sort -u)
+for lang in $langs; do
+    for name in "${CATEGORIES[@]}"; do
+        awk -F'\t' -v l="$lang" -v n="$name" '$1 == l && $2 == n && $3 != "" {f = 1} END {exit !f}' "$TEXTS" ||
+            die "greetings/texts.tsv has no text for $lang/$name"
+    done
+done
+
 generated=0
 while IFS=$'\t' read -r lang name text; do
     [[ -z $lang || $lang == \#* || $lang == lang ]] && continue
@@ -138,17 +152,27 @@ while IFS=$'\t' read -r lang name text; do
     mkdir -p "$(dirname "$out")"
     tmpwav=$(mktemp --suffix=.wav)
     espeak-ng -b 1 -v "$lang" -s 150 -w "$tmpwav" "$text" || die "espeak-ng failed for $lang/$name"
-    sox "$tmpwav" -r 8000 -c 1 -b 16 -e signed-integer "$out" norm -3 || die "sox failed for $lang/$name"
+    sox "$tmpwav" -r 8000 -c 1 -b 16 -e signed-integer "$out.tmp.wav" norm -3 || die "sox failed for $lang/$name"
+    mv "$out.tmp.wav" "$out"
     rm -f "$tmpwav"
     echo "$key" >"$KEYS/$lang.$name"
     generated=$((generated + 1))
-done <"$REPO/greetings/texts.tsv"
+    printf '    %s/%s.wav (%s s)\n' "$lang" "$name" "$(soxi -D "$out" | xargs printf '%.1f')"
+done <"$TEXTS"
+for lang in $langs; do
+    for alias in "${!ALIASES[@]}"; do
+        src=$SOUNDS/$lang/consentd/${ALIASES[$alias]}.wav
+        dst=$SOUNDS/$lang/consentd/$alias.wav
+        cmp -s "$src" "$dst" && continue
+        cp "$src" "$dst.tmp" && mv "$dst.tmp" "$dst"
+        printf '    %s/%s.wav (copy of %s.wav)\n' "$lang" "$alias" "${ALIASES[$alias]}"
+    done
+done
 
 # Tones: language-independent, but copied into each language's directory so
 # that sound:consentd/beep resolves whatever the channel language is.
 BEEP="sox synth 0.25 sine 1000 vol 0.5 r8000 v1"
 MOH="sox synth 10 sine 440 tremolo 0.5 40 fade 1 10 1 vol 0.12 r8000 v1"
-langs=$(awk -F'\t' 'NF && !/^#/ && $1 != "lang" {print $1}' "$REPO/greetings/texts.tsv" | sort -u)
 for lang in $langs; do
     out=$SOUNDS/$lang/consentd/beep.wav
     if [[ ! -f $out ]] || regen "$KEYS/$lang.beep" "$BEEP"; then
@@ -165,7 +189,7 @@ if [[ ! -f $SOUNDS/moh/tone.wav ]] || regen "$KEYS/moh.tone" "$MOH"; then
     echo "$MOH" >"$KEYS/moh.tone"
     generated=$((generated + 1))
 fi
-say "sounds ready in $SOUNDS ($generated regenerated)"
+say "sounds ready in $SOUNDS: $(paste -sd, <<<"$langs"), ${#CATEGORIES[@]} greetings each ($generated regenerated)"
 
 # --- 4. Python venv -----------------------------------------------------------
 if [[ ! -x $VENV/bin/python ]]; then

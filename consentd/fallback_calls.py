@@ -99,7 +99,9 @@ def parse_line(text: str, line_no: int = 0) -> FallbackRecord:
     if event == "voicemail":
         return _with(record, mailbox=_decode(extra[0], line_no, "mailbox") or None)
     if event == "ended":
-        return _with(record, hangup_cause=extra[0] or None, voicemail_status=extra[1] or None)
+        # HANGUPCAUSE 0 is Asterisk's "not defined" (a caller's BYE often leaves it so).
+        cause = extra[0] if extra[0] not in ("", "0") else None
+        return _with(record, hangup_cause=cause, voicemail_status=extra[1] or None)
     return record
 
 

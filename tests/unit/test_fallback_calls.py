@@ -64,6 +64,7 @@ def test_ended_and_voicemail_lines_carry_their_extras() -> None:
     end = parse_line(ended(cause="16", vm="SUCCESS"))
     assert (end.hangup_cause, end.voicemail_status) == ("16", "SUCCESS")
     assert parse_line(ended(cause="", vm="")).voicemail_status is None
+    assert parse_line(ended(cause="0")).hangup_cause is None  # AST_CAUSE_NOTDEFINED
     assert parse_line(voicemail()).mailbox == "support@groups"
 
 

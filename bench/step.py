@@ -350,7 +350,8 @@ async def ledger_calls(did: str, since: float) -> dict[str, list[LedgerRow]]:
         rows = await conn.fetch(
             "SELECT call_id, kind, occurred_at, data::text AS data FROM call_events"
             " WHERE call_id IN (SELECT call_id FROM call_events WHERE kind = 'call_started'"
-            "   AND data->>'did' = $1 AND occurred_at >= to_timestamp($2))"
+            "   AND data->>'did' = $1 AND occurred_at >= to_timestamp($2)"
+            "   AND NOT (data ? 'consentd_unavailable'))"  # the dialplan's fallback calls
             " ORDER BY call_id, seq",
             did,
             since,

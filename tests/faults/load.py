@@ -64,6 +64,8 @@ async def place_load(
 class Verdict:
     placed: int
     calls: int = 0
+    #: Calls the dialplan took while no consentd was connected (the fallback log's).
+    fallback: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     forbidden: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
@@ -72,6 +74,7 @@ class Verdict:
     def line(self, case: str) -> str:
         return (
             f"{case}: placed {self.placed}, reached consentd {self.calls},"
+            f" dialplan fallback {self.fallback},"
             f" outcomes {dict(self.outcomes)}, forbidden recordings {len(self.forbidden)},"
             f" duplicates {len(self.duplicates)}, not ended {len(self.unended)}"
         )
@@ -98,9 +101,17 @@ async def verdict(since: float, placed: int) -> Verdict:
         calls.setdefault(row["call_id"], []).append(
             (row["seq"], row["kind"], json.loads(row["data"]))
         )
-    result = Verdict(placed, calls=len(calls))
+    fallback = {
+        call_id
+        for call_id, events in calls.items()
+        if any(
+            kind == "call_started" and data.get("consentd_unavailable") for _, kind, data in events
+        )
+    }
+    result = Verdict(placed, calls=len(calls) - len(fallback), fallback=len(fallback))
     for call_id, events in calls.items():
-        _judge(result, call_id, events)
+        if call_id not in fallback:
+            _judge(result, call_id, events)
     return result
 
 

@@ -31,6 +31,7 @@ from consentd.journal import Journal
 from consentd.ledger import LedgerWriter
 from consentd.ledger_pg import DatabaseError, PostgresLedger
 from consentd.policy import PolicyBook
+from consentd.reload import PolicyReloader
 from consentd.runner import Ports, utc_now
 from consentd.settings import Settings
 
@@ -92,6 +93,21 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         dispatcher = Dispatcher(config, book, greetings, ports, spawn)
         ami.on_event(dispatcher.handle_ami)
         ami.on_connect(dispatcher.ami_connected)
+        # Live reload (consentd reload, SIGHUP): new calls get the new file's policies.
+        reloader = PolicyReloader(
+            book,
+            install=lambda b: GreetingLibrary.install(
+                b, settings.sounds_dir, settings.asterisk_root
+            ),
+            apply=dispatcher.replace_policies,
+            submit=writer.submit,
+            clock=utc_now,
+            node=settings.node,
+            boot_id=config.boot_id,
+        )
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: tg.create_task(reloader.reload("sighup"), name="reload")
+        )
 
         def health() -> Health:
             return Health(
@@ -108,7 +124,12 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         registry = CollectorRegistry()
         register_gauges(registry, health)
         http = web.AppRunner(
-            init_app(health, registry, lambda limit: recent_calls(store, limit, utc_now()))
+            init_app(
+                health,
+                registry,
+                lambda limit: recent_calls(store, limit, utc_now()),
+                reload=lambda: reloader.reload("http"),
+            )
         )
         await http.setup()
         await web.TCPSite(http, settings.http_host, settings.http_port).start()

@@ -1,4 +1,5 @@
-"""The ``consentd`` command: run the daemon, check a policy file, show call details."""
+"""The ``consentd`` command: run the daemon, check a policy file, show call details,
+reload the running daemon's policy file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import asyncio
 import json
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     calls.add_argument("--limit", type=_positive_int, default=20, help="how many calls (20)")
     calls.add_argument("--database-url", help="default: $CONSENTD_DATABASE_URL or the local stack")
     calls.set_defaults(handler=_calls)
+
+    reload = sub.add_parser(
+        "reload",
+        help="make the running daemon re-read its policy file (exit 1: refused, 2: unreachable)",
+    )
+    reload.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="the daemon's HTTP address (default: $CONSENTD_HTTP_HOST:$CONSENTD_HTTP_PORT "
+        "or the local stack's 127.0.0.1:8090)",
+    )
+    reload.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the daemon (30)"
+    )
+    reload.set_defaults(handler=_reload)
     return parser
 
 
@@ -139,6 +157,57 @@ def _calls(args: argparse.Namespace) -> int:
     else:
         print(render_table(details))
     return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """Exit 0: reloaded; 1: the file was refused (every error printed); 2: no answer."""
+    if args.http:
+        host, _, port = args.http.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"consentd reload: --http must be HOST:PORT, got {args.http!r}", file=sys.stderr)
+            return 2
+        address = args.http
+    else:
+        settings = Settings()
+        address = f"{settings.http_host}:{settings.http_port}"
+    url = f"http://{address}/reload"
+    request = urllib.request.Request(url, method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(
+            f"consentd reload: the daemon at {address} is not reachable ({reason}); "
+            "is it running? (--http HOST:PORT or $CONSENTD_HTTP_PORT point elsewhere)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if status == 200 and isinstance(answer, dict) and "summary" in answer:
+        print(answer["summary"])
+        return 0
+    if status == 422 and isinstance(answer, dict) and isinstance(answer.get("errors"), list):
+        for error in answer["errors"]:
+            print(error, file=sys.stderr)
+        count = len(answer["errors"])
+        print(
+            f"consentd reload: {answer.get('file', 'the policy file')}: refused, "
+            f"{count} error{'s' if count != 1 else ''}; the daemon keeps its last good policies",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"consentd reload: unexpected answer from {url}: HTTP {status} "
+        f"{body[:200].decode(errors='replace')}",
+        file=sys.stderr,
+    )
+    return 2
 
 
 async def _fetch_calls(dsn: str, limit: int) -> list[dict[str, Any]]:

@@ -120,6 +120,12 @@ class Dispatcher:
         self.draining = False
         self._log = structlog.get_logger("consentd.dispatch")
 
+    def replace_policies(self, policies: PolicyBook, greetings: GreetingLibrary) -> None:
+        """A reloaded policy file, for new calls only: a call in progress keeps the
+        facts (policy, greetings, group) it started with."""
+        self._policies = policies
+        self._greetings = greetings
+
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == CONNECTED:

@@ -1,7 +1,9 @@
-"""The daemon's small HTTP surface: health for orchestration, metrics, and recent calls."""
+"""The daemon's small HTTP surface: health for orchestration, metrics, recent calls, and
+the policy reload behind ``consentd reload``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +13,8 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from consentd.reload import ReloadOutcome
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,17 @@ RECENT_CALLS: web.AppKey[Callable[[int], Awaitable[list[dict[str, Any]]]]] = web
     "recent_calls",
     Callable,  # type: ignore[arg-type]
 )
+RELOAD: web.AppKey[Callable[[], Awaitable[ReloadOutcome]]] = web.AppKey(
+    "reload",
+    Callable,  # type: ignore[arg-type]
+)
 
 
 def init_app(
     health: Callable[[], Health],
     registry: CollectorRegistry,
     recent_calls: Callable[[int], Awaitable[list[dict[str, Any]]]],
+    reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
 ) -> web.Application:
     app = web.Application()
     app[HEALTH] = health
@@ -52,6 +61,9 @@ def init_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/calls", _calls)
+    if reload is not None:
+        app[RELOAD] = reload
+        app.router.add_post("/reload", _reload)
     return app
 
 
@@ -130,3 +142,10 @@ async def _calls(request: web.Request) -> web.Response:
             status=400,
         )
     return web.json_response(await request.app[RECENT_CALLS](limit))
+
+
+async def _reload(request: web.Request) -> web.Response:
+    """Re-read the daemon's policy file: 200 and what changed, or 422 and every error."""
+    # Shielded: a client that gives up must not cut a reload in half.
+    outcome = await asyncio.shield(request.app[RELOAD]())
+    return web.json_response(outcome.as_dict(), status=200 if outcome.ok else 422)

@@ -209,6 +209,28 @@ class AriClient:
             {"context": "consentd-queue", "extension": did, "priority": "1"},
         )
 
+    async def set_variables(self, channel_id: str, variables: tuple[tuple[str, str], ...]) -> None:
+        for name, value in variables:
+            await self.request(
+                "POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value}
+            )
+
+    async def continue_in_dialplan(
+        self,
+        channel_id: str,
+        place: tuple[str, str, int],
+        variables: tuple[tuple[str, str], ...],
+    ) -> None:
+        """Hand the call to the PBX's own dialplan, staying subscribed so key 3 is still seen."""
+        context, extension, priority = place
+        await self.subscribe(channel_id)
+        await self.set_variables(channel_id, variables)
+        await self.request(
+            "POST",
+            f"/channels/{channel_id}/continue",
+            {"context": context, "extension": extension, "priority": str(priority)},
+        )
+
     async def continue_unrecorded(self, channel_id: str, did: str) -> None:
         """Leave Stasis into the dialplan's unrecorded path (consentd-unrecorded)."""
         await self.request(

@@ -6,11 +6,13 @@ carry out. It does no I/O and reads no clock, so every rule of the product
 here and tested without Asterisk. The runner executes the commands and feeds
 their outcomes back as events.
 
-A call either stays with consentd (greeting, then silence until hangup) or,
-when its number routes to a group, hears the availability greeting and the
-consent greeting and then waits in the group's app_queue queue. Key 3 keeps
-working there; the recording (MixMonitor option b) covers only the time the
-caller is bridged to an agent. Nobody answering leads back here, to voicemail.
+A call either stays with consentd (greeting, then silence until hangup) or
+goes where its number's routing sends it: a group (availability greeting,
+consent greeting, then the group's app_queue queue; the recording, MixMonitor
+option b, covers only the time bridged to an agent; nobody answering leads
+back here, to voicemail), an IVR menu (no consent greeting: the menu's prompt
+mentions key 3), the PBX's own dialplan, voicemail, or a hangup. Wherever it
+goes, consentd keeps watching the channel, and key 3 keeps deciding consent.
 """
 
 from __future__ import annotations
@@ -21,17 +23,20 @@ from typing import Any
 
 from consentd.call_model import (
     CONSENT_KEY,
+    DEFAULT_VOICEMAIL_SECONDS,
     Adopted,
     AgentCompleted,
     AgentConnected,
     Answer,
     Answered,
+    Bridged,
     CallArrived,
     CallEnded,
     CallFacts,
     Command,
     CommandFailed,
     ConsentAction,
+    ContinueToDialplan,
     ContinueToQueue,
     ContinueUnrecorded,
     DeleteIfEmpty,
@@ -44,6 +49,7 @@ from consentd.call_model import (
     InternalError,
     LeftStasis,
     Media,
+    MenuPlan,
     Phase,
     Play,
     PlaybackFinished,
@@ -55,19 +61,34 @@ from consentd.call_model import (
     RecordingStopped,
     ReturnedFromQueue,
     Segment,
+    SetVariables,
     StartRecording,
+    StartTimer,
     StartVoicemail,
     StopPlayback,
     StopRecording,
     Subscribe,
+    TimerFired,
     VoicemailFinished,
     VoicemailStarted,
     WriteLedger,
 )
-from consentd.policy import NoAnswer, Recording
+from consentd.policy import (
+    DialplanTarget,
+    GroupTarget,
+    HangupTarget,
+    IvrTarget,
+    NoAnswer,
+    Recording,
+    RoutingTarget,
+    VoicemailTarget,
+)
 
 #: Playback-id suffixes; "greeting" is the consent greeting.
 CONSENT, AVAILABLE, VOICEMAIL = "greeting", "available", "voicemail"
+#: Playback-id prefixes of an IVR menu's prompt and its "invalid choice" prompt,
+#: numbered per play so a stopped prompt's late events are never mistaken.
+MENU_PROMPT, MENU_INVALID = "ivr-", "invalid-"
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,20 @@ class Call:
     agent_answered: bool = False
     #: consentd asked Asterisk to record a voicemail.
     voicemail_requested: bool = False
+    #: The IVR menu the caller is in (phase IVR), and its misses (no key, wrong key).
+    menu: str | None = None
+    menu_misses: int = 0
+    #: Menu prompts played so far (numbers their playback ids).
+    menu_plays: int = 0
+    #: The token of the live menu timer (0: none); ``timers`` numbers them.
+    timer: int = 0
+    timers: int = 0
+    #: The number's routing was followed (the route is taken once).
+    routed: bool = False
+    #: In a bridge now (the dialplan's Dial answered): a press is "talking".
+    bridged: bool = False
+    #: Segments recorded with MixMonitor option b (audio only while bridged to an agent).
+    bridged_segments: tuple[int, ...] = ()
 
     @property
     def ended(self) -> bool:
@@ -100,8 +135,17 @@ class Call:
     def playback_id(self, suffix: str) -> str:
         return f"{self.facts.channel_id}-{suffix}"
 
+    @property
+    def menu_plan(self) -> MenuPlan:
+        assert self.menu is not None
+        return self.facts.menus[self.menu]
+
     def media(self, suffix: str) -> Media | None:
         facts = self.facts
+        if suffix.startswith(MENU_PROMPT):
+            return self.menu_plan.greeting
+        if suffix.startswith(MENU_INVALID):
+            return self.menu_plan.invalid
         return {
             CONSENT: facts.greeting,
             AVAILABLE: facts.announcement,
@@ -129,33 +173,42 @@ class _Transition:
     def start_recording(self) -> None:
         number = self.call.segments_opened + 1
         file = self.call.facts.recording_file(number)
+        bridged_only = self.call.facts.group is not None
         self.update(segments_opened=number, recording=Segment(number, file))
-        self.do(StartRecording(number, file, bridged_only=self.call.facts.group is not None))
+        if bridged_only:
+            self.update(bridged_segments=(*self.call.bridged_segments, number))
+        self.do(StartRecording(number, file, bridged_only=bridged_only))
 
-    def play(self, suffix: str) -> None:
+    def play(self, suffix: str, at: datetime) -> None:
         media = self.call.media(suffix)
         if media is None:
-            self.next_step()
+            self.next_step(at)
             return
         playback_id = self.call.playback_id(suffix)
         self.update(greeting_playback=playback_id)
         self.do(Play(playback_id, media))
 
-    def next_step(self) -> None:
-        """After a greeting (or none): the next greeting, the queue, voicemail, or holding."""
+    def next_step(self, at: datetime) -> None:
+        """After a greeting (or none): the next greeting, the menu's wait for a key,
+        the queue, voicemail, the number's route, or holding."""
         call = self.call
         if call.phase is Phase.VOICEMAIL:
             group = call.facts.group
-            assert group is not None
+            seconds = group.voicemail_max_seconds if group else DEFAULT_VOICEMAIL_SECONDS
             self.update(voicemail_requested=True)
-            self.do(StartVoicemail(call.facts.voicemail_name, group.voicemail_max_seconds))
+            self.do(StartVoicemail(call.facts.voicemail_name, seconds))
         elif call.pending_greetings:
             suffix, *rest = call.pending_greetings
-            self.update(pending_greetings=tuple(rest), phase=Phase.GREETING)
-            self.play(suffix)
+            phase = Phase.IVR if call.phase is Phase.IVR else Phase.GREETING
+            self.update(pending_greetings=tuple(rest), phase=phase)
+            self.play(suffix, at)
+        elif call.phase is Phase.IVR:
+            self.start_timer(call.menu_plan.timeout)
         elif call.facts.group is not None:
             self.update(phase=Phase.QUEUED)
             self.do(ContinueToQueue(call.facts.group.queue, call.facts.group.timeout))
+        elif call.facts.policy.routing is not None and not call.routed:
+            _route(self, call.facts.policy.routing, at, source="number")
         else:
             # The line stays open with nothing sent to the caller. No silence
             # generator: its steady frames against the caller's bursty RTP made
@@ -166,6 +219,11 @@ class _Transition:
             self.update(phase=Phase.HOLDING)
             if _records_opt_out_now(call):
                 self.start_recording()
+
+    def start_timer(self, seconds: float) -> None:
+        token = self.call.timers + 1
+        self.update(timers=token, timer=token)
+        self.do(StartTimer(token, seconds))
 
     def result(self) -> tuple[Call, list[Command]]:
         return self.call, self.commands
@@ -191,7 +249,7 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
         case CallArrived():
             _arrive(t, event)
         case Answered() if call.phase is Phase.ANSWERING:
-            _answered(t)
+            _answered(t, event.at)
         case DtmfReceived():
             _keypress(t, event)
         case PlaybackStarted() if event.playback_id == call.greeting_playback:
@@ -201,7 +259,12 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
                 "greeting_finished", event.at, playback_id=event.playback_id, state=event.state
             )
             t.update(greeting_playback=None)
-            t.next_step()
+            t.next_step(event.at)
+        case TimerFired() if call.phase is Phase.IVR and event.token == call.timer:
+            t.update(timer=0)
+            _menu_miss(t, "no_key", event.at)
+        case Bridged():
+            t.update(bridged=event.entered)
         case RecordingStarted():
             ids = {"mixmonitor_id": event.mixmonitor_id} if event.mixmonitor_id else {}
             t.ledger("recording_started", event.at, **_segment_data(call, event.segment), **ids)
@@ -253,7 +316,7 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
                 **_voicemail_data(call),
             )
             t.do(Hangup())
-        case LeftStasis() if call.phase is not Phase.QUEUED and call.phase is not Phase.CONNECTED:
+        case LeftStasis() if call.phase not in (Phase.QUEUED, Phase.CONNECTED, Phase.DIALPLAN):
             _end(t, CallEnded(event.at))
         case CommandFailed():
             _command_failed(t, event)
@@ -272,9 +335,13 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
 def _arrive(t: _Transition, event: CallArrived) -> None:
     facts = t.call.facts
     policy = facts.policy
-    routed = {"group": policy.routing.group} if policy.routing else {}
+    routed: dict[str, Any] = {}
+    if isinstance(policy.routing, GroupTarget):
+        routed["group"] = policy.routing.group
     if facts.group is not None:
         routed["queue"] = facts.group.queue
+    if policy.menu is not None:
+        routed["ivr"] = policy.menu
     t.ledger(
         "call_started",
         event.at,
@@ -297,7 +364,7 @@ def _arrive(t: _Transition, event: CallArrived) -> None:
         _unserved(t, event.unserved, event.at)
         return
     if event.answered:
-        _answered(t)
+        _answered(t, event.at)
         return
     # Nothing else happens until Asterisk confirms the answer: a call that
     # cannot be answered in time goes on unrecorded instead of ringing forever.
@@ -305,13 +372,15 @@ def _arrive(t: _Transition, event: CallArrived) -> None:
     t.do(Answer())
 
 
-def _answered(t: _Transition) -> None:
+def _answered(t: _Transition, at: datetime) -> None:
     t.update(phase=Phase.GREETING)
     if t.call.facts.policy.recording is Recording.ALWAYS:
         t.start_recording()
     elif _records_opt_out_now(t.call) and t.call.facts.group is not None:
         t.start_recording()  # bridged-only: it holds nothing before an agent answers
-    t.next_step()
+    elif _records_opt_out_now(t.call) and t.call.facts.policy.menu is not None:
+        t.start_recording()  # a menu has no consent greeting to wait for
+    t.next_step(at)
 
 
 def _records_opt_out_now(call: Call) -> bool:
@@ -349,22 +418,33 @@ def _greeting_started(t: _Transition, event: PlaybackStarted) -> None:
 
 def _keypress(t: _Transition, event: DtmfReceived) -> None:
     call = t.call
+    consent_key = event.digit == CONSENT_KEY and call.facts.policy.recording.asks_caller
     decides = (
-        event.digit == CONSENT_KEY
+        consent_key
         and call.decision is None
-        and call.facts.policy.recording.asks_caller
         and call.phase not in (Phase.VOICEMAIL, Phase.UNSERVED)
     )
+    where = _where(call)
     t.ledger(
         "keypress",
         event.at,
         digit=event.digit,
         duration_ms=event.duration_ms,
         phase=call.phase.value,
+        where=where,
         decides=decides,
     )
-    if not decides:
-        return
+    if decides:
+        _decide(t, event, where)
+    if call.phase is Phase.IVR:
+        if consent_key:
+            _menu_waits_again(t)  # consent, never a menu choice: the menu waits on
+        else:
+            _menu_key(t, event.digit, event.at)
+
+
+def _decide(t: _Transition, event: DtmfReceived, where: str) -> None:
+    call = t.call
     policy = call.facts.policy
     action = (
         ConsentAction.CALLER_OPTED_IN
@@ -376,7 +456,12 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
         pending_greetings=tuple(g for g in call.pending_greetings if g != CONSENT),
     )
     t.ledger(
-        "consent_decided", event.at, action=action.value, digit=event.digit, phase=call.phase.value
+        "consent_decided",
+        event.at,
+        action=action.value,
+        digit=event.digit,
+        phase=call.phase.value,
+        where=where,
     )
     segment = call.recording
     greeting = call.greeting_playback
@@ -388,15 +473,139 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
         if stop_greeting and greeting is not None:
             t.do(StopPlayback(greeting))
         t.start_recording()
+    else:
+        # A refusal stops the recording before anything else: nothing more is captured.
+        if segment is not None:
+            t.update(recording=replace(segment, stopping=True))
+            t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
+        if stop_greeting and greeting is not None:
+            t.do(StopPlayback(greeting))
+        if segment is not None and not policy.keep_partial_on_opt_out:
+            t.do(DeleteRecording(segment.number, segment.file))
+    if t.call.phase is Phase.DIALPLAN:
+        t.do(SetVariables(_outcome_variables(t.call)))
+
+
+def _where(call: Call) -> str:
+    """Where the caller was when they pressed a key, as the ledger reports it."""
+    match call.phase:
+        case Phase.ANSWERING | Phase.GREETING:
+            return "greeting"
+        case Phase.IVR:
+            return f"ivr:{call.menu}"
+        case Phase.QUEUED:
+            return "queue"
+        case Phase.CONNECTED:
+            return "talking"
+        case Phase.DIALPLAN:
+            return "talking" if call.bridged else "ringing"
+    return call.phase.value
+
+
+# ---------------------------------------------------------------- IVR menus
+
+
+def _enter_menu(t: _Transition, name: str, at: datetime) -> None:
+    t.update(phase=Phase.IVR, menu=name, menu_misses=0)
+    _play_menu(t, at)
+
+
+def _play_menu(t: _Transition, at: datetime, *, invalid_first: bool = False) -> None:
+    """The menu's prompt (after "not a valid choice" if the caller missed), then a wait."""
+    n = t.call.menu_plays + 1
+    prompts = ((f"{MENU_INVALID}{n}",) if invalid_first else ()) + (f"{MENU_PROMPT}{n}",)
+    t.update(menu_plays=n, pending_greetings=prompts, timer=0)
+    t.next_step(at)
+
+
+def _menu_waits_again(t: _Transition) -> None:
+    """After a consent press the menu gives the caller its full time to choose again."""
+    if t.call.timer:
+        t.start_timer(t.call.menu_plan.timeout)
+
+
+def _stop_menu_prompts(t: _Transition) -> None:
+    playing = t.call.greeting_playback
+    if playing is not None:
+        t.do(StopPlayback(playing))
+    t.update(greeting_playback=None, pending_greetings=(), timer=0)
+
+
+def _menu_key(t: _Transition, digit: str, at: datetime) -> None:
+    plan = t.call.menu_plan
+    _stop_menu_prompts(t)
+    target = plan.options.get(digit)
+    if target is None:
+        _menu_miss(t, "invalid_key", at, digit=digit)
         return
-    # A refusal stops the recording before anything else: nothing more is captured.
-    if segment is not None:
-        t.update(recording=replace(segment, stopping=True))
-        t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
-    if stop_greeting and greeting is not None:
-        t.do(StopPlayback(greeting))
-    if segment is not None and not policy.keep_partial_on_opt_out:
-        t.do(DeleteRecording(segment.number, segment.file))
+    _route(t, target, at, source=f"ivr:{plan.name}", digit=digit)
+
+
+def _menu_miss(t: _Transition, reason: str, at: datetime, *, digit: str | None = None) -> None:
+    """No key in time, or a key that is no option: the prompt again, or the default."""
+    plan = t.call.menu_plan
+    misses = t.call.menu_misses + 1
+    t.update(menu_misses=misses)
+    t.ledger("ivr_missed", at, menu=plan.name, reason=reason, digit=digit, misses=misses)
+    if misses > plan.retries:
+        _stop_menu_prompts(t)
+        _route(t, plan.default, at, source=f"ivr:{plan.name}", digit=None)
+        return
+    _play_menu(t, at, invalid_first=reason == "invalid_key")
+
+
+def _route(
+    t: _Transition, target: RoutingTarget, at: datetime, *, source: str, digit: str | None = None
+) -> None:
+    """Send the call where a number's routing or a menu option says."""
+    t.update(routed=True, menu=None if not isinstance(target, IvrTarget) else t.call.menu)
+    where = {"source": source, **({"digit": digit} if digit is not None else {})}
+    match target:
+        case GroupTarget(group=name):
+            group = t.call.facts.groups[name]
+            t.ledger("routed", at, to="group", group=name, queue=group.queue, **where)
+            t.update(facts=replace(t.call.facts, group=group), phase=Phase.GREETING)
+            if t.call.facts.announcement is not None:
+                t.update(pending_greetings=(AVAILABLE,))
+            t.next_step(at)
+        case IvrTarget(ivr=name):
+            t.ledger("routed", at, to="ivr", ivr=name, **where)
+            _enter_menu(t, name, at)
+        case DialplanTarget(dialplan=place):
+            t.ledger(
+                "routed",
+                at,
+                to="dialplan",
+                context=place.context,
+                extension=place.extension,
+                priority=place.priority,
+                **where,
+            )
+            if _should_record(t.call) and t.call.recording is None:
+                t.start_recording()
+            t.update(phase=Phase.DIALPLAN, bridged=False)
+            t.do(
+                ContinueToDialplan(
+                    place.context, place.extension, place.priority, _outcome_variables(t.call)
+                )
+            )
+        case VoicemailTarget():
+            t.ledger("routed", at, to="voicemail", **where)
+            t.update(phase=Phase.VOICEMAIL)
+            t.play(VOICEMAIL, at)
+        case HangupTarget():
+            t.ledger("routed", at, to="hangup", **where)
+            t.do(Hangup())
+
+
+def _outcome_variables(call: Call) -> tuple[tuple[str, str], ...]:
+    """What the admin's dialplan can branch on (and adoption finds the call by)."""
+    return (
+        ("CONSENTD_CONSENT", call.facts.policy.recording.value),
+        ("CONSENTD_ACTION", call.decision.value if call.decision else "none"),
+        ("CONSENTD_RECORDING", "on" if _should_record(call) else "off"),
+        ("CONSENTD_CALL_ID", call.facts.call_id),
+    )
 
 
 def _no_answer(t: _Transition, event: ReturnedFromQueue) -> None:
@@ -408,7 +617,7 @@ def _no_answer(t: _Transition, event: ReturnedFromQueue) -> None:
         return
     # Voicemail is recorded whatever the policy: the caller chooses to leave it.
     t.update(phase=Phase.VOICEMAIL)
-    t.play(VOICEMAIL)
+    t.play(VOICEMAIL, event.at)
 
 
 def _command_failed(t: _Transition, event: CommandFailed) -> None:
@@ -429,7 +638,7 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
             t.update(recording=replace(segment, stopping=False))
     elif isinstance(command, Play) and command.playback_id == t.call.greeting_playback:
         t.update(greeting_playback=None)
-        t.next_step()
+        t.next_step(event.at)
     elif isinstance(command, Answer) and t.call.phase is Phase.ANSWERING:
         _unserved(t, "answer_failed", event.at)
     elif isinstance(command, ContinueUnrecorded):
@@ -438,6 +647,8 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
         # Refused: the caller stays here. No answer: it may be queued, and a
         # StasisEnd then must not end the call.
         t.update(phase=Phase.QUEUED if event.unknown else Phase.HOLDING)
+    elif isinstance(command, ContinueToDialplan) and not event.unknown:
+        t.update(phase=Phase.HOLDING)  # still in consentd's app: the hangup ends it
     elif isinstance(command, StartVoicemail):
         t.do(Hangup())
 
@@ -479,6 +690,12 @@ def _adopt(t: _Transition, event: Adopted) -> None:
         t.do(StopRecording(current.number, current.file, current.mixmonitor_id))
         if not keep:
             t.do(DeleteRecording(current.number, current.file))
+    if event.location == "dialplan":
+        t.do(Subscribe())
+        t.update(phase=Phase.DIALPLAN)
+        if _should_record(t.call) and t.call.recording is None:
+            t.start_recording()
+        return
     if event.location == "queue":
         t.do(Subscribe())
         if t.call.phase is not Phase.CONNECTED:
@@ -491,6 +708,12 @@ def _adopt(t: _Transition, event: Adopted) -> None:
         return
     if t.call.phase is Phase.VOICEMAIL:
         return
+    if t.call.phase is Phase.IVR and t.call.menu in t.call.facts.menus:
+        if _should_record(t.call) and t.call.recording is None:
+            t.start_recording()
+        t.update(greeting_playback=None)
+        _play_menu(t, event.at)  # the prompt again, with a full wait for the key
+        return
     playing = call.playback_id(CONSENT)
     if playing in event.playing:
         t.update(phase=Phase.GREETING, greeting_playback=playing)
@@ -502,7 +725,7 @@ def _adopt(t: _Transition, event: Adopted) -> None:
             t.start_recording()
             return
         t.start_recording()  # bridged-only: from the agent's answer
-    t.next_step()
+    t.next_step(event.at)
 
 
 def _should_record(call: Call) -> bool:
@@ -556,8 +779,8 @@ def _end(t: _Transition, event: CallEnded) -> None:
     # No empty files left behind: a bridged-only recording whose caller never
     # reached an agent, or a voicemail hung up at the beep, holds only a header.
     call = t.call
-    if call.facts.group is not None and not call.agent_answered:
-        for number in range(1, call.segments_opened + 1):
+    if not call.agent_answered:
+        for number in call.bridged_segments:
             t.do(DeleteIfEmpty(call.facts.recording_file(number)))
     if call.voicemail_requested:
         t.do(DeleteIfEmpty(call.facts.voicemail_file))
@@ -569,7 +792,7 @@ def _segment_data(call: Call, segment: int) -> dict[str, Any]:
         "segment": segment,
         "file": file,
         "path": call.facts.host_path(file),
-        "bridged_only": call.facts.group is not None,
+        "bridged_only": segment in call.bridged_segments,
     }
 
 

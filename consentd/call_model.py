@@ -6,13 +6,14 @@ every transition can be tested without Asterisk.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
 
-from consentd.policy import Group, NumberPolicy
+from consentd.policy import Group, NumberPolicy, RoutingTarget
 
 
 class Direction(StrEnum):
@@ -31,8 +32,12 @@ class Phase(StrEnum):
     UNSERVED = "unserved"
     GREETING = "greeting"
     HOLDING = "holding"
+    #: In an IVR menu: its prompt, then waiting for a key.
+    IVR = "ivr"
     QUEUED = "queued"
     CONNECTED = "connected"
+    #: Handed to the PBX's own dialplan (still subscribed: key 3 keeps working).
+    DIALPLAN = "dialplan"
     VOICEMAIL = "voicemail"
     ENDED = "ended"
 
@@ -49,6 +54,23 @@ class Media:
     source: str  # "bundled" or the operator's file
     sha256: str | None = None
     kind: str = "opt_in"
+
+
+@dataclass(frozen=True)
+class MenuPlan:
+    """One IVR menu with its prompts resolved to media for the call's language."""
+
+    name: str
+    greeting: Media
+    invalid: Media
+    options: Mapping[str, RoutingTarget]
+    default: RoutingTarget
+    timeout: float
+    retries: int
+
+
+#: Voicemail length when the route is {voicemail: true} rather than a group's.
+DEFAULT_VOICEMAIL_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,9 @@ class CallFacts:
     voicemail_greeting: Media | None = None
     #: Where ARI writes channel recordings (voicemail), as Asterisk sees it.
     voicemail_dir: str = "/var/spool/asterisk/recording"
+    #: The policy file's menus and groups, for routes chosen during the call.
+    menus: Mapping[str, MenuPlan] = field(default_factory=dict)
+    groups: Mapping[str, Group] = field(default_factory=dict)
 
     def host_path(self, asterisk_path: str) -> str:
         """Where a file Asterisk writes appears on this host (Asterisk may run in a chroot)."""
@@ -284,6 +309,22 @@ class CallEnded:
     cause: str = "hangup"
 
 
+@dataclass(frozen=True)
+class TimerFired:
+    """A timer the flow set (``StartTimer``) ran out; stale tokens are ignored."""
+
+    token: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Bridged:
+    """The channel entered (or left) a bridge: the dialplan's Dial was answered (or ended)."""
+
+    entered: bool
+    at: datetime
+
+
 Event = (
     CallArrived
     | Answered
@@ -306,6 +347,8 @@ Event = (
     | Adopted
     | HandOff
     | EmptyFileRemoved
+    | TimerFired
+    | Bridged
     | CallEnded
 )
 
@@ -389,6 +432,32 @@ class DeleteRecording:
 
 
 @dataclass(frozen=True)
+class StartTimer:
+    """Post ``TimerFired(token)`` after ``seconds`` (an IVR menu waiting for a key)."""
+
+    token: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ContinueToDialplan:
+    """Hand the call to the PBX's dialplan, staying subscribed so key 3 is still seen."""
+
+    context: str
+    extension: str
+    priority: int
+    #: Channel variables set first, for the dialplan to read (CONSENTD_*).
+    variables: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class SetVariables:
+    """Update channel variables (the consent outcome changed after a hand-off)."""
+
+    variables: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class WriteLedger:
     """Append one event to the consent ledger; never waits for the database."""
 
@@ -411,5 +480,8 @@ Command = (
     | DeleteIfEmpty
     | StartVoicemail
     | Hangup
+    | StartTimer
+    | ContinueToDialplan
+    | SetVariables
     | WriteLedger
 )

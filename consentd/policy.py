@@ -14,19 +14,22 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from consentd.policy_references import check_references
 from consentd.yaml_source import KeyPath, YamlDocument, YamlSourceError, load_yaml
 
 E164_PATTERN = re.compile(r"^\+[1-9][0-9]{1,14}$")
@@ -110,8 +113,108 @@ class Greetings(_Frozen):
         return value
 
 
-class Routing(_Frozen):
+class GroupTarget(_Frozen):
+    """Queue the caller for a group of agents (app_queue)."""
+
     group: str
+
+
+class IvrTarget(_Frozen):
+    """Offer the caller a menu."""
+
+    ivr: str
+
+
+class DialplanPlace(_Frozen):
+    context: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    extension: str = Field(pattern=r"^[A-Za-z0-9_.+*#-]+$")
+    priority: int = Field(default=1, ge=1)
+
+
+class DialplanTarget(_Frozen):
+    """Hand the call to the PBX's own dialplan; consentd stays subscribed for key 3."""
+
+    dialplan: DialplanPlace
+
+
+class VoicemailTarget(_Frozen):
+    voicemail: Literal[True]
+
+
+class HangupTarget(_Frozen):
+    hangup: Literal[True]
+
+
+#: The key of each routing target, in the order the error message lists them.
+TARGET_KEYS = ("group", "ivr", "dialplan", "voicemail", "hangup")
+
+
+def _target_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        keys = [k for k in value if k in TARGET_KEYS]
+        return str(keys[0]) if len(value) == 1 and keys else None
+    for key in TARGET_KEYS:
+        if hasattr(value, key):
+            return key
+    return None
+
+
+RoutingTarget = Annotated[
+    Annotated[GroupTarget, Tag("group")]
+    | Annotated[IvrTarget, Tag("ivr")]
+    | Annotated[DialplanTarget, Tag("dialplan")]
+    | Annotated[VoicemailTarget, Tag("voicemail")]
+    | Annotated[HangupTarget, Tag("hangup")],
+    Discriminator(
+        _target_tag,
+        custom_error_type="routing_target",
+        custom_error_message=(
+            "a routing target is exactly one of {group: NAME}, {ivr: NAME}, "
+            "{dialplan: {context: CTX, extension: EXTEN, priority: 1}}, "
+            "{voicemail: true} or {hangup: true}"
+        ),
+    ),
+]
+
+#: Keys a caller can press; 3 is reserved for consent on opt_in and opt_out numbers.
+DTMF_KEYS = "0123456789*#"
+
+
+def _dtmf_key(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or len(value) != 1 or value not in DTMF_KEYS:
+        raise ValueError(f"option key {value!r} is not a single key (one of {DTMF_KEYS})")
+    return value
+
+
+DtmfKey = Annotated[str, BeforeValidator(_dtmf_key)]
+
+
+class GreetingFile(_Frozen):
+    """An operator's own prompt, in place of the bundled one."""
+
+    file: Path
+
+    _check = field_validator("file")(_check_greeting_file)
+
+
+class IvrMenu(_Frozen):
+    """A menu: its prompt, then one key picks where the call goes.
+
+    Key 3 is never an option on a number that asks for consent: there it
+    always decides consent, in any menu, and the menu waits on.
+    """
+
+    greeting: GreetingFile | None = None
+    options: dict[DtmfKey, RoutingTarget] = Field(min_length=1)
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    retries: int = Field(default=2, ge=0, le=10)
+    invalid: GreetingFile | None = None
+    default: RoutingTarget = HangupTarget(hangup=True)
+
+    def targets(self) -> list[RoutingTarget]:
+        return [*self.options.values(), self.default]
 
 
 class Group(_Frozen):
@@ -129,7 +232,7 @@ class NumberPolicy(_Frozen):
     language: str = Field(default="en", pattern=r"^[a-z]{2,3}(_[A-Za-z0-9]+)?$")
     keep_partial_on_opt_out: bool = False
     greetings: Greetings = Greetings()
-    routing: Routing | None = None
+    routing: RoutingTarget | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> NumberPolicy:
@@ -163,8 +266,18 @@ class NumberPolicy(_Frozen):
         return kinds
 
     @property
+    def menu(self) -> str | None:
+        """The IVR menu the call starts in, if its routing is one."""
+        return self.routing.ivr if isinstance(self.routing, IvrTarget) else None
+
+    @property
     def greeting_kind(self) -> GreetingKind | None:
-        """Which consent greeting this policy plays, if any."""
+        """Which consent greeting this policy plays, if any.
+
+        None for IVR-routed numbers: the menu's own prompt mentions key 3.
+        """
+        if self.menu is not None:
+            return None
         if self.recording is Recording.OPT_IN:
             return GreetingKind.OPT_IN
         if self.recording is Recording.OPT_OUT:
@@ -193,8 +306,9 @@ class PolicyFile(_Frozen):
     default: NumberPolicy
     numbers: dict[E164, NumberPolicy] = Field(default_factory=dict)
     groups: dict[str, Group] = Field(default_factory=dict)
+    ivr: dict[str, IvrMenu] = Field(default_factory=dict)
 
-    @field_validator("numbers", "groups", mode="before")
+    @field_validator("numbers", "groups", "ivr", mode="before")
     @classmethod
     def _empty_numbers(cls, value: Any) -> Any:
         """``numbers:`` with nothing under it means no numbers, not an error."""
@@ -215,6 +329,8 @@ class PolicyBook:
 
     file: Path
     config: PolicyFile
+    #: Legal but probably unintended (a menu nothing leads to).
+    warnings: tuple[PolicyProblem, ...] = ()
 
     def lookup(self, number: str) -> PolicyMatch:
         policy = self.config.numbers.get(number)
@@ -223,18 +339,21 @@ class PolicyBook:
         return PolicyMatch(policy, "number")
 
     def group_of(self, policy: NumberPolicy) -> Group | None:
-        if policy.routing is None:
+        if not isinstance(policy.routing, GroupTarget):
             return None
         return self.config.groups[policy.routing.group]
 
     def custom_greeting_files(self) -> set[Path]:
         policies = [self.config.default, *self.config.numbers.values()]
-        return {
+        files = {
             path
             for policy in policies
             for kind in GreetingKind
             if (path := policy.greetings.custom(kind)) is not None
         }
+        for menu in self.config.ivr.values():
+            files.update(g.file for g in (menu.greeting, menu.invalid) if g is not None)
+        return files
 
     def summary(self) -> str:
         counts = Counter(p.recording.value for p in self.config.numbers.values())
@@ -287,36 +406,25 @@ def load_policies(file: Path) -> PolicyBook:
             )
         )
         raise PolicyError(problems)
+    # References are checked on the raw data, so an undefined group is reported
+    # in the same pass as every other mistake, even when those break the model.
+    references = check_references(doc.data)
+    problems += [
+        PolicyProblem(file, doc.line_of(loc), _describe(loc), message)
+        for loc, message in references.problems
+    ]
+    warnings = [
+        PolicyProblem(file, doc.line_of(loc), _describe(loc), message)
+        for loc, message in references.warnings
+    ]
     try:
         config = PolicyFile.model_validate(doc.data, context={"base_dir": file.parent})
     except ValidationError as exc:
         problems.extend(_problems_from(exc, doc))
-    else:
-        problems.extend(_undefined_groups(config, doc))
     if problems:
         problems.sort(key=lambda p: p.line or 0)
         raise PolicyError(problems)
-    return PolicyBook(file=file, config=config)
-
-
-def _undefined_groups(config: PolicyFile, doc: YamlDocument) -> list[PolicyProblem]:
-    entries: list[tuple[KeyPath, NumberPolicy]] = [(("default",), config.default)]
-    entries += [(("numbers", number), policy) for number, policy in config.numbers.items()]
-    problems = []
-    defined = ", ".join(sorted(config.groups)) or "none"
-    for path, policy in entries:
-        if policy.routing and policy.routing.group not in config.groups:
-            loc = (*path, "routing", "group")
-            problems.append(
-                PolicyProblem(
-                    doc.file,
-                    doc.line_of(loc),
-                    _describe(loc),
-                    f"group {policy.routing.group!r} is not defined under groups "
-                    f"(defined: {defined})",
-                )
-            )
-    return problems
+    return PolicyBook(file=file, config=config, warnings=tuple(warnings))
 
 
 def _problems_from(exc: ValidationError, doc: YamlDocument) -> list[PolicyProblem]:
@@ -328,8 +436,19 @@ def _problems_from(exc: ValidationError, doc: YamlDocument) -> list[PolicyProble
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = f"unknown key {loc[-1]!r}"
+        loc = _without_union_tags(loc)
         problems.append(PolicyProblem(doc.file, doc.line_of(loc), _describe(loc), message))
     return problems
+
+
+def _without_union_tags(loc: KeyPath) -> KeyPath:
+    """pydantic names the union member too: routing.dialplan.dialplan.context."""
+    out: list[str | int] = []
+    for i, part in enumerate(loc):
+        if part in TARGET_KEYS and i + 1 < len(loc) and loc[i + 1] == part:
+            continue
+        out.append(part)
+    return tuple(out)
 
 
 def _describe(loc: KeyPath) -> str:
@@ -341,4 +460,8 @@ def _describe(loc: KeyPath) -> str:
     if loc and loc[0] == "default":
         rest = ".".join(str(p) for p in loc[1:])
         return f"default, key {rest}" if rest else "default"
+    if len(loc) >= 2 and loc[0] == "ivr":
+        rest = ".".join(str(p) for p in loc[2:])
+        where = f'menu "{loc[1]}"'
+        return f"{where}, key {rest}" if rest else where
     return "key " + ".".join(str(p) for p in loc) if loc else ""

@@ -26,6 +26,7 @@ from consentd.call_model import (
     Answered,
     Command,
     CommandFailed,
+    ContinueToDialplan,
     ContinueToQueue,
     ContinueUnrecorded,
     DeleteIfEmpty,
@@ -39,11 +40,14 @@ from consentd.call_model import (
     RecordingDeleted,
     RecordingStarted,
     RecordingStopped,
+    SetVariables,
     StartRecording,
+    StartTimer,
     StartVoicemail,
     StopPlayback,
     StopRecording,
     Subscribe,
+    TimerFired,
     WriteLedger,
 )
 from consentd.ledger import LedgerEvent, LedgerWriter
@@ -164,6 +168,16 @@ class CallRunner:
                     await ari.continue_to_queue(
                         facts.channel_id, facts.did, command.queue, command.timeout
                     )
+                case StartTimer():
+                    self._start_timer(command)
+                case ContinueToDialplan():
+                    await ari.continue_in_dialplan(
+                        facts.channel_id,
+                        (command.context, command.extension, command.priority),
+                        command.variables,
+                    )
+                case SetVariables():
+                    await ari.set_variables(facts.channel_id, command.variables)
                 case StartVoicemail():
                     await ari.record(facts.channel_id, command.name, command.max_seconds)
                 case Hangup():
@@ -186,6 +200,14 @@ class CallRunner:
             )
             return CommandFailed(command, str(exc), self._ports.clock(), unknown=unknown)
         return None
+
+    def _start_timer(self, command: StartTimer) -> None:
+        """The flow ignores a timer it no longer waits for, so none is ever cancelled."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(
+            command.seconds,
+            lambda: self.post(TimerFired(command.token, self._ports.clock())),
+        )
 
     def _background(self, request: Coroutine[Any, Any, None], command: Command) -> None:
         task = asyncio.create_task(request)

@@ -178,13 +178,19 @@ def test_opt_in_press_3_during_greeting_stops_it_and_starts_recording(facts: Fac
             1,
             "keypress",
             at(2.5),
-            {"digit": "3", "duration_ms": 120, "phase": "greeting", "decides": True},
+            {
+                "digit": "3",
+                "duration_ms": 120,
+                "phase": "greeting",
+                "where": "greeting",
+                "decides": True,
+            },
         ),
         WriteLedger(
             2,
             "consent_decided",
             at(2.5),
-            {"action": "caller_opted_in", "digit": "3", "phase": "greeting"},
+            {"action": "caller_opted_in", "digit": "3", "phase": "greeting", "where": "greeting"},
         ),
         StopPlayback(GREETING),
         StartRecording(1, FILE_1),
@@ -238,13 +244,19 @@ def test_opt_out_press_3_stops_and_deletes_the_recording(facts: Facts) -> None:
             2,
             "keypress",
             at(6),
-            {"digit": "3", "duration_ms": 120, "phase": "holding", "decides": True},
+            {
+                "digit": "3",
+                "duration_ms": 120,
+                "phase": "holding",
+                "where": "holding",
+                "decides": True,
+            },
         ),
         WriteLedger(
             3,
             "consent_decided",
             at(6),
-            {"action": "caller_opted_out", "digit": "3", "phase": "holding"},
+            {"action": "caller_opted_out", "digit": "3", "phase": "holding", "where": "holding"},
         ),
         StopRecording(1, FILE_1),
         DeleteRecording(1, FILE_1),
@@ -323,7 +335,13 @@ def test_a_second_3_only_writes_a_keypress_that_does_not_decide(facts: Facts) ->
             3,
             "keypress",
             at(4),
-            {"digit": "3", "duration_ms": 120, "phase": "greeting", "decides": False},
+            {
+                "digit": "3",
+                "duration_ms": 120,
+                "phase": "greeting",
+                "where": "greeting",
+                "decides": False,
+            },
         )
     ]
 
@@ -373,6 +391,7 @@ def test_a_3_on_a_never_call_changes_nothing(facts: Facts) -> None:
         "digit": "3",
         "duration_ms": 120,
         "phase": "holding",
+        "where": "holding",
         "decides": False,
     }
     assert actions(commands) == []

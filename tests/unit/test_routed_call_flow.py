@@ -257,13 +257,19 @@ def test_opt_in_3_during_the_availability_greeting_records_without_stopping_it(
             1,
             "keypress",
             at(2),
-            {"digit": "3", "duration_ms": 120, "phase": "greeting", "decides": True},
+            {
+                "digit": "3",
+                "duration_ms": 120,
+                "phase": "greeting",
+                "where": "greeting",
+                "decides": True,
+            },
         ),
         WriteLedger(
             2,
             "consent_decided",
             at(2),
-            {"action": "caller_opted_in", "digit": "3", "phase": "greeting"},
+            {"action": "caller_opted_in", "digit": "3", "phase": "greeting", "where": "greeting"},
         ),
         StartRecording(1, FILE_1, bridged_only=True),
     ]
@@ -324,13 +330,19 @@ def test_opt_in_3_while_queued_starts_a_bridged_only_recording(facts: Facts) -> 
             3,
             "keypress",
             at(14),
-            {"digit": "3", "duration_ms": 120, "phase": "queued", "decides": True},
+            {
+                "digit": "3",
+                "duration_ms": 120,
+                "phase": "queued",
+                "where": "queue",
+                "decides": True,
+            },
         ),
         WriteLedger(
             4,
             "consent_decided",
             at(14),
-            {"action": "caller_opted_in", "digit": "3", "phase": "queued"},
+            {"action": "caller_opted_in", "digit": "3", "phase": "queued", "where": "queue"},
         ),
         StartRecording(1, FILE_1, bridged_only=True),
     ]
@@ -348,6 +360,7 @@ def test_opt_out_3_while_queued_stops_and_deletes_the_recording(facts: Facts) ->
         "action": "caller_opted_out",
         "digit": "3",
         "phase": "queued",
+        "where": "queue",
     }
     assert actions(commands) == [StopRecording(1, FILE_1), DeleteRecording(1, FILE_1)]
 
@@ -552,7 +565,13 @@ def test_3_during_voicemail_does_not_decide(facts: Facts, greeting_playing: bool
             call.next_seq,
             "keypress",
             at(36),
-            {"digit": "3", "duration_ms": 120, "phase": "voicemail", "decides": False},
+            {
+                "digit": "3",
+                "duration_ms": 120,
+                "phase": "voicemail",
+                "where": "voicemail",
+                "decides": False,
+            },
         )
     ]
     assert after.decision is None and after.recording is None

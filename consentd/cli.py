@@ -51,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--ami", metavar="HOST:PORT", help="AMI address for --pbx (implies --pbx)")
     check.set_defaults(handler=_check)
 
+    greetings = sub.add_parser(
+        "greetings", help="what each number and menu plays, per language, with durations"
+    )
+    greetings.add_argument(
+        "file", type=Path, nargs="?", help="policy YAML (default: $CONSENTD_POLICIES)"
+    )
+    greetings.add_argument(
+        "--sounds",
+        type=Path,
+        metavar="DIR",
+        help="bundled sounds on this host (default: Asterisk's sounds directory under "
+        "$CONSENTD_ASTERISK_ROOT if it has them, else this checkout's .cache/sounds)",
+    )
+    greetings.set_defaults(handler=_greetings)
+
     calls = sub.add_parser("calls", help="details of recent calls, newest first")
     calls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     calls.add_argument("--limit", type=_positive_int, default=20, help="how many calls (20)")
@@ -142,6 +157,34 @@ def _check_pbx(book: PolicyBook, address: str | None) -> int:
     if problems:
         return 1
     print(f"{book.summary()}; queues on the PBX at {host}:{port}: OK")
+    return 0
+
+
+def _greetings(args: argparse.Namespace) -> int:
+    from consentd.greeting_files import bundled_languages
+    from consentd.greeting_listing import GreetingListing
+
+    settings = Settings()
+    file = args.file or settings.policies
+    try:
+        book = load_policies(file)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    sounds = args.sounds
+    if sounds is None:
+        sounds = settings.asterisk_root / settings.sounds_dir.lstrip("/")
+        if not bundled_languages(sounds):
+            sounds = Path(__file__).resolve().parents[1] / ".cache" / "sounds"
+    listing = GreetingListing(book, sounds)
+    print(listing.render())
+    missing = listing.missing
+    if missing:
+        print(f"\n{len(missing)} greeting file(s) missing or unreadable:", file=sys.stderr)
+        for path in missing:
+            print(f"  {path}", file=sys.stderr)
+        return 1
     return 0
 
 

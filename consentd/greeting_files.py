@@ -319,6 +319,30 @@ def greeting_duration(path: Path) -> float | None:
     return _playable_duration(path)
 
 
+def probe_duration(path: Path) -> float | None:
+    """Seconds of audio in any file sox reads (WAV read directly), or None if unreadable.
+
+    For listings: unlike :func:`prepare_greeting` it converts and caches nothing.
+    """
+    duration = _playable_duration(path)
+    if duration is not None:
+        return duration
+    sox = shutil.which("sox")
+    if sox is None or not path.is_file():
+        return None
+    try:
+        done = subprocess.run(
+            [sox, "--i", "-D", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=SOX_TIMEOUT_SECONDS,
+            check=False,
+        )
+        return float(done.stdout.strip()) if done.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError):
+        return None
+
+
 def describe_duration(seconds: float | None) -> str:
     """``4.2 s``, ``2 min 5.0 s``; ``?`` when unknown."""
     if seconds is None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from consentd.call_flow import CONSENT, Call
+from consentd.call_flow import CONSENT, MENU_INVALID, MENU_PROMPT, Call
 from consentd.call_model import CallFacts, ConsentAction, Phase, Segment
 from consentd.ledger import LedgerEvent
 from consentd.policy import Recording
@@ -55,7 +55,20 @@ def rebuild(facts: CallFacts, events: Sequence[LedgerEvent]) -> Call:
             phase = _PHASE_OF[event.kind]  # type: ignore[assignment]
         if event.kind == "call_unserved":
             call = replace(call, unserved=str(data.get("reason", "")))
-    if phase is Phase.GREETING and consent_greeting_done and facts.group is None:
+        if event.kind == "greeting_played":
+            call = replace(call, menu_plays=max(call.menu_plays, _menu_play(data)))
+        if event.kind == "routed":
+            call, phase = _routed(call, data, phase)
+        if event.kind == "recording_started" and data.get("bridged_only"):
+            number = int(data["segment"])
+            if number not in call.bridged_segments:
+                call = replace(call, bridged_segments=(*call.bridged_segments, number))
+    if (
+        phase is Phase.GREETING
+        and consent_greeting_done
+        and call.facts.group is None
+        and not call.routed
+    ):
         phase = Phase.HOLDING
     open_segment, owed = _segments(facts, call, segments)
     return replace(
@@ -67,6 +80,31 @@ def rebuild(facts: CallFacts, events: Sequence[LedgerEvent]) -> Call:
         owed_deletions=owed,
         pending_greetings=(),
     )
+
+
+def _menu_play(data: dict[str, Any]) -> int:
+    """The number of a menu prompt's playback id (…-ivr-3 is 3); 0 for other greetings."""
+    prefix, _, number = str(data.get("playback_id", "")).rpartition("-")
+    is_menu = prefix.endswith(("-" + MENU_PROMPT.rstrip("-"), "-" + MENU_INVALID.rstrip("-")))
+    return int(number) if is_menu and number.isdigit() else 0
+
+
+def _routed(call: Call, data: dict[str, Any], phase: Phase) -> tuple[Call, Phase]:
+    """Where a ``routed`` row sent the call: a menu, the dialplan, a group, voicemail."""
+    call = replace(call, routed=True, menu=None)
+    match data.get("to"):
+        case "ivr":
+            return replace(call, menu=str(data.get("ivr"))), Phase.IVR
+        case "dialplan":
+            return call, Phase.DIALPLAN
+        case "group":
+            group = call.facts.groups.get(str(data.get("group")))
+            if group is not None:
+                call = replace(call, facts=replace(call.facts, group=group))
+            return call, Phase.GREETING
+        case "voicemail":
+            return call, Phase.VOICEMAIL
+    return call, phase
 
 
 def _facts_as_started(facts: CallFacts, events: Sequence[LedgerEvent]) -> CallFacts:

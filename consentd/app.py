@@ -152,6 +152,8 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
             numbers=len(book.config.numbers),
             http=f"{settings.http_host}:{settings.http_port}",
         )
+        for warning in book.warnings:
+            log.warning("policy_warning", problem=str(warning))
         await stop.wait()
 
         # New calls go on unrecorded from now; events keep flowing, so calls in

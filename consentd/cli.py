@@ -128,6 +128,8 @@ def _check(args: argparse.Namespace) -> int:
         count = len(exc.problems)
         print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
+    for warning in book.warnings:
+        print(f"{warning} (warning)", file=sys.stderr)
     if args.pbx or args.ami:
         return _check_pbx(book, args.ami)
     print(book.summary())

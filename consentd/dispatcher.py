@@ -23,6 +23,7 @@ from consentd.call_model import (
     Adopted,
     AgentCompleted,
     AgentConnected,
+    Bridged,
     CallArrived,
     CallEnded,
     CallFacts,
@@ -54,6 +55,10 @@ SAME_PRESS_S = 0.3
 #: The dialplan context consentd sends callers to for the queue (extensions.conf).
 QUEUE_CONTEXT = "consentd-queue"
 
+#: Set on channels handed to the PBX's dialplan; ari.conf lists it in channelvars
+#: so GET /channels shows which of them consentd still watches.
+CALL_ID_VARIABLE = "CONSENTD_CALL_ID"
+
 #: The ARI events consentd acts on; Asterisk is asked to send no others.
 HANDLED_EVENTS = (
     "StasisStart",
@@ -64,6 +69,9 @@ HANDLED_EVENTS = (
     "RecordingStarted",
     "RecordingFinished",
     "RecordingFailed",
+    # A call handed to the dialplan: its Dial answered (a press is "talking").
+    "ChannelEnteredBridge",
+    "ChannelLeftBridge",
 )
 
 
@@ -155,6 +163,8 @@ class Dispatcher:
             runner.post(LeftStasis(at))
         elif kind == "ChannelDestroyed":
             runner.post(CallEnded(at, cause=str(event.get("cause_txt") or "hangup")))
+        elif kind in ("ChannelEnteredBridge", "ChannelLeftBridge"):
+            runner.post(Bridged(kind == "ChannelEnteredBridge", at))
 
     def ami_connected(self) -> None:
         """AMI is back: app_queue's AgentConnect may have been sent meanwhile."""
@@ -251,6 +261,12 @@ class Dispatcher:
             group=self._policies.group_of(match.policy),
             announcement=announcement,
             voicemail_greeting=voicemail,
+            menus=(
+                self._greetings.menu_plans(self._policies, match.policy.language)
+                if match.policy.menu is not None
+                else {}
+            ),
+            groups=self._policies.config.groups,
         )
 
     def _start_call(
@@ -338,6 +354,9 @@ class Dispatcher:
                 await self._adopt(channel, "stasis", app_data[1:], now)
             elif dialplan.get("context") == QUEUE_CONTEXT:
                 await self._adopt(channel, "queue", [], now)
+            elif (channel.get("channelvars") or {}).get(CALL_ID_VARIABLE):
+                # Handed to the PBX's dialplan (ari.conf channelvars shows the mark).
+                await self._adopt(channel, "dialplan", [], now)
         await self._close_calls_that_ended_meanwhile(channels, now)
         await self.recover_agent_connections()
 
@@ -375,6 +394,9 @@ class Dispatcher:
             if location == "stasis":
                 self._start_call(channel, args, at, adopted=True)
             return  # in the queue without a ledger: nothing to decide for it
+        did = history[0].data.get("did")
+        if did:  # a call handed to the dialplan sits on the admin's extension now
+            channel = {**channel, "dialplan": {**(channel.get("dialplan") or {}), "exten": did}}
         call = rebuild(self._facts(channel, args, history[0].call_id), history)
         playing = await self._still_playing(call)
         untracked = await self._untracked_recordings(channel_id, call.segments_opened)

@@ -918,6 +918,7 @@ async def test_on_connect_asterisk_is_asked_for_only_the_events_consentd_handles
     assert set(request[1:]) == {
         "StasisStart", "StasisEnd", "ChannelDestroyed", "ChannelDtmfReceived",
         "PlaybackFinished", "RecordingStarted", "RecordingFinished", "RecordingFailed",
+        "ChannelEnteredBridge", "ChannelLeftBridge",
     }  # fmt: skip
     assert node.ari.of("channels")  # and the resync still runs
 

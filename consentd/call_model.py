@@ -319,7 +319,7 @@ class TimerFired:
 
 @dataclass(frozen=True)
 class Bridged:
-    """The channel entered (or left) a bridge: the dialplan's Dial was answered (or ended)."""
+    """The dialplan's Dial() was answered (the caller talks), or ended (it does not)."""
 
     entered: bool
     at: datetime

@@ -69,9 +69,10 @@ HANDLED_EVENTS = (
     "RecordingStarted",
     "RecordingFinished",
     "RecordingFailed",
-    # A call handed to the dialplan: its Dial answered (a press is "talking").
-    "ChannelEnteredBridge",
-    "ChannelLeftBridge",
+    # A call handed to the dialplan: its Dial() rings, or was answered (a press
+    # is "talking" then). Published on the caller's channel topic, so the
+    # channel subscription brings it; bridge events would need a bridge's.
+    "Dial",
 )
 
 
@@ -141,6 +142,9 @@ class Dispatcher:
             await self._resync()
             return
         at = parse_ari_time(event.get("timestamp"), self._ports.clock())
+        if kind == "Dial":
+            self._dialled(event, at)
+            return
         channel = event.get("channel") or {}
         runner = self.calls.get(channel.get("id", ""))
         if kind == "StasisStart":
@@ -163,8 +167,13 @@ class Dispatcher:
             runner.post(LeftStasis(at))
         elif kind == "ChannelDestroyed":
             runner.post(CallEnded(at, cause=str(event.get("cause_txt") or "hangup")))
-        elif kind in ("ChannelEnteredBridge", "ChannelLeftBridge"):
-            runner.post(Bridged(kind == "ChannelEnteredBridge", at))
+
+    def _dialled(self, event: dict[str, Any], at: datetime) -> None:
+        """Dial() of a call we watch: ANSWER bridges the caller; any other end unbridges."""
+        runner = self.calls.get(str((event.get("caller") or {}).get("id", "")))
+        status = str(event.get("dialstatus", ""))
+        if runner is not None and status:  # "" is the start of ringing
+            runner.post(Bridged(status == "ANSWER", at))
 
     def ami_connected(self) -> None:
         """AMI is back: app_queue's AgentConnect may have been sent meanwhile."""

@@ -48,6 +48,29 @@ numbers:
   "+4930100013": {recording: never, routing: {group: support}, greetings: {available: short.wav}}
   "+4930100014": {recording: never, routing: {group: support-short},
                   greetings: {available: short.wav, voicemail: short.wav}}
+  # IVR menus (no consent greeting: the menu's prompt mentions key 3) and a
+  # hand-off to the PBX's own dialplan (extensions.conf, pbx-extensions).
+  "+4930100020": {recording: opt_in, routing: {ivr: main},
+                  greetings: {available: short.wav, voicemail: short.wav}}
+  "+4930100021": {recording: opt_out, greetings: {opt_out: short.wav},
+                  routing: {dialplan: {context: pbx-extensions, extension: "200"}}}
+ivr:
+  main:
+    greeting: {file: short.wav}
+    invalid: {file: short.wav}
+    options:
+      "1": {group: support}
+      "2": {voicemail: true}
+      "4": {dialplan: {context: pbx-extensions, extension: "200"}}
+      "9": {ivr: sub}
+    timeout: 2
+    retries: 1
+    default: {hangup: true}
+  sub:
+    greeting: {file: short.wav}
+    options: {"1": {group: support}, "0": {ivr: main}}
+    timeout: 2
+    retries: 0
 """
 
 #: Length of short.wav, the greetings of the group-routed numbers.

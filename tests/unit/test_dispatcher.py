@@ -918,7 +918,7 @@ async def test_on_connect_asterisk_is_asked_for_only_the_events_consentd_handles
     assert set(request[1:]) == {
         "StasisStart", "StasisEnd", "ChannelDestroyed", "ChannelDtmfReceived",
         "PlaybackFinished", "RecordingStarted", "RecordingFinished", "RecordingFailed",
-        "ChannelEnteredBridge", "ChannelLeftBridge",
+        "Dial",
     }  # fmt: skip
     assert node.ari.of("channels")  # and the resync still runs
 
@@ -1258,3 +1258,19 @@ async def test_a_reconnect_never_closes_a_call_whose_end_is_still_on_its_way(nod
 
     ended = [e for e in by_kind(await node.ledger(), "call_ended") if e.call_id.endswith(chan)]
     assert len(ended) == 1 and ended[0].data["cause"] != "ended_while_consentd_was_away"
+
+
+async def test_dial_events_of_a_watched_caller_tell_the_call_it_is_talking(node: Node) -> None:
+    chan = "1764432011.1"
+    await queued_call(node, chan)
+
+    await node.feed({"type": "Dial", "caller": {"id": chan}, "peer": {"id": "x"}, "dialstatus": ""})
+    assert node.dispatcher.calls[chan].call.bridged is False  # ringing
+    await node.feed(
+        {"type": "Dial", "caller": {"id": chan}, "peer": {"id": "x"}, "dialstatus": "ANSWER"}
+    )
+    assert node.dispatcher.calls[chan].call.bridged is True
+    await node.feed(
+        {"type": "Dial", "caller": {"id": "other"}, "peer": {"id": chan}, "dialstatus": "BUSY"}
+    )
+    assert node.dispatcher.calls[chan].call.bridged is True  # the peer side is not our caller

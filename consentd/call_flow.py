@@ -86,6 +86,7 @@ from consentd.policy import (
 
 #: Playback-id suffixes; "greeting" is the consent greeting.
 CONSENT, AVAILABLE, VOICEMAIL = "greeting", "available", "voicemail"
+WAIT, HOLD = "wait", "hold"
 #: Playback-id prefixes of an IVR menu's prompt and its "invalid choice" prompt,
 #: numbered per play so a stopped prompt's late events are never mistaken.
 MENU_PROMPT, MENU_INVALID = "ivr-", "invalid-"
@@ -150,6 +151,8 @@ class Call:
             CONSENT: facts.greeting,
             AVAILABLE: facts.announcement,
             VOICEMAIL: facts.voicemail_greeting,
+            WAIT: facts.wait_greeting,
+            HOLD: facts.hold_greeting,
         }[suffix]
 
 
@@ -235,6 +238,11 @@ def new_call(facts: CallFacts) -> Call:
         greetings.append(AVAILABLE)
     if facts.greeting is not None:
         greetings.append(CONSENT)
+    routing = facts.policy.routing
+    if facts.wait_greeting is not None and isinstance(routing, GroupTarget | DialplanTarget):
+        greetings.append(WAIT)  # before the queue or the hand-off to the dialplan
+    if facts.hold_greeting is not None and routing is None:
+        greetings.append(HOLD)
     return Call(facts=facts, pending_greetings=tuple(greetings))
 
 

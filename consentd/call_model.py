@@ -94,6 +94,10 @@ class CallFacts:
     voicemail_greeting: Media | None = None
     #: Where ARI writes channel recordings (voicemail), as Asterisk sees it.
     voicemail_dir: str = "/var/spool/asterisk/recording"
+    #: Operators' "wait" (before a hand-off to the dialplan or the queue) and
+    #: "hold" (before consentd holds the call) greetings; played only when set.
+    wait_greeting: Media | None = None
+    hold_greeting: Media | None = None
     #: The policy file's menus and groups, for routes chosen during the call.
     menus: Mapping[str, MenuPlan] = field(default_factory=dict)
     groups: Mapping[str, Group] = field(default_factory=dict)

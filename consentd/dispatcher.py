@@ -41,7 +41,7 @@ from consentd.call_model import (
     VoicemailStarted,
 )
 from consentd.greetings import GreetingLibrary
-from consentd.policy import PolicyBook
+from consentd.policy import GreetingKind, PolicyBook
 from consentd.runner import CallRunner, Ports
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
@@ -276,6 +276,8 @@ class Dispatcher:
                 else {}
             ),
             groups=self._policies.config.groups,
+            wait_greeting=self._greetings.optional(match.policy, GreetingKind.WAIT),
+            hold_greeting=self._greetings.optional(match.policy, GreetingKind.HOLD),
         )
 
     def _start_call(

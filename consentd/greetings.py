@@ -31,17 +31,25 @@ class GreetingLibrary:
 
     @classmethod
     def install(cls, book: PolicyBook, sounds_dir: str, asterisk_root: Path) -> GreetingLibrary:
-        """Copy every custom greeting of ``book`` into Asterisk's sounds directory."""
+        """Copy every operator greeting of ``book`` (converted at load) where Asterisk plays it.
+
+        Raises OSError when the sounds directory cannot be written.
+        """
         target_dir = asterisk_root / sounds_dir.lstrip("/") / CUSTOM_DIR
         custom: dict[Path, Media] = {}
         for source in sorted(book.custom_greeting_files()):
-            digest = hashlib.sha256(source.read_bytes()).hexdigest()
+            prepared = book.prepared.get(source)
+            if prepared is None:  # a book built without load_policies (tests)
+                digest = hashlib.sha256(source.read_bytes()).hexdigest()
+                converted = source
+            else:
+                digest, converted = prepared.sha256, prepared.path
             name = digest[:24]
             target = target_dir / f"{name}.wav"
             if not target.exists():
                 target_dir.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_suffix(".tmp")
-                shutil.copyfile(source, tmp)
+                shutil.copyfile(converted, tmp)
                 tmp.replace(target)
             custom[source] = Media(
                 uri=f"sound:{PurePosixPath(sounds_dir, CUSTOM_DIR, name)}",
@@ -68,6 +76,10 @@ class GreetingLibrary:
         return Media(
             uri=f"sound:{bundled}", language=policy.language, source="bundled", kind=kind.value
         )
+
+    def optional(self, policy: NumberPolicy, kind: GreetingKind) -> Media | None:
+        """A greeting played only where the operator set one (wait, hold)."""
+        return self.media(policy, kind) if policy.greetings.custom(kind) is not None else None
 
     def menu_plans(self, book: PolicyBook, language: str) -> dict[str, MenuPlan]:
         """Every menu of ``book`` with its prompts for ``language`` (built once per language)."""

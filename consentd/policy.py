@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import re
-import wave
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -29,13 +30,24 @@ from pydantic import (
     model_validator,
 )
 
+from consentd.greeting_files import (
+    DEFAULT_MAX_GREETING_SECONDS,
+    GreetingFileError,
+    PreparedGreeting,
+    prepare_greeting,
+)
 from consentd.policy_references import check_references
 from consentd.yaml_source import KeyPath, YamlDocument, YamlSourceError, load_yaml
 
 E164_PATTERN = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
-#: Languages for which setup generates the default consent greetings.
-BUNDLED_GREETING_LANGUAGES = frozenset({"en", "de"})
+#: Languages for which setup generates every bundled greeting (greetings/texts.tsv).
+BUNDLED_GREETING_LANGUAGES = frozenset({"en", "de", "fr"})
+
+#: Where operators' greetings are kept once converted (by content hash).
+DEFAULT_GREETING_CACHE = Path(
+    os.environ.get("CONSENTD_GREETING_CACHE", Path.home() / ".cache" / "consentd" / "greetings")
+)
 
 
 class Recording(StrEnum):
@@ -55,10 +67,18 @@ class Line(StrEnum):
 
 
 class GreetingKind(StrEnum):
-    OPT_IN = "opt_in"
-    OPT_OUT = "opt_out"
+    """The greetings a number plays; each value is a category of the bundled set."""
+
+    OPT_IN = "call_recording_opt_in"
+    OPT_OUT = "call_recording_opt_out"
     AVAILABLE = "available"
     VOICEMAIL = "voicemail"
+    WAIT = "wait"
+    HOLD = "hold"
+
+
+#: Categories only a menu plays: set on a number, they are in the wrong place.
+MENU_CATEGORIES = {"ivr": "greeting", "ivr_invalid": "invalid"}
 
 
 class NoAnswer(StrEnum):
@@ -71,42 +91,61 @@ class _Frozen(BaseModel):
 
 
 def _check_greeting_file(value: Path, info: ValidationInfo) -> Path:
-    """Asterisk plays 8 kHz mono 16-bit WAV natively; anything else fails mid-call."""
-    base = (info.context or {}).get("base_dir")
+    """Convert an operator's WAV (any shape) or MP3 now, not mid-call.
+
+    Errors name the file and the reason (missing, empty, corrupt, too long);
+    the converted file waits in the cache for ``GreetingLibrary.install``.
+    """
+    context = info.context or {}
+    base = context.get("base_dir")
     path = value if value.is_absolute() or base is None else Path(base) / value
-    if not path.is_file():
-        raise ValueError(f"greeting file {str(path)!r} does not exist")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"greeting file {str(path)!r} is not readable")
-    if path.suffix.lower() != ".wav":
-        raise ValueError(f"greeting file {str(path)!r} must be a .wav file")
     try:
-        with wave.open(str(path), "rb") as wav:
-            shape = (wav.getframerate(), wav.getnchannels(), wav.getsampwidth())
-            frames = wav.getnframes()
-    except (wave.Error, EOFError, OSError) as exc:
-        raise ValueError(f"greeting file {str(path)!r} is not a valid WAV file: {exc}") from None
-    if shape != (8000, 1, 2):
-        rate, channels, width = shape
-        raise ValueError(
-            f"greeting file {str(path)!r} is {rate} Hz, {channels} channel(s), "
-            f"{8 * width}-bit; Asterisk needs 8000 Hz mono 16-bit "
-            f"(convert with: sox IN -r 8000 -c 1 -b 16 OUT.wav)"
+        prepared = prepare_greeting(
+            path,
+            max_seconds=context.get("max_greeting_seconds", DEFAULT_MAX_GREETING_SECONDS),
+            cache_dir=context.get("cache_dir", DEFAULT_GREETING_CACHE),
         )
-    if frames == 0:
-        raise ValueError(f"greeting file {str(path)!r} contains no audio")
-    return path.resolve()
+    except GreetingFileError as exc:
+        raise ValueError(str(exc)) from None
+    source = path.resolve()
+    context.setdefault("prepared", {})[source] = prepared
+    return source
 
 
 class Greetings(_Frozen):
-    """Custom greeting files that replace the bundled ones for one number."""
+    """Operators' own greetings that replace the bundled ones for one number.
 
-    opt_in: Path | None = None
-    opt_out: Path | None = None
+    ``opt_in`` and ``opt_out`` are accepted for the consent greetings' older names.
+    """
+
     available: Path | None = None
+    wait: Path | None = None
+    hold: Path | None = None
     voicemail: Path | None = None
+    call_recording_opt_in: Path | None = Field(
+        default=None, validation_alias=AliasChoices("call_recording_opt_in", "opt_in")
+    )
+    call_recording_opt_out: Path | None = Field(
+        default=None, validation_alias=AliasChoices("call_recording_opt_out", "opt_out")
+    )
 
-    _check = field_validator("opt_in", "opt_out", "available", "voicemail")(_check_greeting_file)
+    _check = field_validator(
+        "available", "wait", "hold", "voicemail", "call_recording_opt_in", "call_recording_opt_out"
+    )(_check_greeting_file)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _menu_categories_belong_to_menus(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for category, key in MENU_CATEGORIES.items():
+                if category in value:
+                    raise ValueError(
+                        f"greeting file {str(value[category])!r} is set as {category!r}, "
+                        f"which a number does not play (allowed there: "
+                        f"{', '.join(k.value for k in GreetingKind)}); "
+                        f"set it as a menu's {key}: {{file: ...}}"
+                    )
+        return value
 
     def custom(self, kind: GreetingKind) -> Path | None:
         value: Path | None = getattr(self, kind.value)
@@ -192,11 +231,23 @@ DtmfKey = Annotated[str, BeforeValidator(_dtmf_key)]
 
 
 class GreetingFile(_Frozen):
-    """An operator's own prompt, in place of the bundled one."""
+    """An operator's own prompt, in place of the bundled one.
+
+    ``category`` is optional; when given it must fit the place (a menu's
+    greeting is ``ivr``, its invalid-choice prompt ``ivr_invalid``).
+    """
 
     file: Path
+    category: str | None = None
 
     _check = field_validator("file")(_check_greeting_file)
+
+    def check_place(self, category: str, place: str) -> None:
+        if self.category is not None and self.category != category:
+            raise ValueError(
+                f"greeting file {str(self.file)!r} is set as {self.category!r}, "
+                f"which a menu's {place} does not play (allowed there: {category!r})"
+            )
 
 
 class IvrMenu(_Frozen):
@@ -215,6 +266,14 @@ class IvrMenu(_Frozen):
 
     def targets(self) -> list[RoutingTarget]:
         return [*self.options.values(), self.default]
+
+    @model_validator(mode="after")
+    def _prompts_in_their_place(self) -> IvrMenu:
+        if self.greeting is not None:
+            self.greeting.check_place("ivr", "greeting")
+        if self.invalid is not None:
+            self.invalid.check_place("ivr_invalid", "invalid")
+        return self
 
 
 class Group(_Frozen):
@@ -303,6 +362,8 @@ E164 = Annotated[str, BeforeValidator(_e164_key)]
 
 
 class PolicyFile(_Frozen):
+    #: Longer operator greetings are refused at load (read before the rest).
+    max_greeting_seconds: float = Field(default=DEFAULT_MAX_GREETING_SECONDS, gt=0, le=3600)
     default: NumberPolicy
     numbers: dict[E164, NumberPolicy] = Field(default_factory=dict)
     groups: dict[str, Group] = Field(default_factory=dict)
@@ -331,6 +392,8 @@ class PolicyBook:
     config: PolicyFile
     #: Legal but probably unintended (a menu nothing leads to).
     warnings: tuple[PolicyProblem, ...] = ()
+    #: Operators' greetings converted for Asterisk, by their source path.
+    prepared: Mapping[Path, PreparedGreeting] = field(default_factory=dict)
 
     def lookup(self, number: str) -> PolicyMatch:
         policy = self.config.numbers.get(number)
@@ -390,7 +453,11 @@ class PolicyError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-def load_policies(file: Path) -> PolicyBook:
+def load_policies(file: Path, *, cache_dir: Path | None = None) -> PolicyBook:
+    """Validate ``file`` and convert its greetings (cached in ``cache_dir``).
+
+    Raises PolicyError with every problem found, each with its line.
+    """
     try:
         doc = load_yaml(file)
     except YamlSourceError as exc:
@@ -417,14 +484,25 @@ def load_policies(file: Path) -> PolicyBook:
         PolicyProblem(file, doc.line_of(loc), _describe(loc), message)
         for loc, message in references.warnings
     ]
+    limit = doc.data.get("max_greeting_seconds", DEFAULT_MAX_GREETING_SECONDS)
+    context: dict[str, Any] = {
+        "base_dir": file.parent,
+        "cache_dir": cache_dir or DEFAULT_GREETING_CACHE,
+        "max_greeting_seconds": limit
+        if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0
+        else DEFAULT_MAX_GREETING_SECONDS,
+        "prepared": {},
+    }
     try:
-        config = PolicyFile.model_validate(doc.data, context={"base_dir": file.parent})
+        config = PolicyFile.model_validate(doc.data, context=context)
     except ValidationError as exc:
         problems.extend(_problems_from(exc, doc))
     if problems:
         problems.sort(key=lambda p: p.line or 0)
         raise PolicyError(problems)
-    return PolicyBook(file=file, config=config, warnings=tuple(warnings))
+    return PolicyBook(
+        file=file, config=config, warnings=tuple(warnings), prepared=context["prepared"]
+    )
 
 
 def _problems_from(exc: ValidationError, doc: YamlDocument) -> list[PolicyProblem]:

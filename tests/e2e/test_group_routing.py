@@ -185,7 +185,7 @@ def test_greetings_play_in_order_before_the_queue(outcomes: dict[str, Outcome]) 
     outcome = outcomes["opt_in_without_key"]
     kinds = [r["kind"] for r in outcome.ledger]
     played = [r["data"]["kind"] for r in outcome.rows("greeting_played")]
-    assert played == ["available", "opt_in"]
+    assert played == ["available", "call_recording_opt_in"]
     assert kinds.index("queue_joined") > max(
         i for i, kind in enumerate(kinds) if kind == "greeting_finished"
     )

@@ -256,3 +256,13 @@ def wav() -> Callable[..., Path]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def greeting_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Operators' greetings converted at load go to a per-session cache, never ~/.cache."""
+    cache = tmp_path_factory.getbasetemp() / "greeting-cache"
+    monkeypatch.setattr("consentd.policy.DEFAULT_GREETING_CACHE", cache)
+    return cache

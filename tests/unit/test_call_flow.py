@@ -109,7 +109,9 @@ def test_opt_in_answers_and_plays_the_greeting_without_recording(facts: Facts) -
     ]
     call, commands = handle(call, Answered(at(0.05)))
 
-    assert commands == [Play(GREETING, Media("sound:consentd/opt_in", "de", "bundled"))]
+    assert commands == [
+        Play(GREETING, Media("sound:consentd/call_recording_opt_in", "de", "bundled"))
+    ]
     assert call.recording is None
     assert call.greeting_playback == GREETING
 
@@ -120,7 +122,9 @@ def test_opt_out_plays_the_greeting_then_records_from_its_end(facts: Facts) -> N
     call, commands = handle(new_call(call_facts), CallArrived(T0))
     assert actions(commands) == [Answer()]
     call, commands = handle(call, Answered(at(0.05)))
-    assert actions(commands) == [Play(GREETING, Media("sound:consentd/opt_out", "en", "bundled"))]
+    assert actions(commands) == [
+        Play(GREETING, Media("sound:consentd/call_recording_opt_out", "en", "bundled"))
+    ]
     assert call.recording is None  # not while the greeting plays: see README, fidelity
 
     call, commands = handle(call, PlaybackFinished(GREETING, at(4.4)))
@@ -531,7 +535,9 @@ def test_failed_greeting_playback_puts_the_call_on_hold(facts: Facts) -> None:
     call, commands = handle(
         call,
         CommandFailed(
-            Play(GREETING, Media("sound:consentd/opt_in", "en", "bundled")), "404", at(0)
+            Play(GREETING, Media("sound:consentd/call_recording_opt_in", "en", "bundled")),
+            "404",
+            at(0),
         ),
     )
 
@@ -545,7 +551,11 @@ def test_a_3_after_a_failed_greeting_still_decides(facts: Facts) -> None:
     call = arrived(facts("opt_in"))
     call, _ = handle(
         call,
-        CommandFailed(Play(GREETING, Media("sound:consentd/opt_in", "en", "bundled")), "x", at(0)),
+        CommandFailed(
+            Play(GREETING, Media("sound:consentd/call_recording_opt_in", "en", "bundled")),
+            "x",
+            at(0),
+        ),
     )
 
     _, commands = press(call, "3")
@@ -714,7 +724,9 @@ def test_a_call_the_dialplan_already_answered_needs_no_answer(facts: Facts) -> N
 
     call, commands = handle(new_call(call_facts), CallArrived(T0, answered=True))
 
-    assert actions(commands) == [Play(GREETING, Media("sound:consentd/opt_out", "en", "bundled"))]
+    assert actions(commands) == [
+        Play(GREETING, Media("sound:consentd/call_recording_opt_out", "en", "bundled"))
+    ]
     assert call.phase is Phase.GREETING
 
 

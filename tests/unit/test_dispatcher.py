@@ -99,7 +99,7 @@ def playback_finished(channel_id: str, playback_id: str, state: str = "done") ->
         "timestamp": "2026-11-29T16:00:06.000+0000",
         "playback": {
             "id": playback_id,
-            "media_uri": "sound:consentd/opt_in",
+            "media_uri": "sound:consentd/call_recording_opt_in",
             "target_uri": f"channel:{channel_id}",
             "language": "de",
             "state": state,
@@ -321,7 +321,9 @@ async def test_opt_in_number_is_answered_and_hears_the_german_opt_in_greeting(no
         ("answer", "1764432000.1"),
         ("play", "1764432000.1", "1764432000.1-greeting", greeting.uri, "de"),
     ]
-    assert greeting.uri.startswith("sound:") and greeting.uri.endswith("consentd/opt_in")
+    assert greeting.uri.startswith("sound:") and greeting.uri.endswith(
+        "consentd/call_recording_opt_in"
+    )
     assert node.recorder.requests == []
 
 
@@ -342,7 +344,7 @@ async def test_opt_out_number_starts_mixmonitor_when_its_greeting_ends(node: Nod
 
     assert node.recorder.requests == [("start", "1764432000.2", recording_file("1764432000.2"))]
     assert node.ari.of("answer") == [("answer", "1764432000.2")]
-    assert node.ari.of("play")[0][3].endswith("consentd/opt_out")
+    assert node.ari.of("play")[0][3].endswith("consentd/call_recording_opt_out")
 
 
 async def test_always_number_records_without_a_greeting(node: Node) -> None:
@@ -616,7 +618,12 @@ def test_bundled_greeting_is_played_from_asterisks_sounds_dir_in_the_callers_lan
         book.lookup("+4930100002").policy
     )
 
-    assert media == Media(f"sound:{SOUNDS}/de/consentd/opt_in", "de", "bundled")
+    assert media == Media(
+        f"sound:{SOUNDS}/de/consentd/call_recording_opt_in",
+        "de",
+        "bundled",
+        kind="call_recording_opt_in",
+    )
 
 
 # ---------------------------------------------------------------- group routing

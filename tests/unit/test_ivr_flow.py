@@ -43,7 +43,8 @@ from consentd.call_model import (
 )
 from consentd.greetings import GreetingLibrary
 from consentd.ledger import LedgerEvent
-from consentd.policy import PolicyBook, load_policies
+from consentd.policy import GreetingKind, PolicyBook, load_policies
+from tests.unit.conftest import write_wav
 from tests.unit.flow_helpers import CHANNEL, T0, actions, at, kinds, ledger
 
 POLICIES = """\
@@ -53,6 +54,9 @@ numbers:
   "+4930100021": {recording: opt_in, routing: {ivr: main}}
   "+4930100022": {recording: opt_out, routing: {dialplan: {context: pbx, extension: "200"}}}
   "+4930100023": {recording: always, routing: {ivr: main}}
+  "+4930100024": {recording: never, greetings: {wait: tone.wav},
+                  routing: {dialplan: {context: pbx, extension: "200"}}}
+  "+4930100025": {recording: never, greetings: {hold: tone.wav}}
 groups:
   support: {queue: support, timeout: 20}
 ivr:
@@ -78,6 +82,7 @@ FILE_1 = "/var/spool/asterisk/monitor/consentd-pbx1_1764432000.17-1.wav"
 def book(tmp_path_factory: pytest.TempPathFactory) -> PolicyBook:
     path = tmp_path_factory.mktemp("ivr") / "policies.yaml"
     path.write_text(textwrap.dedent(POLICIES))
+    write_wav(path.parent / "tone.wav", seconds=0.5)
     return load_policies(path)
 
 
@@ -109,6 +114,8 @@ def facts(book: PolicyBook, library: GreetingLibrary) -> Any:
             voicemail_greeting=voicemail,
             menus=library.menu_plans(book, policy.language) if policy.menu else {},
             groups=book.config.groups,
+            wait_greeting=library.optional(policy, GreetingKind.WAIT),
+            hold_greeting=library.optional(policy, GreetingKind.HOLD),
         )
 
     return make
@@ -375,3 +382,17 @@ def test_every_ledger_row_of_an_ivr_call_is_json_plain(facts: Any) -> None:
         assert isinstance(write, WriteLedger)
         for value in write.data.values():
             assert value is None or isinstance(value, str | int | float | bool | list)
+
+
+def test_a_wait_greeting_plays_before_the_hand_off_and_a_hold_greeting_before_holding(
+    facts: Any,
+) -> None:
+    call, commands = in_menu(facts("+4930100024"))
+    assert [p for p, _ in plays(commands)] == [f"{CHANNEL}-wait"]
+    call, commands = run(call, PlaybackFinished(f"{CHANNEL}-wait", at(1)))
+    assert [type(c).__name__ for c in actions(commands)] == ["ContinueToDialplan"]
+
+    call, commands = in_menu(facts("+4930100025"))
+    assert [p for p, _ in plays(commands)] == [f"{CHANNEL}-hold"]
+    call, _ = run(call, PlaybackFinished(f"{CHANNEL}-hold", at(1)))
+    assert call.phase is Phase.HOLDING

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import textwrap
+import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -401,7 +402,7 @@ def test_language_without_bundled_greeting_or_custom_greeting_is_rejected(tmp_pa
         """\
         default: {recording: never}
         numbers:
-          "+4930100003": {recording: opt_out, language: fr}
+          "+4930100003": {recording: opt_out, language: it}
         """,
     )
 
@@ -409,8 +410,8 @@ def test_language_without_bundled_greeting_or_custom_greeting_is_rejected(tmp_pa
 
     assert (problem.line, problem.location) == (3, 'number "+4930100003"')
     assert problem.message == (
-        "language: no bundled opt_out greeting for 'fr' (bundled: de, en); "
-        "set greetings.opt_out to a file of your own"
+        "language: no bundled call_recording_opt_out greeting for 'it' (bundled: de, en, fr); "
+        "set greetings.call_recording_opt_out to a file of your own"
     )
 
 
@@ -419,17 +420,17 @@ def test_language_without_bundled_greeting_is_fine_when_nothing_is_played(tmp_pa
         tmp_path,
         """\
         default: {recording: never}
-        numbers: {"+4930100001": {recording: always, language: fr}}
+        numbers: {"+4930100001": {recording: always, language: it}}
         """,
     )
 
-    assert load_policies(path).lookup("+4930100001").policy.language == "fr"
+    assert load_policies(path).lookup("+4930100001").policy.language == "it"
 
 
 def test_language_without_bundled_greeting_is_fine_with_a_custom_greeting(
     tmp_path: Path, wav: Callable[..., Path]
 ) -> None:
-    greeting = wav(tmp_path / "fr-opt-in.wav")
+    greeting = wav(tmp_path / "it-opt-in.wav")
     path = write(
         tmp_path,
         f"""\
@@ -437,14 +438,14 @@ def test_language_without_bundled_greeting_is_fine_with_a_custom_greeting(
         numbers:
           "+4930100002":
             recording: opt_in
-            language: fr
+            language: it
             greetings: {{opt_in: {greeting}}}
         """,
     )
 
     book = load_policies(path)
 
-    assert book.lookup("+4930100002").policy.greetings.opt_in == greeting.resolve()
+    assert book.lookup("+4930100002").policy.greetings.call_recording_opt_in == greeting.resolve()
     assert book.custom_greeting_files() == {greeting.resolve()}
 
 
@@ -508,24 +509,26 @@ def test_custom_greeting_that_cannot_be_read_is_rejected(
     greeting = wav(tmp_path / "hello.wav")
     real_access = os.access
     monkeypatch.setattr(
-        "consentd.policy.os.access",
+        "consentd.greeting_files.os.access",
         lambda path, mode: False if Path(path) == greeting else real_access(path, mode),
     )
 
     problem = only_problem(greeting_policy(tmp_path, greeting))
 
     assert (problem.line, problem.location) == (6, GREETING_KEY)
-    assert problem.message == f"greeting file {str(greeting)!r} is not readable"
+    assert problem.message == f"greeting file {str(greeting)!r} is not readable (permission denied)"
 
 
-def test_custom_greeting_that_is_not_a_wav_file_by_name_is_rejected(
+def test_custom_greeting_that_is_neither_wav_nor_mp3_by_name_is_rejected(
     tmp_path: Path, wav: Callable[..., Path]
 ) -> None:
-    greeting = wav(tmp_path / "hello.mp3")
+    greeting = wav(tmp_path / "hello.ogg")
 
     problem = only_problem(greeting_policy(tmp_path, greeting))
 
-    assert problem.message == f"greeting file {str(greeting)!r} must be a .wav file"
+    assert problem.message == (
+        f"greeting file {str(greeting)!r} has '.ogg'; a greeting must be a .wav or .mp3 file"
+    )
 
 
 def test_custom_greeting_of_random_bytes_named_wav_is_rejected_as_invalid_wav(
@@ -537,7 +540,9 @@ def test_custom_greeting_of_random_bytes_named_wav_is_rejected_as_invalid_wav(
     problem = only_problem(greeting_policy(tmp_path, greeting))
 
     assert (problem.line, problem.location) == (6, GREETING_KEY)
-    assert problem.message.startswith(f"greeting file {str(greeting)!r} is not a valid WAV file: ")
+    assert problem.message.startswith(
+        f"greeting file {str(greeting)!r} is corrupt or not a supported audio file: "
+    )
 
 
 def test_custom_greeting_cut_off_inside_its_header_is_rejected_as_invalid_wav(
@@ -548,28 +553,65 @@ def test_custom_greeting_cut_off_inside_its_header_is_rejected_as_invalid_wav(
 
     problem = only_problem(greeting_policy(tmp_path, greeting))
 
-    assert "is not a valid WAV file" in problem.message
+    assert "is corrupt or not a supported audio file" in problem.message
 
 
-def test_custom_greeting_in_16_khz_stereo_is_rejected_with_the_conversion_command(
+@pytest.mark.parametrize(
+    "shape", [{"rate": 16000, "channels": 2}, {"width": 1}, {"rate": 44100}], ids=str
+)
+def test_custom_greeting_of_any_wav_shape_is_converted_at_load_for_asterisk(
+    tmp_path: Path, wav: Callable[..., Path], shape: dict[str, int]
+) -> None:
+    greeting = wav(tmp_path / "hello.wav", seconds=1, **shape)
+
+    book = load_policies(greeting_policy(tmp_path, greeting), cache_dir=tmp_path / "cache")
+
+    prepared = book.prepared[greeting.resolve()]
+    with wave.open(str(prepared.path), "rb") as converted:
+        assert (converted.getframerate(), converted.getnchannels(), converted.getsampwidth()) == (
+            8000,
+            1,
+            2,
+        )
+    assert prepared.duration == pytest.approx(1.0, abs=0.01)
+    assert prepared.path.parent == tmp_path / "cache"
+
+
+def test_custom_greeting_longer_than_max_greeting_seconds_is_rejected(
     tmp_path: Path, wav: Callable[..., Path]
 ) -> None:
-    greeting = wav(tmp_path / "hello.wav", rate=16000, channels=2)
+    greeting = wav(tmp_path / "hello.wav", seconds=3)
+    path = greeting_policy(tmp_path, greeting)
+    path.write_text("max_greeting_seconds: 2\n" + path.read_text())
 
-    problem = only_problem(greeting_policy(tmp_path, greeting))
+    problem = only_problem(path)
 
-    assert (problem.line, problem.location) == (6, GREETING_KEY)
-    assert f"greeting file {str(greeting)!r} is 16000 Hz, 2 channel(s), 16-bit" in problem.message
-    assert "Asterisk needs 8000 Hz mono 16-bit" in problem.message
-    assert "sox IN -r 8000 -c 1 -b 16 OUT.wav" in problem.message
+    assert problem.location == GREETING_KEY
+    assert problem.message == (
+        f"greeting file {str(greeting)!r} is 3.0 s long, longer than the limit "
+        "max_greeting_seconds=2"
+    )
 
 
-def test_custom_greeting_in_8_bit_is_rejected(tmp_path: Path, wav: Callable[..., Path]) -> None:
-    greeting = wav(tmp_path / "hello.wav", width=1)
+def test_a_menu_prompt_set_on_a_number_is_in_the_wrong_place(
+    tmp_path: Path, wav: Callable[..., Path]
+) -> None:
+    greeting = wav(tmp_path / "menu.wav")
+    path = write(
+        tmp_path,
+        f"""\
+        default: {{recording: never}}
+        numbers:
+          "+4930100002": {{recording: opt_in, greetings: {{ivr: {greeting}}}}}
+        """,
+    )
 
-    problem = only_problem(greeting_policy(tmp_path, greeting))
+    problem = only_problem(path)
 
-    assert "is 8000 Hz, 1 channel(s), 8-bit" in problem.message
+    assert problem.location == 'number "+4930100002", key greetings'
+    assert f"greeting file {str(greeting)!r} is set as 'ivr', which a number does not play" in (
+        problem.message
+    )
 
 
 def test_custom_greeting_without_audio_is_rejected(
@@ -579,7 +621,7 @@ def test_custom_greeting_without_audio_is_rejected(
 
     problem = only_problem(greeting_policy(tmp_path, greeting))
 
-    assert problem.message == f"greeting file {str(greeting)!r} contains no audio"
+    assert problem.message == f"greeting file {str(greeting)!r} contains no audio (0 frames)"
 
 
 def test_relative_greeting_path_is_resolved_from_the_policy_files_directory(
@@ -593,7 +635,7 @@ def test_relative_greeting_path_is_resolved_from_the_policy_files_directory(
 
     book = load_policies(greeting_policy(conf, "greetings/hello.wav"))
 
-    assert book.lookup("+4930100002").policy.greetings.opt_in == greeting.resolve()
+    assert book.lookup("+4930100002").policy.greetings.call_recording_opt_in == greeting.resolve()
 
 
 def test_relative_greeting_path_that_is_missing_names_the_resolved_path(tmp_path: Path) -> None:
@@ -657,7 +699,11 @@ def test_routed_number_needs_the_availability_and_voicemail_greetings_besides_co
 ) -> None:
     policy = load_policies(write(tmp_path, ROUTED)).lookup("+4930100010").policy
 
-    assert [k.value for k in policy.greeting_kinds_needed] == ["available", "opt_in", "voicemail"]
+    assert [k.value for k in policy.greeting_kinds_needed] == [
+        "available",
+        "call_recording_opt_in",
+        "voicemail",
+    ]
 
 
 def test_route_to_an_undefined_group_names_file_line_number_key_and_the_defined_groups(
@@ -780,7 +826,7 @@ def test_group_without_a_queue_is_reported(tmp_path: Path) -> None:
 def test_custom_availability_and_voicemail_greetings_are_validated_like_opt_in(
     tmp_path: Path, wav: Callable[..., Path], kind: str
 ) -> None:
-    stereo = wav(tmp_path / f"{kind}.wav", rate=16000, channels=2)
+    empty = wav(tmp_path / f"{kind}.wav", seconds=0)
     path = write(
         tmp_path,
         f"""\
@@ -790,7 +836,7 @@ def test_custom_availability_and_voicemail_greetings_are_validated_like_opt_in(
             recording: opt_in
             routing: {{group: support}}
             greetings:
-              {kind}: {stereo}
+              {kind}: {empty}
         groups:
           support: {{queue: support}}
         """,
@@ -799,10 +845,7 @@ def test_custom_availability_and_voicemail_greetings_are_validated_like_opt_in(
     problem = only_problem(path)
 
     assert (problem.line, problem.location) == (7, f'number "+4930100010", key greetings.{kind}')
-    assert problem.message.startswith(
-        f"greeting file {str(stereo)!r} is 16000 Hz, 2 channel(s), 16-bit; "
-        "Asterisk needs 8000 Hz mono 16-bit"
-    )
+    assert problem.message == f"greeting file {str(empty)!r} contains no audio (0 frames)"
 
 
 def test_custom_availability_and_voicemail_greetings_are_installed_like_opt_in(
@@ -843,7 +886,7 @@ def routed_in_french(tmp_path: Path, greetings: dict[str, Path]) -> Path:
         numbers:
           "+4930100010":
             recording: opt_in
-            language: fr
+            language: it
             routing: {{group: support}}
             greetings: {{{listed}}}
         groups:
@@ -859,8 +902,8 @@ def test_routed_number_in_a_language_without_bundled_greetings_names_every_missi
 
     assert (problem.line, problem.location) == (3, 'number "+4930100010"')
     assert problem.message == (
-        "language: no bundled available, opt_in and voicemail greetings for 'fr' "
-        "(bundled: de, en); set greetings.available, greetings.opt_in and "
+        "language: no bundled available, call_recording_opt_in and voicemail greetings for 'it' "
+        "(bundled: de, en, fr); set greetings.available, greetings.call_recording_opt_in and "
         "greetings.voicemail to files of your own"
     )
 
@@ -870,7 +913,7 @@ def test_routed_number_in_a_language_without_bundled_greetings_needs_each_of_the
     tmp_path: Path, wav: Callable[..., Path], missing: str
 ) -> None:
     given = {
-        kind: wav(tmp_path / f"fr-{kind}.wav")
+        kind: wav(tmp_path / f"it-{kind}.wav")
         for kind in ("available", "opt_in", "voicemail")
         if kind != missing
     }
@@ -878,9 +921,10 @@ def test_routed_number_in_a_language_without_bundled_greetings_needs_each_of_the
     problem = only_problem(routed_in_french(tmp_path, given))
 
     assert (problem.line, problem.location) == (3, 'number "+4930100010"')
+    name = {"opt_in": "call_recording_opt_in"}.get(missing, missing)
     assert problem.message == (
-        f"language: no bundled {missing} greeting for 'fr' (bundled: de, en); "
-        f"set greetings.{missing} to a file of your own"
+        f"language: no bundled {name} greeting for 'it' (bundled: de, en, fr); "
+        f"set greetings.{name} to a file of your own"
     )
 
 
@@ -888,12 +932,12 @@ def test_routed_number_in_a_language_without_bundled_greetings_loads_with_all_th
     tmp_path: Path, wav: Callable[..., Path]
 ) -> None:
     given = {
-        kind: wav(tmp_path / f"fr-{kind}.wav") for kind in ("available", "opt_in", "voicemail")
+        kind: wav(tmp_path / f"it-{kind}.wav") for kind in ("available", "opt_in", "voicemail")
     }
 
     book = load_policies(routed_in_french(tmp_path, given))
 
-    assert book.lookup("+4930100010").policy.language == "fr"
+    assert book.lookup("+4930100010").policy.language == "it"
     assert book.custom_greeting_files() == {file.resolve() for file in given.values()}
 
 
@@ -981,7 +1025,7 @@ def test_file_that_is_not_utf8_cannot_be_read(tmp_path: Path) -> None:
 def test_every_error_in_a_file_is_reported_at_once_in_line_order(
     tmp_path: Path, wav: Callable[..., Path]
 ) -> None:
-    stereo = wav(tmp_path / "stereo.wav", rate=16000, channels=2)
+    stereo = wav(tmp_path / "stereo.wav", seconds=0)  # no audio: refused
     path = write(
         tmp_path,
         f"""\
@@ -992,7 +1036,7 @@ def test_every_error_in_a_file_is_reported_at_once_in_line_order(
           4930100003: {{recording: opt_out}}
           "+4930100004": {{recording: opt_in, line: digital}}
           "+4930100005": {{recording: sometimes}}
-          "+4930100006": {{recording: opt_in, language: fr}}
+          "+4930100006": {{recording: opt_in, language: it}}
           "+4930100001": {{recording: never}}
           "+4930100007": {{recording: opt_in, greetings: {{opt_in: {stereo}}}}}
         extra: 1

@@ -97,7 +97,7 @@ def in_voicemail(call_facts: CallFacts) -> Call:
 
 
 def consent_greeting(recording: str) -> Media:
-    return Media(f"sound:consentd/{recording}", "en", "bundled")
+    return Media(f"sound:consentd/call_recording_{recording}", "en", "bundled")
 
 
 # ---------------------------------------------------------------- arrival
@@ -230,7 +230,7 @@ def test_greetings_played_are_the_availability_one_then_the_consent_one(
     played = [w for w in call.ledger if w.kind == "greeting_played"]
     assert [(w.data["playback_id"], w.data["kind"], w.data["media"]) for w in played] == [
         (AVAILABLE, "available", "sound:consentd/available"),
-        (GREETING, "opt_in", "sound:consentd/opt_in"),
+        (GREETING, "opt_in", "sound:consentd/call_recording_opt_in"),
     ]
     assert call.kinds() == [
         "call_started",

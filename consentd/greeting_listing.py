@@ -41,6 +41,8 @@ _CATEGORY_OF = {
     GreetingKind.OPT_OUT: GreetingCategory.CALL_RECORDING_OPT_OUT,
     GreetingKind.AVAILABLE: GreetingCategory.AVAILABLE,
     GreetingKind.VOICEMAIL: GreetingCategory.VOICEMAIL,
+    GreetingKind.WAIT: GreetingCategory.WAIT,
+    GreetingKind.HOLD: GreetingCategory.HOLD,
 }
 
 
@@ -132,6 +134,9 @@ class GreetingListing:
             played.append(self._policy_greeting(policy, GreetingKind.AVAILABLE))
         if policy.greeting_kind is not None:
             played.append(self._policy_greeting(policy, policy.greeting_kind))
+        for kind in (GreetingKind.WAIT, GreetingKind.HOLD):  # played only where set
+            if policy.greetings.custom(kind) is not None:
+                played.append(self._policy_greeting(policy, kind))
         for name in where.menus:
             played += self._menu_prompts(name, policy.language)
         if where.voicemail:

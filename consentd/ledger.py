@@ -196,7 +196,13 @@ class LedgerWriter:
                     break
                 item = self._queue.get_nowait()
             if batch:
-                await self._store_or_journal(batch)
+                try:
+                    await self._store_or_journal(batch)
+                except Exception:
+                    # Never lose the writer: the batch is in the journal (or in its
+                    # memory while the disk refuses) and is stored on a later pass.
+                    self._log.exception("ledger_writer_failed", events=len(batch))
+                    self.store_reachable = False
         if self._journal.pending():
             await self._replay_journal()
 

@@ -202,6 +202,13 @@ class PostgresLedger:
         ) as exc:
             # Every database failure degrades to journalling; none may stop the daemon.
             raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            # asyncpg's own client errors (InterfaceError, InternalClientError:
+            # "another operation is in progress" after a server vanished mid-query)
+            # leave a connection unusable: drop the pool's connections, journal.
+            if self._pool is not None:
+                await self._pool.expire_connections()
+            raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def recent_call_ids(self, limit: int) -> list[str]:
         pool = await self.connect()

@@ -57,6 +57,15 @@ def routed_plan() -> CallPlan:
     return CallPlan("+4930100010", "+4915100000110", queued, "3", talk_ms=6000, speak=True)
 
 
+def ivr_plan() -> CallPlan:
+    """+4930100021 (opt_in) starts in menu "main": 3 while the prompt plays is consent
+    (never a menu choice), then 2 after the prompt picks voicemail."""
+    prompt = greeting_ms("en", "ivr")
+    return CallPlan(
+        "+4930100021", "+4915100000111", 1500, "3", prompt, "2", talk_ms=6000, speak=True
+    )
+
+
 async def calls_with_agent(plans: list[CallPlan]) -> tuple[list[CallResult], AgentResult]:
     """All calls at once, and agent1's phone (SIPp on 127.0.0.1:5071) answering after 2 s."""
     agent = asyncio.create_task(
@@ -96,6 +105,8 @@ def main() -> int:
         # Every caller streams audio for the whole call, as a real phone does.
         cases = [(replace(p, speak=True), policy, action) for p, policy, action in plans()]
         cases.append((group_call, "opt_in", "caller_opted_in"))
+        menu_call = ivr_plan()
+        cases.append((menu_call, "opt_in", "caller_opted_in"))
         since = datetime.now(UTC).isoformat()  # the database keeps earlier demos' calls
         longest = max(p.duration_s for p, _, _ in cases)
         print(f"==> placing {len(cases)} SIP calls at once (about {longest:.0f} s) ...", flush=True)
@@ -118,6 +129,9 @@ def main() -> int:
         routed = by_caller.get(group_call.caller)
         if routed is not None and routed.get("agent") != "agent1":
             problems.append(f"group call was not answered by agent1: {routed}")
+        menu = by_caller.get(menu_call.caller)
+        if menu is not None and not menu.get("voicemail"):
+            problems.append(f"IVR call did not reach voicemail with key 2: {menu}")
         for plan, policy, action in cases:
             got = by_caller.get(plan.caller)
             if got is None:

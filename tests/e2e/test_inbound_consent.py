@@ -224,7 +224,7 @@ def test_a_3_during_the_greeting_counts_and_cuts_the_greeting_short(
     outcome = outcomes["opt_in_key_3_during_greeting"]
     press = outcome.rows("keypress")[0]
     assert press["data"] == {"digit": "3", "duration_ms": press["data"]["duration_ms"],
-                             "phase": "greeting", "decides": True}  # fmt: skip
+                             "phase": "greeting", "where": "greeting", "decides": True}  # fmt: skip
     played = outcome.rows("greeting_played")[0]
     finished = outcome.rows("greeting_finished")[0]
     assert played["data"]["language"] == "de"

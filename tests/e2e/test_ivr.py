@@ -238,3 +238,7 @@ def test_opt_out_3_during_a_call_handed_to_the_dialplan_stops_and_deletes_the_re
     assert outcome.details["call_recording_consent_action"] == "caller_opted_out"
     # The caller talked to the desk phone until it hung up: the call lasted its plan.
     assert abs(outcome.seconds("call_ended") - outcome.caller.plan.duration_s) <= 1.0
+    # The dialplan saw the outcome at the hand-off (its Log() line in Asterisk's log).
+    channel = outcome.first("call_started")["data"]["channel_id"]
+    log = (stack.root / "var/log/asterisk/messages").read_text(errors="replace")
+    assert f"call {channel} from consentd: policy opt_out action none recording on" in log

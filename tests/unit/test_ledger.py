@@ -374,6 +374,11 @@ async def test_a_torn_last_line_is_set_aside_and_the_rest_replayed(tmp_path: Pat
         asyncpg.exceptions.AdminShutdownError("terminating connection (57P01)"),
         asyncpg.exceptions.CrashShutdownError("57P02"),
         OSError(28, "No space left on device"),
+        # Seen in the fault suite when PostgreSQL stopped mid-query.
+        asyncpg.exceptions._base.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        ),
+        asyncpg.exceptions.InterfaceError("connection is closed"),
     ],
     ids=lambda e: type(e).__name__,
 )
@@ -455,3 +460,36 @@ async def test_a_full_journal_says_so(tmp_path: Path) -> None:
         await until(lambda: writer.journalled == 3)
         assert writer.full
         store.available = True
+
+
+class FlakyLedger(WatchedLedger):
+    """Fails once with an error nobody foresaw, then works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def append(self, events: Sequence[LedgerEvent]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("a bug in a driver")
+        await super().append(events)
+
+
+async def test_an_unforeseen_store_error_neither_kills_the_writer_nor_loses_the_batch(
+    tmp_path: Path,
+) -> None:
+    store = FlakyLedger()
+    writer = LedgerWriter(store, Journal(tmp_path / "pbx1.jsonl"), retry_seconds=0.05)
+    events = [event(n) for n in range(4)]
+
+    async with running(writer) as task:
+        writer.submit(events[0])
+        writer.submit(events[1])
+        await asyncio.sleep(0.1)
+        assert not task.done()  # still running after the error
+        writer.submit(events[2])
+        writer.submit(events[3])
+        await until(lambda: len(store.events) == 4)
+
+    assert list(store.events.values()) == events

@@ -244,3 +244,26 @@ def test_a_missing_menu_greeting_file_names_the_file(tmp_path: Path) -> None:
     (problem,) = problems_of(path)
     assert problem.location == 'menu "main", key greeting.file'
     assert "main-menu.wav" in problem.message and "does not exist" in problem.message
+
+
+def test_consentd_check_prints_warnings_and_still_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from consentd.cli import main
+
+    path = write(
+        tmp_path,
+        """\
+        default: {recording: never}
+        ivr:
+          forgotten:
+            options: {"1": {hangup: true}}
+        """,
+    )
+
+    assert main(["check", str(path)]) == 0
+
+    out, err = capsys.readouterr()
+    assert f"{path}:3: menu \"forgotten\": menu 'forgotten' is not reachable" in err
+    assert "(warning)" in err
+    assert "OK, 0 numbers" in out

@@ -70,7 +70,7 @@ async def calls_with_agent(plans: list[CallPlan]) -> tuple[list[CallResult], Age
     """All calls at once, and agent1's phone (SIPp on 127.0.0.1:5071) answering after 2 s."""
     agent = asyncio.create_task(
         run_agent(
-            REPO / "sipp-scenarios" / "agent.xml", port=5071, answer_ms=2000, media_port=16100
+            REPO / "sipp-scenarios" / "agent.xml", port=5071, answer_ms=2000, media_port=16900
         )
     )
     await asyncio.sleep(0.3)

@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from consentd.sipp import AgentResult, CallResult
+
 REPO = Path(__file__).resolve().parents[2]
 ROOT = REPO / ".cache" / "asterisk-root"
 STACK = REPO / "scripts" / "stack.sh"
@@ -174,3 +176,46 @@ async def _ledger_rows(call_id: str) -> list[dict[str, Any]]:
 
 def ledger_rows(call_id: str) -> list[dict[str, Any]]:
     return asyncio.run(_ledger_rows(call_id))
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """One call as a test sees it afterwards: SIPp's results, the details, the ledger."""
+
+    caller: CallResult
+    agent: AgentResult | None
+    details: dict[str, Any]
+    ledger: list[dict[str, Any]]
+
+    def rows(self, kind: str) -> list[dict[str, Any]]:
+        return [row for row in self.ledger if row["kind"] == kind]
+
+    def first(self, kind: str) -> dict[str, Any]:
+        rows = self.rows(kind)
+        assert rows, f"no {kind} in the ledger: {[r['kind'] for r in self.ledger]}"
+        return rows[0]
+
+    def seconds(self, kind: str) -> float:
+        """When the first ``kind`` row happened, in seconds after the call started."""
+        start = self.first("call_started")["occurred_at"]
+        return float((self.first(kind)["occurred_at"] - start).total_seconds())
+
+
+def collect_outcomes(
+    results: dict[str, tuple[CallResult, AgentResult | None]], since: datetime
+) -> dict[str, CallOutcome]:
+    """Each case's outcome, once every caller's call has ended in the ledger (15 s at most)."""
+    wanted = {caller.plan.caller for caller, _ in results.values()}
+    by_caller: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        by_caller = {c["caller"]: c for c in consentd_calls(since=since) if c["ended_at"]}
+        if wanted <= by_caller.keys():
+            break
+        time.sleep(0.5)
+    found = {}
+    for name, (caller, agent) in results.items():
+        details = by_caller.get(caller.plan.caller, {})
+        ledger = ledger_rows(details["id"]) if details else []
+        found[name] = CallOutcome(caller, agent, details, ledger)
+    return found

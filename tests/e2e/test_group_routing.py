@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,7 +23,9 @@ from tests.e2e.harness import (
     REPO,
     SCENARIO,
     SHORT_GREETING_S,
+    CallOutcome,
     Stack,
+    collect_outcomes,
     consentd_calls,
     ledger_rows,
     wav_seconds,
@@ -78,20 +79,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Outcome:
-    caller: CallResult
-    agent: AgentResult | None
-    details: dict[str, Any]
-    ledger: list[dict[str, Any]]
-
-    def rows(self, kind: str) -> list[dict[str, Any]]:
-        return [row for row in self.ledger if row["kind"] == kind]
-
-    def first(self, kind: str) -> dict[str, Any]:
-        rows = self.rows(kind)
-        assert rows, f"no {kind} in the ledger: {[r['kind'] for r in self.ledger]}"
-        return rows[0]
+Outcome = CallOutcome
 
 
 async def _run(case: QueueCase) -> tuple[CallResult, AgentResult | None]:
@@ -108,21 +96,7 @@ async def _run(case: QueueCase) -> tuple[CallResult, AgentResult | None]:
 @pytest.fixture(scope="module")
 def outcomes(stack: Stack) -> dict[str, Outcome]:
     since = datetime.now(UTC)
-    results = {case.name: asyncio.run(_run(case)) for case in CASES}
-    wanted = {case.plan.caller for case in CASES}
-    by_caller: dict[str, dict[str, Any]] = {}
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        by_caller = {c["caller"]: c for c in consentd_calls(since=since) if c["ended_at"]}
-        if wanted <= by_caller.keys():
-            break
-        time.sleep(0.5)
-    found = {}
-    for case in CASES:
-        details = by_caller.get(case.plan.caller, {})
-        ledger = ledger_rows(details["id"]) if details else []
-        found[case.name] = Outcome(*results[case.name], details, ledger)
-    return found
+    return collect_outcomes({case.name: asyncio.run(_run(case)) for case in CASES}, since)
 
 
 def _bridged_seconds(outcome: Outcome) -> float:

@@ -9,10 +9,8 @@ phones that answer and talk. One case at a time: the queue rings agent1.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
@@ -20,9 +18,9 @@ from consentd.sipp import AgentResult, CallPlan, CallResult, place_call, run_age
 from tests.e2e.harness import (
     REPO,
     SCENARIO,
+    CallOutcome,
     Stack,
-    consentd_calls,
-    ledger_rows,
+    collect_outcomes,
     wav_seconds,
 )
 
@@ -64,25 +62,7 @@ CASES = [
 ]  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Outcome:
-    caller: CallResult
-    phone: AgentResult | None
-    details: dict[str, Any]
-    ledger: list[dict[str, Any]]
-
-    def rows(self, kind: str) -> list[dict[str, Any]]:
-        return [row for row in self.ledger if row["kind"] == kind]
-
-    def first(self, kind: str) -> dict[str, Any]:
-        rows = self.rows(kind)
-        assert rows, f"no {kind} in the ledger: {[r['kind'] for r in self.ledger]}"
-        return rows[0]
-
-    def seconds(self, kind: str) -> float:
-        """When the first ``kind`` row happened, in seconds after the call started."""
-        start = self.first("call_started")["occurred_at"]
-        return (self.first(kind)["occurred_at"] - start).total_seconds()
+Outcome = CallOutcome
 
 
 async def _run(case: IvrCase) -> tuple[CallResult, AgentResult | None]:
@@ -100,28 +80,14 @@ async def _run(case: IvrCase) -> tuple[CallResult, AgentResult | None]:
 @pytest.fixture(scope="module")
 def outcomes(stack: Stack) -> dict[str, Outcome]:
     since = datetime.now(UTC)
-    results = {case.name: asyncio.run(_run(case)) for case in CASES}
-    wanted = {case.plan.caller for case in CASES}
-    by_caller: dict[str, dict[str, Any]] = {}
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        by_caller = {c["caller"]: c for c in consentd_calls(since=since) if c["ended_at"]}
-        if wanted <= by_caller.keys():
-            break
-        time.sleep(0.5)
-    found = {}
-    for case in CASES:
-        details = by_caller.get(case.plan.caller, {})
-        ledger = ledger_rows(details["id"]) if details else []
-        found[case.name] = Outcome(*results[case.name], details, ledger)
-    return found
+    return collect_outcomes({case.name: asyncio.run(_run(case)) for case in CASES}, since)
 
 
 def _phones_ok(outcome: Outcome) -> None:
     assert outcome.details, "the call never reached the ledger"
     assert outcome.caller.ok, f"SIPp caller failed:\n{outcome.caller.output[-2000:]}"
-    if outcome.phone is not None:
-        assert outcome.phone.ok, f"SIPp phone failed:\n{outcome.phone.output[-2000:]}"
+    if outcome.agent is not None:
+        assert outcome.agent.ok, f"SIPp phone failed:\n{outcome.agent.output[-2000:]}"
 
 
 def _played(outcome: Outcome) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,23 +11,10 @@ from consentd.policy import (
     GroupTarget,
     HangupTarget,
     IvrTarget,
-    PolicyError,
-    PolicyProblem,
     VoicemailTarget,
     load_policies,
 )
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "policies.yaml"
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
-
-
-def problems_of(path: Path) -> list[PolicyProblem]:
-    with pytest.raises(PolicyError) as caught:
-        load_policies(path)
-    return caught.value.problems
+from tests.unit.test_policy import problems_of, write
 
 
 def test_every_routing_target_and_menu_field_is_read(tmp_path: Path) -> None:

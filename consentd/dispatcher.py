@@ -52,6 +52,9 @@ OPEN_CALL_HOURS = 24
 #: Reports of the same digit closer than this are one press (no finger is that fast).
 SAME_PRESS_S = 0.3
 
+#: How long a queued call's hangup waits for app_queue's AMI events to land.
+AMI_GRACE_S = 0.3
+
 #: The dialplan context consentd sends callers to for the queue (extensions.conf).
 QUEUE_CONTEXT = "consentd-queue"
 
@@ -166,7 +169,14 @@ class Dispatcher:
         elif kind == "StasisEnd":
             runner.post(LeftStasis(at))
         elif kind == "ChannelDestroyed":
-            runner.post(CallEnded(at, cause=str(event.get("cause_txt") or "hangup")))
+            ended = CallEnded(at, cause=str(event.get("cause_txt") or "hangup"))
+            if runner.call.phase in (Phase.QUEUED, Phase.CONNECTED):
+                # app_queue's AMI events (QueueCallerAbandon, AgentComplete) come
+                # over another connection and can land after ARI's hangup: give
+                # them a moment, or an abandoned caller would not count as one.
+                asyncio.get_running_loop().call_later(AMI_GRACE_S, runner.post, ended)
+            else:
+                runner.post(ended)
 
     def _dialled(self, event: dict[str, Any], at: datetime) -> None:
         """Dial() of a call we watch: ANSWER bridges the caller; any other end unbridges."""

@@ -1281,3 +1281,18 @@ async def test_dial_events_of_a_watched_caller_tell_the_call_it_is_talking(node:
         {"type": "Dial", "caller": {"id": "other"}, "peer": {"id": chan}, "dialstatus": "BUSY"}
     )
     assert node.dispatcher.calls[chan].call.bridged is True  # the peer side is not our caller
+
+
+async def test_an_abandon_arriving_over_ami_just_after_the_ari_hangup_still_counts(
+    node: Node,
+) -> None:
+    """ARI and AMI are two connections: app_queue's abandon can land after ChannelDestroyed."""
+    chan = "1764432011.2"
+    await queued_call(node, chan)
+
+    await node.feed({"type": "ChannelDestroyed", "channel": {"id": chan}, "cause_txt": "Normal"})
+    node.dispatcher.handle_ami(ami_event("QueueCallerAbandon", chan, HoldTime="7"))
+    await node.calls_done()
+
+    kinds = await node.kinds()
+    assert kinds[-2:] == ["queue_abandoned", "call_ended"]

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.harness import (
+    MP3_GREETING_S,
     POLICIES,
     ROOT,
     SHORT_GREETING_S,
@@ -60,6 +62,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     custom = workdir / "custom-opt-in.wav"
     write_tone(custom, 2.0)
     write_tone(workdir / "short.wav", SHORT_GREETING_S, freq=500.0)
+    # An operator's greeting as they come: MP3, 44.1 kHz stereo (converted at load).
+    subprocess.run(
+        ["sox", "-n", "-r", "44100", "-c", "2", str(workdir / "operator-greeting.mp3"),
+         "synth", str(MP3_GREETING_S), "sine", "700"],
+        check=True,
+    )  # fmt: skip
     policies = workdir / "policies.yaml"
     policies.write_text(POLICIES)
     try:

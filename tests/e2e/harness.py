@@ -41,6 +41,7 @@ numbers:
   "+4930100006": {recording: opt_out, keep_partial_on_opt_out: true}
   "+4930100007": {recording: opt_in}
   "+4930100008": {recording: opt_in, greetings: {opt_in: custom-opt-in.wav}}
+  "+4930100009": {recording: opt_in, greetings: {call_recording_opt_in: operator-greeting.mp3}}
   # Group-routed numbers; one-second greetings keep the tests short.
   "+4930100010": {recording: opt_in, routing: {group: support},
                   greetings: {available: short.wav, opt_in: short.wav}}
@@ -77,6 +78,8 @@ ivr:
 
 #: Length of short.wav, the greetings of the group-routed numbers.
 SHORT_GREETING_S = 1.0
+#: Length of operator-greeting.mp3 (44.1 kHz stereo MP3), +4930100009's greeting.
+MP3_GREETING_S = 1.5
 
 
 @dataclass(frozen=True)

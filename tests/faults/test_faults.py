@@ -19,17 +19,29 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import REPO, ROOT, Stack, restart_daemon, stack_command
+from consentd.sipp import AgentResult, CallPlan, CallResult, place_call, run_agent
+from tests.e2e.harness import (
+    REPO,
+    ROOT,
+    SCENARIO,
+    Stack,
+    collect_outcomes,
+    restart_daemon,
+    stack_command,
+    wav_seconds,
+)
 from tests.faults.load import REPORT, place_load, verdict
 from tests.faults.proxy import Proxy
 
 pytestmark = pytest.mark.e2e
 
 RUN = REPO / ".state" / "run"
+AGENT_SCENARIO = REPO / "sipp-scenarios" / "agent.xml"
 CALLS_PER_GROUP, CPS_PER_GROUP = 50, 2.5
 Fault = Callable[[], Awaitable[None]]
 
@@ -181,3 +193,40 @@ def test_the_journal_disk_fills_while_postgres_is_away(stack: Stack, tmp_path: P
     finally:
         _daemon(stack)
         subprocess.run(["umount", "-l", str(journal)], check=False)
+
+
+def test_an_agent_answer_while_ami_is_down_is_recovered_from_the_bridge(
+    stack: Stack, proxies: tuple[Proxy, Proxy]
+) -> None:
+    """app_queue's AgentConnect is sent while AMI is cut: without recovery the bridged
+    audio of an "always" call would count as 0 s recorded."""
+    _, ami = proxies
+    since = datetime.now(UTC)
+    plan = CallPlan("+4930100012", "+4915100000501", talk_ms=10000, speak=True)
+
+    async def scenario() -> tuple[CallResult, AgentResult]:
+        agent = asyncio.create_task(
+            run_agent(AGENT_SCENARIO, port=5071, answer_ms=3000, media_port=16150)
+        )
+        await asyncio.sleep(0.3)
+        caller = asyncio.create_task(place_call(plan, SCENARIO, sip_port=5180, media_port=17800))
+        await asyncio.sleep(2.0)  # greeting done, queued, agent1 ringing
+        await asyncio.to_thread(ami.cut, refuse=True)
+        await asyncio.sleep(4.0)  # agent1 answers meanwhile
+        ami.restore()
+        return await caller, await agent
+
+    caller, agent = asyncio.run(scenario())
+    outcome = collect_outcomes({"call": (caller, agent)}, since)["call"]
+
+    assert caller.ok and agent.ok, caller.output[-1500:] + agent.output[-1500:]
+    connected = outcome.first("agent_connected")
+    assert connected["data"]["recovered"] is True
+    assert connected["data"]["interface"] == "PJSIP/agent1"
+    bridged = outcome.seconds("call_ended") - outcome.seconds("agent_connected")
+    # The bridge's creation time: the answer came ~3 s into ringing, not at the reconnect.
+    assert 2.0 <= outcome.seconds("agent_connected") <= 5.5
+    assert abs(outcome.details["recording_time"] - bridged) <= 1.0
+    (recording,) = outcome.details["recordings"]
+    measured = wav_seconds(stack.host_path(recording.removeprefix(str(stack.root))))
+    assert abs(measured - bridged) <= 0.6, (measured, bridged)

@@ -32,7 +32,8 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
     if start is None:
         return None
     end = next((e for e in ordered if e.kind == "call_ended"), None)
-    decision = next((e for e in ordered if e.kind == "consent_decided"), None)
+    # The latest decision stands: a withdrawal (caller_withdrew) follows a consent.
+    decision = next((e for e in reversed(ordered) if e.kind == "consent_decided"), None)
     segments: dict[int, _SegmentSpan] = {}
     for event in ordered:
         if not event.kind.startswith("recording_") or "segment" not in event.data:
@@ -58,7 +59,11 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         if connected
         else None
     )
-    recorded = sum(_recorded_seconds(s, until, bridge) for s in segments.values() if not s.deleted)
+    spans = [
+        held
+        for s in segments.values()
+        if not s.deleted and (held := _recorded_span(s, until, bridge)) is not None
+    ]
     # A bridged-only recording of a call that never reached an agent holds no audio.
     kept = [
         s
@@ -67,9 +72,13 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
     ]
     voicemail = _voicemail(ordered, until)
     if voicemail is not None:
-        recorded += voicemail[1]
+        spans.append(voicemail[1])
+    # Overlaps (a consented recording goes on while the voicemail is taken) count once.
+    recorded_spans = _merged(spans)
+    recorded = sum((stop - begin).total_seconds() for begin, stop in recorded_spans)
     total = max(0.0, (until - start.occurred_at).total_seconds())
     recording_time = min(round(recorded), round(total))
+    waited, talked = _wait_and_talk(ordered, until)
     facts = start.data
     return {
         "id": start.call_id,
@@ -84,6 +93,11 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         "call_recording_consent_keypress": decision.data["digit"] if decision else None,
         "recording_time": recording_time,
         "not_recording_time": max(0, round(total) - recording_time),
+        "recording_segments": [
+            {"start": _iso(begin), "end": _iso(stop)} for begin, stop in recorded_spans
+        ],
+        "wait_time": waited,
+        "talk_time": talked,
         "recording_control_interactions": 0,
         "recordings": [s.path for s in sorted(kept, key=lambda s: s.number)]
         + ([voicemail[0]] if voicemail else []),
@@ -132,27 +146,64 @@ def _fallback(facts: dict[str, Any], end: LedgerEvent | None) -> dict[str, Any]:
     }
 
 
-def _recorded_seconds(
+def _recorded_span(
     span: _SegmentSpan, until: datetime, bridge: tuple[datetime, datetime] | None
-) -> float:
+) -> tuple[datetime, datetime] | None:
+    """When a kept segment held audio: MixMonitor option b only while bridged."""
     if span.started_at is None:
-        return 0.0
+        return None
     start, stop = span.started_at, span.stopped_at or until
     if span.bridged_only:
         if bridge is None:
-            return 0.0
+            return None
         start, stop = max(start, bridge[0]), min(stop, bridge[1])
-    return max(0.0, (stop - start).total_seconds())
+    return (start, stop) if stop > start else None
 
 
-def _voicemail(ordered: list[LedgerEvent], until: datetime) -> tuple[str, float] | None:
-    """(host path, seconds) of the voicemail message, if the caller left one."""
+def _merged(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    merged: list[tuple[datetime, datetime]] = []
+    for begin, stop in sorted(spans):
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((begin, stop))
+    return merged
+
+
+def _wait_and_talk(ordered: list[LedgerEvent], until: datetime) -> tuple[int | None, int | None]:
+    """Seconds waiting (in the queue, or ringing after a hand-off) and talking after the answer.
+
+    None where the call never waited for anyone (held by consentd, voicemail only).
+    """
+    first = {e.kind: e for e in reversed(ordered)}  # the first row of each kind
+    waiting = first.get("queue_joined")
+    answered = first.get("agent_connected")
+    talk_end = first.get("agent_completed")
+    handed = next(
+        (e for e in ordered if e.kind == "routed" and e.data.get("to") == "dialplan"), None
+    )
+    if waiting is None and handed is not None:
+        waiting, answered, talk_end = handed, first.get("callee_answered"), None
+    if waiting is None:
+        return None, None
+    answer_at = answered.occurred_at if answered else until
+    waited = round(max(0.0, (answer_at - waiting.occurred_at).total_seconds()))
+    if answered is None:
+        return waited, 0
+    stop = talk_end.occurred_at if talk_end else until
+    return waited, round(max(0.0, (stop - answered.occurred_at).total_seconds()))
+
+
+def _voicemail(
+    ordered: list[LedgerEvent], until: datetime
+) -> tuple[str, tuple[datetime, datetime]] | None:
+    """(host path, (start, end)) of the voicemail message, if the caller left one."""
     started = next((e for e in ordered if e.kind == "voicemail_started"), None)
     if started is None:
         return None
     finished = next((e for e in ordered if e.kind == "voicemail_finished"), None)
     stop = finished.occurred_at if finished else until
-    return started.data["path"], max(0.0, (stop - started.occurred_at).total_seconds())
+    return started.data["path"], (started.occurred_at, max(stop, started.occurred_at))
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -272,6 +272,8 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
             t.update(timer=0)
             _menu_miss(t, "no_key", event.at)
         case Bridged():
+            if call.phase is Phase.DIALPLAN and event.entered != call.bridged:
+                t.ledger("callee_answered" if event.entered else "callee_left", event.at)
             t.update(bridged=event.entered)
         case RecordingStarted():
             ids = {"mixmonitor_id": event.mixmonitor_id} if event.mixmonitor_id else {}
@@ -280,7 +282,7 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
                 t.update(recording=replace(call.recording, mixmonitor_id=event.mixmonitor_id))
         case RecordingStopped():
             reason = (
-                "caller_opted_out" if call.decision is ConsentAction.CALLER_OPTED_OUT else "stopped"
+                call.decision.value if call.decision and call.decision.refuses else "stopped"
             )
             t.ledger(
                 "recording_stopped", event.at, reason=reason, **_segment_data(call, event.segment)
@@ -427,11 +429,13 @@ def _greeting_started(t: _Transition, event: PlaybackStarted) -> None:
 def _keypress(t: _Transition, event: DtmfReceived) -> None:
     call = t.call
     consent_key = event.digit == CONSENT_KEY and call.facts.policy.recording.asks_caller
-    decides = (
-        consent_key
-        and call.decision is None
-        and call.phase not in (Phase.VOICEMAIL, Phase.UNSERVED)
+    open_to_consent = consent_key and call.phase not in (Phase.VOICEMAIL, Phase.UNSERVED)
+    withdraws = (
+        open_to_consent
+        and call.decision is ConsentAction.CALLER_OPTED_IN
+        and call.facts.policy.allow_withdrawal
     )
+    decides = (open_to_consent and call.decision is None) or withdraws
     where = _where(call)
     t.ledger(
         "keypress",
@@ -442,7 +446,9 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
         where=where,
         decides=decides,
     )
-    if decides:
+    if withdraws:
+        _withdraw(t, event, where)
+    elif decides:
         _decide(t, event, where)
     if call.phase is Phase.IVR:
         if consent_key:
@@ -490,6 +496,28 @@ def _decide(t: _Transition, event: DtmfReceived, where: str) -> None:
             t.do(StopPlayback(greeting))
         if segment is not None and not policy.keep_partial_on_opt_out:
             t.do(DeleteRecording(segment.number, segment.file))
+    if t.call.phase is Phase.DIALPLAN:
+        t.do(SetVariables(_outcome_variables(t.call)))
+
+
+def _withdraw(t: _Transition, event: DtmfReceived, where: str) -> None:
+    """The consent is taken back: stop, and delete everything captured so far."""
+    call = t.call
+    t.update(decision=ConsentAction.CALLER_WITHDREW)
+    t.ledger(
+        "consent_decided",
+        event.at,
+        action=ConsentAction.CALLER_WITHDREW.value,
+        digit=event.digit,
+        phase=call.phase.value,
+        where=where,
+    )
+    segment = call.recording
+    if segment is not None:
+        t.update(recording=replace(segment, stopping=True))
+        t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
+    for number in range(1, call.segments_opened + 1):
+        t.do(DeleteRecording(number, call.facts.recording_file(number)))
     if t.call.phase is Phase.DIALPLAN:
         t.do(SetVariables(_outcome_variables(t.call)))
 
@@ -676,7 +704,7 @@ def _adopt(t: _Transition, event: Adopted) -> None:
         phase=call.phase.value,
         untracked_recordings=[n for n, _ in event.untracked_recordings] or None,
     )
-    refused = call.decision is ConsentAction.CALLER_OPTED_OUT
+    refused = call.decision is not None and call.decision.refuses
     keep = call.facts.policy.keep_partial_on_opt_out
     for number, mixmonitor_id in event.untracked_recordings:
         if call.recording is not None and call.recording.number == number:
@@ -761,7 +789,7 @@ def _internal_error(t: _Transition, event: InternalError) -> None:
 
 def _end(t: _Transition, event: CallEnded) -> None:
     segment = t.call.recording
-    refused = t.call.decision is ConsentAction.CALLER_OPTED_OUT
+    refused = t.call.decision is not None and t.call.decision.refuses
     delete_refused = refused and not t.call.facts.policy.keep_partial_on_opt_out
     if segment is not None and not segment.stopping:
         # MixMonitor ends with the channel; the hangup is the stop time.

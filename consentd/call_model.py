@@ -24,6 +24,13 @@ class Direction(StrEnum):
 class ConsentAction(StrEnum):
     CALLER_OPTED_IN = "caller_opted_in"
     CALLER_OPTED_OUT = "caller_opted_out"
+    #: An opt-in caller took the consent back (policy allow_withdrawal).
+    CALLER_WITHDREW = "caller_withdrew"
+
+    @property
+    def refuses(self) -> bool:
+        """Whatever was captured must go (unless the policy keeps a partial opt-out)."""
+        return self in (ConsentAction.CALLER_OPTED_OUT, ConsentAction.CALLER_WITHDREW)
 
 
 class Phase(StrEnum):

@@ -290,11 +290,18 @@ class NumberPolicy(_Frozen):
     line: Line = Line.PHONE
     language: str = Field(default="en", pattern=r"^[a-z]{2,3}(_[A-Za-z0-9]+)?$")
     keep_partial_on_opt_out: bool = False
+    #: An opt-in caller who consented may press 3 again to take it back.
+    allow_withdrawal: bool = False
     greetings: Greetings = Greetings()
     routing: RoutingTarget | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> NumberPolicy:
+        if self.allow_withdrawal and self.recording is not Recording.OPT_IN:
+            raise ValueError(
+                f"allow_withdrawal: only an opt_in number asks for consent that can be "
+                f"withdrawn (this one is {self.recording.value})"
+            )
         if self.line is Line.DIGITAL and self.recording.asks_caller:
             raise ValueError(
                 f"recording: {self.recording.value} is not available on a digital line "

@@ -42,6 +42,7 @@ numbers:
   "+4930100007": {recording: opt_in}
   "+4930100008": {recording: opt_in, greetings: {opt_in: custom-opt-in.wav}}
   "+4930100009": {recording: opt_in, greetings: {call_recording_opt_in: operator-greeting.mp3}}
+  "+4930100015": {recording: opt_in, allow_withdrawal: true, greetings: {opt_in: short.wav}}
   # Group-routed numbers; one-second greetings keep the tests short.
   "+4930100010": {recording: opt_in, routing: {group: support},
                   greetings: {available: short.wav, opt_in: short.wav}}

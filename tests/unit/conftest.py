@@ -84,6 +84,7 @@ def make_facts(
     language: str = "en",
     line: str = "phone",
     keep_partial_on_opt_out: bool = False,
+    allow_withdrawal: bool = False,
     did: str = "+4930100002",
     caller: str = "+4917612345678",
     call_id: str = "pbx1:1764432000.17",
@@ -103,6 +104,7 @@ def make_facts(
             "language": language,
             "line": line,
             "keep_partial_on_opt_out": keep_partial_on_opt_out,
+            "allow_withdrawal": allow_withdrawal,
             **({"routing": {"group": "support"}} if group else {}),
         }
     )

@@ -553,3 +553,92 @@ def test_routed_recording_of_a_call_no_agent_answered_is_not_listed() -> None:
     assert details["recording_time"] == 0
     assert details["not_recording_time"] == 9
     assert details["abandoned"] is True
+
+
+# ---------------------------------------------------------------- exact time accounting
+
+D0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
+
+
+def rows(*spec: tuple[float, str, dict[str, Any]]) -> list[LedgerEvent]:
+    """Ledger rows of one call: (seconds after D0, kind, data)."""
+    started = {
+        "did": "+4930100010", "caller": "+4917612345678", "direction": "inbound",
+        "line": "phone", "policy_source": "number", "policy": "opt_in",
+    }  # fmt: skip
+    out = [LedgerEvent("c/0", "c", "pbx1", 0, "call_started", D0, started)]
+    for seq, (seconds, kind, data) in enumerate(spec, start=1):
+        out.append(
+            LedgerEvent(f"c/{seq}", "c", "pbx1", seq, kind, D0 + timedelta(seconds=seconds), data)
+        )
+    return out
+
+
+def segment(n: int, **more: Any) -> dict[str, Any]:
+    return {"segment": n, "file": f"/m/{n}.wav", "path": f"/root/m/{n}.wav", **more}
+
+
+def test_a_recording_overlapping_the_voicemail_counts_once_and_segments_are_listed() -> None:
+    details = summarize(
+        rows(
+            (2, "consent_decided", {"action": "caller_opted_in", "digit": "3"}),
+            (2, "recording_started", segment(1)),
+            (6, "voicemail_started", {"path": "/root/vm.wav"}),
+            (10, "voicemail_finished", {"path": "/root/vm.wav"}),
+            (12, "call_ended", {"cause": "hangup"}),
+            (12, "recording_stopped", segment(1)),
+        ),
+        D0,
+    )
+    assert details is not None
+    assert details["recording_time"] == 10  # 2 s to 12 s, the voicemail inside it
+    assert details["not_recording_time"] == 2
+    assert details["recording_segments"] == [
+        {"start": (D0 + timedelta(seconds=2)).isoformat(),
+         "end": (D0 + timedelta(seconds=12)).isoformat()},
+    ]  # fmt: skip
+
+
+def test_a_bridged_only_recording_counts_from_the_agents_answer_with_wait_and_talk() -> None:
+    details = summarize(
+        rows(
+            (1, "recording_started", segment(1, bridged_only=True)),
+            (3, "queue_joined", {"queue": "support"}),
+            (8, "agent_connected", {"agent": "agent1"}),
+            (20, "agent_completed", {"reason": "caller"}),
+            (20, "call_ended", {"cause": "hangup"}),
+        ),
+        D0,
+    )
+    assert details is not None
+    assert (details["wait_time"], details["talk_time"]) == (5, 12)
+    assert (details["recording_time"], details["not_recording_time"]) == (12, 8)
+    assert details["recording_segments"][0]["start"] == (D0 + timedelta(seconds=8)).isoformat()
+
+
+def test_a_call_handed_to_the_dialplan_waits_until_the_callee_answers() -> None:
+    details = summarize(
+        rows(
+            (4, "routed", {"to": "dialplan", "context": "pbx", "extension": "200"}),
+            (9, "callee_answered", {}),
+            (15, "call_ended", {"cause": "hangup"}),
+        ),
+        D0,
+    )
+    assert details is not None
+    assert (details["wait_time"], details["talk_time"]) == (5, 6)
+
+
+def test_a_call_held_by_consentd_has_no_wait_or_talk_time_and_the_last_decision_stands() -> None:
+    details = summarize(
+        rows(
+            (2, "consent_decided", {"action": "caller_opted_in", "digit": "3"}),
+            (5, "consent_decided", {"action": "caller_withdrew", "digit": "3"}),
+            (7, "call_ended", {"cause": "hangup"}),
+        ),
+        D0,
+    )
+    assert details is not None
+    assert (details["wait_time"], details["talk_time"]) == (None, None)
+    assert details["call_recording_consent_action"] == "caller_withdrew"
+    assert details["recording_time"] + details["not_recording_time"] == 7

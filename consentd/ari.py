@@ -171,9 +171,12 @@ class AriClient:
             return False
         return True
 
-    async def hangup(self, channel_id: str) -> None:
+    async def hangup(self, channel_id: str, reason: str | None = None) -> None:
+        """``reason`` is ARI's (e.g. "rejected": SIP 403); none is a normal clearing."""
         try:
-            await self.request("DELETE", f"/channels/{channel_id}")
+            await self.request(
+                "DELETE", f"/channels/{channel_id}", {"reason": reason} if reason else None
+            )
         except AriNotFound:
             pass
 

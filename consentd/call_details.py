@@ -103,7 +103,8 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         + ([voicemail[0]] if voicemail else []),
         "group": facts.get("group"),
         "queue": facts.get("queue"),
-        "agent": connected.data["agent"] if connected else None,
+        "agent": connected.data["agent"] if connected else facts.get("agent"),
+        "callee": facts.get("callee"),
         "answered_at": _iso(connected.occurred_at) if connected else None,
         "queue_time": connected.data.get("queue_time") if connected else None,
         # app_queue reports a queue timeout as an abandon too; only a hangup in the queue is one.
@@ -180,7 +181,13 @@ def _wait_and_talk(ordered: list[LedgerEvent], until: datetime) -> tuple[int | N
     answered = first.get("agent_connected")
     talk_end = first.get("agent_completed")
     handed = next(
-        (e for e in ordered if e.kind == "routed" and e.data.get("to") == "dialplan"), None
+        (
+            e
+            for e in ordered
+            if (e.kind == "routed" and e.data.get("to") == "dialplan")
+            or e.kind == "outbound_dialled"
+        ),
+        None,
     )
     if waiting is None and handed is not None:
         waiting, answered, talk_end = handed, first.get("callee_answered"), None

@@ -36,11 +36,13 @@ from consentd.call_model import (
     Command,
     CommandFailed,
     ConsentAction,
+    ContinueOutbound,
     ContinueToDialplan,
     ContinueToQueue,
     ContinueUnrecorded,
     DeleteIfEmpty,
     DeleteRecording,
+    Direction,
     DtmfReceived,
     EmptyFileRemoved,
     Event,
@@ -173,10 +175,12 @@ class _Transition:
     def update(self, **changes: Any) -> None:
         self.call = replace(self.call, **changes)
 
-    def start_recording(self) -> None:
+    def start_recording(self, *, bridged_only: bool | None = None) -> None:
+        """``bridged_only`` (MixMonitor b) defaults to: routed to a group of agents."""
         number = self.call.segments_opened + 1
         file = self.call.facts.recording_file(number)
-        bridged_only = self.call.facts.group is not None
+        if bridged_only is None:
+            bridged_only = self.call.facts.group is not None
         self.update(segments_opened=number, recording=Segment(number, file))
         if bridged_only:
             self.update(bridged_segments=(*self.call.bridged_segments, number))
@@ -233,6 +237,8 @@ class _Transition:
 
 
 def new_call(facts: CallFacts) -> Call:
+    if facts.direction is Direction.OUTBOUND:
+        return Call(facts=facts)  # the agent dials: no greetings on their side
     greetings = []
     if facts.group is not None and facts.announcement is not None:
         greetings.append(AVAILABLE)
@@ -281,9 +287,7 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
             if call.recording and call.recording.number == event.segment:
                 t.update(recording=replace(call.recording, mixmonitor_id=event.mixmonitor_id))
         case RecordingStopped():
-            reason = (
-                call.decision.value if call.decision and call.decision.refuses else "stopped"
-            )
+            reason = call.decision.value if call.decision and call.decision.refuses else "stopped"
             t.ledger(
                 "recording_stopped", event.at, reason=reason, **_segment_data(call, event.segment)
             )
@@ -365,7 +369,11 @@ def _arrive(t: _Transition, event: CallArrived) -> None:
         channel_id=facts.channel_id,
         node=facts.node,
         **routed,
+        **({"callee": facts.callee, "agent": facts.agent} if facts.callee is not None else {}),
     )
+    if facts.direction is Direction.OUTBOUND:
+        _outbound(t, event)
+        return
     if event.returned_from_queue is not None:
         t.update(pending_greetings=())
         _no_answer(t, ReturnedFromQueue(event.returned_from_queue, event.at))
@@ -380,6 +388,46 @@ def _arrive(t: _Transition, event: CallArrived) -> None:
     # cannot be answered in time goes on unrecorded instead of ringing forever.
     t.update(phase=Phase.ANSWERING)
     t.do(Answer())
+
+
+def _outbound(t: _Transition, event: CallArrived) -> None:
+    """An agent's call to the trunk: refused, or dialled with the operator number.
+
+    ``always`` and ``opt_out`` record from the callee's answer (MixMonitor b on
+    the agent's channel); ``opt_in`` and ``never`` do not: the callee was never
+    asked. consentd stays subscribed to the agent's channel.
+    """
+    facts = t.call.facts
+    if event.refused is not None:
+        t.ledger("call_refused", event.at, reason=event.refused)
+        t.update(phase=Phase.UNSERVED)
+        t.do(Hangup(reason="rejected"))
+        return
+    policy = facts.policy
+    recorded = policy.recording in (Recording.ALWAYS, Recording.OPT_OUT)
+    announce = policy.outbound_announcement
+    t.ledger(
+        "outbound_dialled",
+        event.at,
+        callee=facts.callee,
+        caller_id=facts.did,
+        recorded=recorded,
+        announcement=announce,
+    )
+    if recorded:
+        t.start_recording(bridged_only=True)
+    t.update(phase=Phase.DIALPLAN, routed=True)
+    notice = "A(consentd/outbound_notice)" if announce else ""
+    t.do(
+        ContinueOutbound(
+            facts.callee or "",
+            (
+                ("CONSENTD_CALLER_ID", facts.did),
+                ("CONSENTD_DIAL_OPTIONS", notice),
+                ("CONSENTD_CALL_ID", facts.call_id),
+            ),
+        )
+    )
 
 
 def _answered(t: _Transition, at: datetime) -> None:
@@ -683,6 +731,8 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
         # Refused: the caller stays here. No answer: it may be queued, and a
         # StasisEnd then must not end the call.
         t.update(phase=Phase.QUEUED if event.unknown else Phase.HOLDING)
+    elif isinstance(command, ContinueOutbound) and not event.unknown:
+        t.do(Hangup())  # never leave an agent's call hanging in consentd's app
     elif isinstance(command, ContinueToDialplan) and not event.unknown:
         t.update(phase=Phase.HOLDING)  # still in consentd's app: the hangup ends it
     elif isinstance(command, StartVoicemail):

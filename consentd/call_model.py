@@ -101,6 +101,9 @@ class CallFacts:
     voicemail_greeting: Media | None = None
     #: Where ARI writes channel recordings (voicemail), as Asterisk sees it.
     voicemail_dir: str = "/var/spool/asterisk/recording"
+    #: Outbound: the number dialled and the agent (PJSIP endpoint) who dialled it.
+    callee: str | None = None
+    agent: str | None = None
     #: Operators' "wait" (before a hand-off to the dialplan or the queue) and
     #: "hold" (before consentd holds the call) greetings; played only when set.
     wait_greeting: Media | None = None
@@ -155,6 +158,9 @@ class CallArrived:
     unserved: str | None = None
     #: The dialplan answered before Stasis(): no ARI answer is needed.
     answered: bool = False
+    #: An agent's outbound call consentd refuses (not one of the operator's
+    #: numbers, an unknown agent): why. It is hung up with 403.
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -407,7 +413,17 @@ class StartVoicemail:
 
 @dataclass(frozen=True)
 class Hangup:
-    pass
+    #: ARI's hangup reason ("rejected" is SIP 403); None: a normal clearing.
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ContinueOutbound:
+    """Send an agent's call to the trunk (dialplan consentd-outbound), still watched."""
+
+    callee: str
+    #: Channel variables for the dialplan: caller ID, Dial options.
+    variables: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -492,6 +508,7 @@ Command = (
     | StartVoicemail
     | Hangup
     | StartTimer
+    | ContinueOutbound
     | ContinueToDialplan
     | SetVariables
     | WriteLedger

@@ -52,6 +52,9 @@ OPEN_CALL_HOURS = 24
 #: Reports of the same digit closer than this are one press (no finger is that fast).
 SAME_PRESS_S = 0.3
 
+#: The SIP header an agent's phone may send to call out as another operator number.
+NUMBER_HEADER = "X-Consentd-Number"
+
 #: How long a queued call's hangup waits for app_queue's AMI events to land.
 AMI_GRACE_S = 0.3
 
@@ -156,6 +159,8 @@ class Dispatcher:
                 # Back from the queue, but this process never saw it go: it
                 # restarted meanwhile. The call goes on from its ledger.
                 await self._adopt(channel, "stasis", args, at)
+            elif runner is None and args[:1] == ["outbound"]:
+                await self._start_outbound(channel, at)
             elif runner is None:
                 self._start_call(channel, args, at, adopted=False)
             elif args[:1] == ["after-queue"]:
@@ -311,6 +316,52 @@ class Dispatcher:
         runner.post(
             CallArrived(at, returned_from_queue=returned, unserved=unserved, answered=answered)
         )
+        self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
+
+    async def _start_outbound(self, channel: dict[str, Any], at: datetime) -> None:
+        """An agent dials out: which operator number it calls as decides the policy.
+
+        The agent is the PJSIP endpoint the call came from (authenticated by
+        Asterisk); an ``X-Consentd-Number`` header may pick another of the
+        operator's numbers. Anything else is refused (403), and the ledger says why.
+        """
+        channel_id = str(channel["id"])
+        try:
+            agent = await self._ports.ari.variable(channel_id, "CHANNEL(endpoint)") or ""
+            requested = await self._ports.ari.variable(
+                channel_id, f"PJSIP_HEADER(read,{NUMBER_HEADER})"
+            )
+        except AriError as exc:
+            self._log.warning("outbound_lookup_failed", channel_id=channel_id, error=str(exc))
+            agent, requested = "", None
+        requested = clean_caller(requested) if requested else None
+        number, why = self._policies.outbound_number(agent, requested)
+        config = self._config
+        call_id = f"{config.node}:{channel_id}"
+        callee = clean_caller((channel.get("dialplan") or {}).get("exten"))
+        operator = number or requested or ""
+        match = self._policies.lookup(operator)
+        facts = CallFacts(
+            call_id=call_id,
+            node=config.node,
+            channel_id=channel_id,
+            did=operator,
+            caller=clean_caller((channel.get("caller") or {}).get("number")) or agent,
+            direction=Direction.OUTBOUND,
+            policy=match.policy,
+            policy_source=match.source if number else "refused",
+            greeting=None,
+            recording_dir=config.recording_dir,
+            asterisk_root=config.asterisk_root,
+            callee=callee,
+            agent=agent,
+        )
+        runner = CallRunner(new_call(facts), self._ports)
+        if number is None:
+            runner.log.warning("outbound_refused", agent=agent, reason=why, requested=requested)
+        self.calls[channel_id] = runner
+        self.calls_started += 1
+        runner.post(CallArrived(at, refused=None if number else why))
         self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
 
     def hand_off_all(self) -> None:

@@ -53,6 +53,8 @@ class GreetingCategory(StrEnum):
     IVR_INVALID = "ivr_invalid"
     CALL_RECORDING_OPT_IN = "call_recording_opt_in"
     CALL_RECORDING_OPT_OUT = "call_recording_opt_out"
+    #: Played to the callee of an agent's outbound call (outbound_announcement).
+    OUTBOUND_NOTICE = "outbound_notice"
 
 
 #: Bundled file names still played by older code, and the category each is a copy of.

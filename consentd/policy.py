@@ -294,6 +294,9 @@ class NumberPolicy(_Frozen):
     allow_withdrawal: bool = False
     greetings: Greetings = Greetings()
     routing: RoutingTarget | None = None
+    #: Agents' outbound calls from this number play a recording notice to the
+    #: callee when they answer (bundled "outbound_notice").
+    outbound_announcement: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> NumberPolicy:
@@ -368,6 +371,13 @@ def _e164_key(value: Any) -> Any:
 E164 = Annotated[str, BeforeValidator(_e164_key)]
 
 
+class Agent(_Frozen):
+    """An agent phone (a PJSIP endpoint of the same name) that places calls."""
+
+    #: The operator number outbound calls show and follow the policy of.
+    outbound_number: E164 | None = None
+
+
 class PolicyFile(_Frozen):
     #: Longer operator greetings are refused at load (read before the rest).
     max_greeting_seconds: float = Field(default=DEFAULT_MAX_GREETING_SECONDS, gt=0, le=3600)
@@ -375,8 +385,11 @@ class PolicyFile(_Frozen):
     numbers: dict[E164, NumberPolicy] = Field(default_factory=dict)
     groups: dict[str, Group] = Field(default_factory=dict)
     ivr: dict[str, IvrMenu] = Field(default_factory=dict)
+    agents: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], Agent] = Field(
+        default_factory=dict
+    )
 
-    @field_validator("numbers", "groups", "ivr", mode="before")
+    @field_validator("numbers", "groups", "ivr", "agents", mode="before")
     @classmethod
     def _empty_numbers(cls, value: Any) -> Any:
         """``numbers:`` with nothing under it means no numbers, not an error."""
@@ -407,6 +420,23 @@ class PolicyBook:
         if policy is None:
             return PolicyMatch(self.config.default, "default")
         return PolicyMatch(policy, "number")
+
+    def outbound_number(self, agent: str, requested: str | None) -> tuple[str | None, str]:
+        """(operator number, why) for an agent's outbound call.
+
+        ``requested`` is the X-Consentd-Number header, if the agent's phone sent
+        one. None as number means the call is refused, and ``why`` says why.
+        """
+        if requested:
+            if requested in self.config.numbers:
+                return requested, "header"
+            return None, "requested_number_not_ours"
+        configured = self.config.agents.get(agent)
+        if configured is None:
+            return None, "unknown_agent"
+        if configured.outbound_number is None:
+            return None, "no_outbound_number"
+        return configured.outbound_number, "agent"
 
     def group_of(self, policy: NumberPolicy) -> Group | None:
         if not isinstance(policy.routing, GroupTarget):

@@ -71,6 +71,16 @@ def check_references(data: Any) -> ReferenceReport:
                 "it cannot be a menu option there (use another key)",
             )
         )
+    for name, agent in _mapping(data.get("agents")).items():
+        number = _mapping(agent).get("outbound_number")
+        if isinstance(number, str) and number not in _mapping(data.get("numbers")):
+            report.problems.append(
+                (
+                    ("agents", name, "outbound_number"),
+                    f"{number} is not one of the numbers under numbers "
+                    "(an agent calls out only as one of the operator's numbers)",
+                )
+            )
     for menu in menus:
         if menu not in reached:
             report.warnings.append(

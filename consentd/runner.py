@@ -26,6 +26,7 @@ from consentd.call_model import (
     Answered,
     Command,
     CommandFailed,
+    ContinueOutbound,
     ContinueToDialplan,
     ContinueToQueue,
     ContinueUnrecorded,
@@ -51,6 +52,9 @@ from consentd.call_model import (
     WriteLedger,
 )
 from consentd.ledger import LedgerEvent, LedgerWriter
+
+#: The dialplan context that dials agents' outbound calls to the trunk.
+OUTBOUND_CONTEXT = "consentd-outbound"
 
 #: A WAV file this small holds its header and no audio.
 WAV_HEADER_BYTES = 44
@@ -181,7 +185,13 @@ class CallRunner:
                 case StartVoicemail():
                     await ari.record(facts.channel_id, command.name, command.max_seconds)
                 case Hangup():
-                    await ari.hangup(facts.channel_id)
+                    await ari.hangup(facts.channel_id, command.reason)
+                case ContinueOutbound():
+                    await ari.continue_in_dialplan(
+                        facts.channel_id,
+                        (OUTBOUND_CONTEXT, command.callee, 1),
+                        command.variables,
+                    )
                 case StopRecording():
                     await recorder.stop(facts.channel_id, command.mixmonitor_id)
                     return RecordingStopped(command.segment, self._ports.clock())

@@ -169,8 +169,8 @@ class FakeAri:
     async def record(self, channel_id: str, name: str, max_seconds: int) -> None:
         self._record("record", channel_id, name, str(max_seconds))
 
-    async def hangup(self, channel_id: str) -> None:
-        self._record("hangup", channel_id)
+    async def hangup(self, channel_id: str, reason: str | None = None) -> None:
+        self._record("hangup", channel_id, *([reason] if reason else []))
 
     async def continue_unrecorded(self, channel_id: str, did: str) -> None:
         self._record("continue_unrecorded", channel_id, did)
@@ -181,6 +181,19 @@ class FakeAri:
     async def variable(self, channel_id: str, name: str) -> str | None:
         self._record("variable", channel_id, name)
         return self.variables.get((channel_id, name))
+
+    async def continue_in_dialplan(
+        self, channel_id: str, place: tuple[str, str, int], variables: tuple[tuple[str, str], ...]
+    ) -> None:
+        self._record(
+            "continue_in_dialplan",
+            channel_id,
+            *map(str, place),
+            *(f"{k}={v}" for k, v in variables),
+        )
+
+    async def set_variables(self, channel_id: str, variables: tuple[tuple[str, str], ...]) -> None:
+        self._record("set_variables", channel_id, *(f"{k}={v}" for k, v in variables))
 
     async def bridges(self) -> list[dict[str, Any]]:
         self._record("bridges")

@@ -237,3 +237,39 @@ async def run_agent(
     ]  # fmt: skip
     returncode, output = await _run_sipp(args, timeout + 10)
     return AgentResult(port, returncode, output)
+
+
+async def place_agent_call(
+    scenario: Path,
+    *,
+    agent: str,
+    password: str,
+    number: str,
+    port: int,
+    media_port: int,
+    talk_ms: int,
+    header: str | None = None,
+    pbx: str = "127.0.0.1:5060",
+    timeout: float = 60.0,
+) -> AgentResult:
+    """An agent's phone dials ``number`` from its own port, answering a digest challenge.
+
+    The credentials go into a private copy of the scenario (mode 0600), never
+    onto SIPp's command line. ``header`` is one extra header line, e.g.
+    ``X-Consentd-Number: +4930100003``.
+    """
+    text = scenario.read_text().replace("AGENT_USER", agent).replace("AGENT_PASSWORD", password)
+    with tempfile.TemporaryDirectory(prefix="consentd-agent-") as directory:
+        private = Path(directory) / scenario.name
+        private.touch(mode=0o600)
+        private.write_text(text)
+        args = [
+            "sipp", pbx, "-sf", str(private), "-s", number, "-m", "1",
+            "-i", "127.0.0.1", "-p", str(port), "-mp", str(media_port),
+            "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
+            "-set", "talk", str(talk_ms),
+            "-key", "header", header or "X-Consentd-Note: none",
+            "-key", "audio", f"{tone_file(freq=550)},-1,8",
+        ]  # fmt: skip
+        returncode, output = await _run_sipp(args, timeout + 10)
+    return AgentResult(port, returncode, output)

@@ -33,12 +33,15 @@ from consentd.ledger_pg import DatabaseError, PostgresLedger
 from consentd.policy import PolicyBook
 from consentd.reload import PolicyReloader
 from consentd.runner import Ports, utc_now
-from consentd.settings import Settings
+from consentd.settings import RUN_SECRETS, Settings
 
 
 async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: float = 5.0) -> None:
     log = structlog.get_logger("consentd")
-    store = PostgresLedger(settings.database_url)
+    settings.require(*RUN_SECRETS)
+    store = PostgresLedger(
+        settings.secret("database_url"), settings.secret_or_none("database_password")
+    )
     try:
         await store.connect()
         await store.claim_node(settings.node)  # first: a refused daemon touches nothing
@@ -51,7 +54,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         settings.ami_host,
         settings.ami_port,
         settings.ami_user,
-        settings.ami_secret,
+        settings.secret("ami_secret"),
         action_timeout=settings.ami_timeout,
         # app_queue (QueueCallerJoin, AgentConnect, ...) and DTMFEnd, a second
         # source of keypresses while the ARI websocket is down.
@@ -63,7 +66,8 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         loop.add_signal_handler(sig, stop.set)
 
     # The credentials as one prepared header: encoding them per request showed in profiles.
-    auth = {"Authorization": aiohttp.BasicAuth(settings.ari_user, settings.ari_password).encode()}
+    basic = aiohttp.BasicAuth(settings.ari_user, settings.secret("ari_password"))
+    auth = {"Authorization": basic.encode()}
     # A bounded pool: Asterisk's HTTP server serves 100 sessions by default, and
     # a client holding all of them locks out every other ARI user.
     connector = aiohttp.TCPConnector(limit=settings.ari_connections)

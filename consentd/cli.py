@@ -15,10 +15,11 @@ from typing import Any
 
 from consentd.call_details import recent_calls
 from consentd.ledger_pg import DatabaseError, PostgresLedger
+from consentd.local_stack import LocalStack
 from consentd.logs import configure_logging
 from consentd.policy import PolicyBook, PolicyError, load_policies
 from consentd.runner import utc_now
-from consentd.settings import Settings
+from consentd.settings import RUN_SECRETS, MissingSecrets, Settings, SettingsProblem
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--pbx",
         action="store_true",
-        help="also ask the PBX over AMI ($CONSENTD_AMI_*) whether every group's queue exists",
+        help="also ask the PBX over AMI ($CONSENTD_AMI_*, else the local stack's "
+        ".state/stack.json) whether every group's queue exists",
     )
     check.add_argument("--ami", metavar="HOST:PORT", help="AMI address for --pbx (implies --pbx)")
     check.set_defaults(handler=_check)
@@ -69,7 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     calls = sub.add_parser("calls", help="details of recent calls, newest first")
     calls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     calls.add_argument("--limit", type=_positive_int, default=20, help="how many calls (20)")
-    calls.add_argument("--database-url", help="default: $CONSENTD_DATABASE_URL or the local stack")
+    calls.add_argument(
+        "--database-url",
+        help="default: $CONSENTD_DATABASE_URL (or the file $CONSENTD_DATABASE_URL_FILE), "
+        "else the local stack's (.state/stack.json)",
+    )
     calls.set_defaults(handler=_calls)
 
     reload = sub.add_parser(
@@ -99,9 +105,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _settings(command: str, **overrides: Any) -> Settings | None:
+    """The settings, or None after one line on stderr saying what is wrong with them."""
+    try:
+        return Settings(**overrides)
+    except SettingsProblem as exc:
+        print(f"consentd {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def _run(args: argparse.Namespace) -> int:
     overrides = {"policies": args.policies} if args.policies else {}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+        settings.require(*RUN_SECRETS)
+    except SettingsProblem as exc:
+        print(f"consentd: not starting: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_format, settings.log_level)
     try:
         book = load_policies(settings.policies)
@@ -140,8 +160,18 @@ def _check_pbx(book: PolicyBook, address: str | None) -> int:
     from consentd.pbx_check import PbxUnreachable, asterisk_queues, missing_queues
 
     configure_logging("console", "critical")  # the outcome is printed below, not logged
-    settings = Settings()
+    settings = _settings("check")
+    if settings is None:
+        return 2
     host, port = settings.ami_host, settings.ami_port
+    user, secret = settings.ami_user, settings.secret_or_none("ami_secret")
+    if secret is None:
+        # No flags against `make up`: the local stack's credentials.
+        stack = LocalStack.find()
+        if stack is None:
+            print(f"consentd check: {MissingSecrets(['ami_secret'])}", file=sys.stderr)
+            return 2
+        user, secret = stack.ami_user, stack.ami_secret
     if address:
         host, _, port_text = address.rpartition(":")
         if not host or not port_text.isdigit():
@@ -149,7 +179,7 @@ def _check_pbx(book: PolicyBook, address: str | None) -> int:
             return 2
         port = int(port_text)
     try:
-        known = asyncio.run(asterisk_queues(host, port, settings.ami_user, settings.ami_secret))
+        known = asyncio.run(asterisk_queues(host, port, user, secret))
     except PbxUnreachable as exc:
         print(f"consentd check: {exc}", file=sys.stderr)
         return 2
@@ -166,7 +196,9 @@ def _greetings(args: argparse.Namespace) -> int:
     from consentd.greeting_files import bundled_languages
     from consentd.greeting_listing import GreetingListing
 
-    settings = Settings()
+    settings = _settings("greetings")
+    if settings is None:
+        return 2
     file = args.file or settings.policies
     try:
         book = load_policies(file)
@@ -191,9 +223,24 @@ def _greetings(args: argparse.Namespace) -> int:
 
 
 def _calls(args: argparse.Namespace) -> int:
-    settings = Settings(**({"database_url": args.database_url} if args.database_url else {}))
+    settings = _settings("calls")
+    if settings is None:
+        return 2
+    dsn = args.database_url or settings.secret_or_none("database_url")
+    if dsn is None:
+        # No flags against `make up`: the local stack's database.
+        stack = LocalStack.find()
+        if stack is None:
+            print(
+                f"consentd calls: no database: {MissingSecrets(['database_url'])}, "
+                "or pass --database-url",
+                file=sys.stderr,
+            )
+            return 2
+        dsn = stack.database_url
     try:
-        details = asyncio.run(_fetch_calls(settings.database_url, args.limit))
+        password = settings.secret_or_none("database_password")
+        details = asyncio.run(_fetch_calls(dsn, password, args.limit))
     except DatabaseError as exc:
         print(f"consentd calls: {exc}", file=sys.stderr)
         return 1
@@ -213,7 +260,9 @@ def _reload(args: argparse.Namespace) -> int:
             return 2
         address = args.http
     else:
-        settings = Settings()
+        settings = _settings("reload")
+        if settings is None:
+            return 2
         address = f"{settings.http_host}:{settings.http_port}"
     url = f"http://{address}/reload"
     request = urllib.request.Request(url, method="POST", data=b"")
@@ -255,8 +304,8 @@ def _reload(args: argparse.Namespace) -> int:
     return 2
 
 
-async def _fetch_calls(dsn: str, limit: int) -> list[dict[str, Any]]:
-    store = PostgresLedger(dsn)
+async def _fetch_calls(dsn: str, password: str | None, limit: int) -> list[dict[str, Any]]:
+    store = PostgresLedger(dsn, password)
     try:
         await store.connect()
         return await recent_calls(store, limit, utc_now())

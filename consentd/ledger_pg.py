@@ -7,6 +7,7 @@ the same time. A released migration is never edited; a change is a new file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from importlib import resources
@@ -76,10 +77,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def connect_pool(dsn: str, *, timeout: float = 5.0) -> asyncpg.Pool:
+async def connect_pool(
+    dsn: str, *, password: str | None = None, timeout: float = 5.0
+) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
             dsn,
+            password=password,
             min_size=1,
             max_size=4,
             timeout=timeout,
@@ -97,14 +101,28 @@ async def connect_pool(dsn: str, *, timeout: float = 5.0) -> asyncpg.Pool:
     return pool
 
 
+_KEYWORD_PASSWORD = re.compile(r"""(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)""", re.I)
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.I)
+
+
 def _redact(dsn: str) -> str:
-    """Never print a password into a log or terminal."""
-    if "@" not in dsn or "://" not in dsn:
-        return dsn
+    """Never print a password into a log or terminal.
+
+    Covers the URL's user information (``postgresql://user:pw@host``), a
+    ``?password=`` parameter, and keyword DSNs (``host=h password=pw``).
+    """
+    if "://" not in dsn:
+        return _KEYWORD_PASSWORD.sub(r"\1***", dsn)
     scheme, rest = dsn.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
+    # The user information ends at the last "@" before the query; a password
+    # with an unencoded "?" in it has no "@" before the first "?".
+    head = rest.split("?", 1)[0]
+    at = head.rfind("@") if "@" in head else rest.rfind("@")
+    if at >= 0:
+        creds, host = rest[:at], rest[at + 1 :]
+        user = creds.split(":", 1)[0]
+        rest = f"{user}{':***' if ':' in creds else ''}@{host}"
+    return scheme + "://" + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 class NodeInUse(Exception):
@@ -114,8 +132,9 @@ class NodeInUse(Exception):
 class PostgresLedger:
     """The ledger in PostgreSQL; connects and migrates lazily, so consentd starts without it."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, password: str | None = None) -> None:
         self._dsn = dsn
+        self._password = password  # when not in the URL (CONSENTD_DATABASE_PASSWORD)
         self._pool: asyncpg.Pool | None = None
         self._node_lock: asyncpg.Connection | None = None
         self._log = structlog.get_logger("consentd.ledger_pg")
@@ -129,7 +148,7 @@ class PostgresLedger:
         Raises NodeInUse, or DatabaseError when the database cannot be asked.
         """
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=5)
+            conn = await asyncpg.connect(self._dsn, password=self._password, timeout=5)
             claimed = await conn.fetchval(
                 "SELECT pg_try_advisory_lock(hashtextextended('consentd-node:' || $1, 0))", node
             )
@@ -146,7 +165,7 @@ class PostgresLedger:
     async def connect(self) -> asyncpg.Pool:
         """Connect and apply migrations; raises DatabaseError with an explanation."""
         if self._pool is None:
-            pool = await connect_pool(self._dsn)
+            pool = await connect_pool(self._dsn, password=self._password)
             try:
                 async with pool.acquire() as conn:
                     applied = await migrate(conn)

@@ -1,38 +1,115 @@
 """Daemon settings, from ``CONSENTD_*`` environment variables or command-line flags.
 
-The defaults are exactly what ``make up`` starts on loopback, so the CLI works
-against the local stack with no flags at all.
+There are no default secrets. The ARI password, the AMI secret, the database
+URL and the API token come from ``CONSENTD_<NAME>`` or from a file named by
+``CONSENTD_<NAME>_FILE`` (its contents, stripped: systemd credentials, Docker
+secrets). ``consentd run`` refuses to start while any of them is missing.
+Everything else defaults to what ``make up`` starts on loopback.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "CONSENTD_"
+
+#: Settings that may come from ``CONSENTD_<NAME>_FILE`` and are never logged.
+SECRET_FIELDS = ("ari_password", "ami_secret", "database_url", "database_password", "api_token")
+#: What ``consentd run`` needs. A database password is optional: it may be in
+#: the URL, in a .pgpass file, or not needed (peer authentication).
+RUN_SECRETS = ("ari_password", "ami_secret", "database_url", "api_token")
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+class SettingsProblem(Exception):
+    """A setting that cannot be used, explained in one line (never with a secret's value)."""
+
+
+class MissingSecrets(SettingsProblem):
+    def __init__(self, fields: list[str]) -> None:
+        self.fields = fields
+        self.variables = [env_name(f) for f in fields]
+        how = (
+            f"set it, or {self.variables[0]}_FILE to a file holding it"
+            if len(fields) == 1
+            else "set each, or NAME_FILE to a file holding it"
+        )
+        super().__init__(f"missing {', '.join(self.variables)} ({how})")
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """``CONSENTD_<NAME>_FILE``: the secret is the named file's contents, stripped."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every secret at once
+
+    def __call__(self) -> dict[str, Any]:
+        return read_secret_files(os.environ)
+
+
+def read_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for field in SECRET_FIELDS:
+        name = env_name(field)
+        file_var = f"{name}_FILE"
+        path = environ.get(file_var)
+        if not path:
+            continue
+        if environ.get(name):
+            raise SettingsProblem(f"both {name} and {file_var} are set; set only one of them")
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SettingsProblem(f"{file_var}={path}: cannot read it ({reason})") from None
+        if not text:
+            raise SettingsProblem(f"{file_var}={path}: the file is empty")
+        values[field] = text
+    return values
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CONSENTD_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", env_ignore_empty=True
+    )
 
     policies: Path = Path("/etc/consentd/policies.yaml")
     node: str = Field(default_factory=lambda: socket.gethostname() or "pbx")
 
     ari_url: str = "http://127.0.0.1:8088/ari"
     ari_user: str = "consentd"
-    ari_password: str = "consentd"
+    ari_password: SecretStr | None = None
     ari_app: str = "consentd"
 
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
     ami_user: str = "consentd"
-    ami_secret: str = "consentd"
+    ami_secret: SecretStr | None = None
     ami_timeout: float = 5.0
 
-    database_url: str = "postgresql://consentd@127.0.0.1:55432/consentd"
+    # A URL may hold a password, so the whole URL counts as a secret; the
+    # password may also come on its own (CONSENTD_DATABASE_PASSWORD[_FILE]).
+    database_url: SecretStr | None = None
+    database_password: SecretStr | None = None
     journal_dir: Path = Path("/var/lib/consentd/journal")
+
+    # The token clients of the HTTP API present.
+    api_token: SecretStr | None = None
 
     # Where Asterisk's file system appears on this host ("/" unless Asterisk is chrooted).
     asterisk_root: Path = Path("/")
@@ -57,3 +134,38 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier wins: arguments, then CONSENTD_X, then CONSENTD_X_FILE (both at
+        # once is refused by _SecretFiles).
+        return (init_settings, env_settings, _SecretFiles(settings_cls))
+
+    def missing(self, *fields: str) -> list[str]:
+        return [f for f in fields if not self.secret_or_none(f)]
+
+    def require(self, *fields: str) -> None:
+        """Raise MissingSecrets naming every variable of ``fields`` that is not set."""
+        missing = self.missing(*fields)
+        if missing:
+            raise MissingSecrets(missing)
+
+    def secret(self, field: str) -> str:
+        """The value of a secret setting; MissingSecrets when it is not set."""
+        value = self.secret_or_none(field)
+        if not value:
+            raise MissingSecrets([field])
+        return value
+
+    def secret_or_none(self, field: str) -> str | None:
+        if field not in SECRET_FIELDS:
+            raise ValueError(f"{field} is not a secret setting")
+        value: SecretStr | None = getattr(self, field)
+        return value.get_secret_value() if value is not None else None

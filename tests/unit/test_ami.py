@@ -21,6 +21,8 @@ from consentd.pbx_check import missing_queues
 from consentd.policy import load_policies
 
 BANNER = b"Asterisk Call Manager/9.0.0\r\n"
+#: What the CLI tests give consentd as CONSENTD_AMI_SECRET (there is no default secret).
+AMI_SECRET = "test-ami-secret"
 
 
 def parse(block: bytes) -> dict[str, str]:
@@ -563,10 +565,13 @@ def test_pbx_without_queues_misses_every_group_in_name_order(groups_file: Path) 
 
 @pytest.fixture
 def cli_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No CONSENTD_* from the host; the CLI's logging set-up is undone afterwards."""
+    """No CONSENTD_* from the host (nor its stack's .state/stack.json), the AMI secret set;
+    the CLI's logging set-up is undone afterwards."""
     for name in list(os.environ):
         if name.startswith("CONSENTD_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("CONSENTD_STACK_JSON", "/nonexistent/stack.json")
+    monkeypatch.setenv("CONSENTD_AMI_SECRET", AMI_SECRET)
     saved = structlog.get_config()
     try:
         yield
@@ -578,7 +583,7 @@ def cli_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 async def test_check_with_ami_exits_0_when_every_groups_queue_exists(
     groups_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with FakeAmi(secret="consentd") as server:  # the default CONSENTD_AMI_SECRET
+    async with FakeAmi(secret=AMI_SECRET) as server:  # CONSENTD_AMI_SECRET
         server.queues = ["default", "support", "sales-de"]
         code = await asyncio.to_thread(
             main, ["check", str(groups_file), "--ami", f"127.0.0.1:{server.port}"]
@@ -599,7 +604,7 @@ async def test_check_with_ami_exits_0_when_every_groups_queue_exists(
 async def test_check_with_ami_exits_1_naming_the_missing_queue(
     groups_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with FakeAmi(secret="consentd") as server:
+    async with FakeAmi(secret=AMI_SECRET) as server:
         server.queues = ["support"]
         code = await asyncio.to_thread(
             main, ["check", str(groups_file), "--ami", f"127.0.0.1:{server.port}"]

@@ -7,6 +7,7 @@
 #   3. Greetings and music on hold in .cache/sounds (espeak-ng + sox).
 #   4. The Python venv in .venv with consentd installed editable.
 #   5. /usr/local/bin/consentd pointing at this checkout's venv.
+#   6. This checkout's secrets in .state/secrets (scripts/secrets.sh).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -217,4 +218,9 @@ if [[ ! -e $LINK && ! -L $LINK ]] || [[ -L $LINK && $(readlink "$LINK") == */.ve
 else
     say "leaving $LINK alone (not a symlink into a .venv)"
 fi
+# --- 6. secrets ---------------------------------------------------------------
+# Generated once per checkout (ARI, AMI, database, API token, agents' SIP
+# passwords), never fixed in the repository; kept on every later run.
+"$REPO/scripts/secrets.sh"
+say "secrets in $REPO/.state/secrets"
 say "setup done"

@@ -10,12 +10,20 @@
 #
 # Environment:
 #   CONSENTD_DATABASE_URL=...     use this database; no cluster is started
+#                                 (passed to consentd in its environment)
 #   CONSENTD_STACK_NO_DAEMON=1    start Asterisk and PostgreSQL only, and stop a
 #                                 daemon left running (for tests that start
 #                                 the daemon themselves)
 #
 # "up" when already up leaves Asterisk and PostgreSQL running and restarts
 # the daemon, so that a new POLICIES_FILE takes effect.
+#
+# Secrets: generated once per checkout into .state/secrets (scripts/secrets.sh),
+# written into Asterisk's config (consentd-secrets-*.conf, included by
+# manager.conf, ari.conf and pjsip.conf) and set as role consentd's password;
+# consentd gets them through CONSENTD_*_FILE variables. "up" lists every
+# endpoint and credential in .state/stack.json (mode 0600). No secret is ever
+# put on a command line or into a log.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,14 +35,25 @@ PG_DATA=$STATE/pg
 PG_PORT=55432
 # Unix socket paths are limited to ~107 bytes: keep the socket out of the repo.
 PG_SOCK=/tmp/consentd-pg-$(printf '%s' "$REPO" | sha256sum | cut -c1-12)
-DEFAULT_DB_URL=postgresql://consentd@127.0.0.1:$PG_PORT/consentd
+DEFAULT_DB_URL=postgresql://consentd@127.0.0.1:$PG_PORT/consentd # the password comes apart
 ARI_URL=http://127.0.0.1:8088/ari
-HEALTH_URL=http://127.0.0.1:8090/healthz
+HTTP_URL=http://127.0.0.1:8090
+HEALTH_URL=$HTTP_URL/healthz
+SECRETS=$STATE/secrets
+STACK_JSON=$STATE/stack.json
+PG_AUTH_STAMP=$PG_DATA/consentd-auth # clusters older than it trusted every connection
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'stack.sh: error: %s\n' "$*" >&2; exit 1; }
 
 alive() { [[ -f $1 ]] && kill -0 "$(<"$1")" 2>/dev/null; }
+
+secret() { printf '%s' "$(<"$SECRETS/$1")"; }
+
+ensure_secrets() { "$REPO/scripts/secrets.sh" "$SECRETS"; }
+
+# A URL with its password replaced by *** (for what this script prints).
+redact_url() { sed -E 's#^([a-z][a-z0-9+.-]*://[^:/@]*):[^@]*@#\1:***@#; s#([?&]password=)[^&]*#\1***#g' <<<"$1"; }
 
 # Processes whose root directory is our Asterisk root (also catches an
 # Asterisk whose pid file was lost).
@@ -67,9 +86,32 @@ tail_logs() {
 }
 
 # --- Asterisk ---------------------------------------------------------------
+# The files manager.conf, ari.conf and pjsip.conf include: this checkout's
+# secrets. write_secret_conf NAME: the text on stdin; returns 0 if it changed.
+write_secret_conf() {
+    local file=$ROOT/etc/asterisk/$1 text
+    text=$(cat)
+    if [[ -f $file && $(<"$file") == "$text" ]]; then return 1; fi
+    (umask 077 && printf '%s\n' "$text" >"$file.tmp") && mv "$file.tmp" "$file"
+}
+
+install_secret_confs() { # returns 0 if any of them changed
+    local changed=1 n
+    printf 'secret = %s\n' "$(secret ami_secret)" | write_secret_conf consentd-secrets-ami.conf && changed=0
+    printf 'secret = %s\n' "$(secret ami_tests_secret)" |
+        write_secret_conf consentd-secrets-ami-tests.conf && changed=0
+    printf 'password = %s\n' "$(secret ari_password)" | write_secret_conf consentd-secrets-ari.conf && changed=0
+    for n in 1 2 3; do
+        printf '[agent%s-auth]\ntype = auth\nauth_type = userpass\nusername = agent%s\npassword = %s\n\n' \
+            "$n" "$n" "$(secret "agent${n}_password")"
+    done | write_secret_conf consentd-secrets-pjsip.conf && changed=0
+    return $changed
+}
+
 install_asterisk_files() {
     rm -rf "${ROOT:?}"/etc/asterisk/*
     cp "$REPO"/asterisk-conf/*.conf "$REPO"/dialplan/*.conf "$ROOT/etc/asterisk/"
+    install_secret_confs || true
     mkdir -p "$ROOT/var/lib/asterisk/sounds" "$ROOT/var/spool/asterisk/monitor" \
         "$ROOT/var/spool/asterisk/recording"
     cp -r "$REPO"/.cache/sounds/* "$ROOT/var/lib/asterisk/sounds/"
@@ -92,14 +134,22 @@ ami_answers() ( # subshell: the descriptor and a failed connect stay in here
     [[ $banner == "Asterisk Call Manager"* ]]
 )
 
-ari_answers() {
-    [[ $(curl -s -o /dev/null -w '%{http_code}' -m 2 -u consentd:consentd \
-        "$ARI_URL/asterisk/info") == 200 ]]
+ari_answers() { # the credentials reach curl on stdin (-K -), not on its command line
+    [[ $(printf 'user = "consentd:%s"\n' "$(secret ari_password)" |
+        curl -s -K - -o /dev/null -w '%{http_code}' -m 2 "$ARI_URL/asterisk/info") == 200 ]]
 }
 
 start_asterisk() {
     if alive "$RUN/asterisk.pid"; then
         say "Asterisk already running (pid $(<"$RUN/asterisk.pid"))"
+        if install_secret_confs; then
+            # The secrets changed (new checkout state): make Asterisk read them.
+            say "secrets changed: reloading Asterisk's manager, ARI and PJSIP"
+            local command
+            for command in "manager reload" "module reload res_ari.so" "module reload res_pjsip.so"; do
+                timeout 10 chroot "$ROOT" /usr/sbin/asterisk -rx "$command" >/dev/null 2>&1 || true
+            done
+        fi
         return
     fi
     local stray
@@ -173,15 +223,26 @@ start_postgres() {
     open_path_for_postgres "$STATE"
     chown postgres: "$PG_DATA"
     chmod 700 "$PG_DATA"
+    if [[ -f $PG_DATA/PG_VERSION && ! -f $PG_AUTH_STAMP ]]; then
+        # Made before password authentication (initdb -A trust): throwaway
+        # data, so it is made again rather than converted.
+        say "re-creating $PG_DATA with password authentication (it trusted every connection; its ledger rows go)"
+        stop_postgres
+        find "$PG_DATA" -mindepth 1 -delete
+    fi
     if pg_running; then
         say "PostgreSQL already running ($PG_DATA)"
     else
         if [[ ! -f $PG_DATA/PG_VERSION ]]; then
             say "initdb $PG_DATA"
-            as_pg "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U consentd >"$STATE/pg-initdb.log" 2>&1 || {
+            # Superuser postgres over the unix socket (peer: the postgres OS user
+            # only, for this script); everything over TCP needs a password.
+            as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth-local=peer \
+                --auth-host=scram-sha-256 >"$STATE/pg-initdb.log" 2>&1 || {
                 tail_logs "$STATE/pg-initdb.log"
                 die "initdb failed"
             }
+            echo scram-sha-256 >"$PG_AUTH_STAMP"
         fi
         mkdir -p "$PG_SOCK"
         chown postgres: "$PG_SOCK"
@@ -192,13 +253,37 @@ start_postgres() {
             die "PostgreSQL did not start (is port $PG_PORT taken by another checkout?)"
         }
     fi
+    set_role_password
     if [[ -z $(psql_q postgres "SELECT 1 FROM pg_database WHERE datname = 'consentd'") ]]; then
-        psql_q postgres "CREATE DATABASE consentd" >/dev/null
+        psql_q postgres "CREATE DATABASE consentd OWNER consentd" >/dev/null
         say "created database consentd"
     fi
 }
 
-psql_q() { "$PG_BIN/psql" -X -q -t -A -h 127.0.0.1 -p "$PG_PORT" -U consentd -d "$1" -c "$2"; }
+# Administration as the superuser postgres, over the unix socket.
+psql_q() { as_pg "$PG_BIN/psql" -X -q -t -A -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d "$1" -c "$2"; }
+
+# Role consentd logs in with this checkout's database password. The server
+# only ever sees its SCRAM verifier (computed here, sent on psql's stdin), so
+# the password reaches no command line, no statement and no server log.
+set_role_password() {
+    local verifier
+    verifier=$(python3 -c '
+import base64, hashlib, hmac, os, sys
+password = open(sys.argv[1], encoding="utf-8").read().strip().encode()
+salt, rounds = os.urandom(16), 4096
+salted = hashlib.pbkdf2_hmac("sha256", password, salt, rounds)
+client = hmac.new(salted, b"Client Key", "sha256").digest()
+server = hmac.new(salted, b"Server Key", "sha256").digest()
+b64 = lambda b: base64.b64encode(b).decode()
+print(f"SCRAM-SHA-256${rounds}:{b64(salt)}${b64(hashlib.sha256(client).digest())}:{b64(server)}")
+' "$SECRETS/database_password")
+    printf '%s\n' \
+        "SELECT 'CREATE ROLE consentd LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'consentd') \\gexec" \
+        "ALTER ROLE consentd LOGIN PASSWORD '$verifier';" |
+        as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres >/dev/null ||
+        die "could not set role consentd's password"
+}
 
 stop_postgres() {
     if pg_running; then
@@ -227,10 +312,22 @@ start_consentd() {
     fi
     mkdir -p "${CONSENTD_JOURNAL_DIR:-$STATE/journal}"
     say "starting consentd --policies $policies"
-    CONSENTD_ASTERISK_ROOT=$ROOT CONSENTD_DATABASE_URL=$db_url \
-        CONSENTD_JOURNAL_DIR=${CONSENTD_JOURNAL_DIR:-$STATE/journal} \
-        setsid "$REPO/.venv/bin/consentd" run --policies "$policies" \
-        >>"$STATE/consentd.log" 2>&1 </dev/null &
+    # The secrets go by file (CONSENTD_*_FILE), never on the command line; a
+    # caller's own values for them would not fit this stack's Asterisk.
+    (
+        unset CONSENTD_ARI_PASSWORD CONSENTD_AMI_SECRET CONSENTD_API_TOKEN \
+            CONSENTD_DATABASE_PASSWORD CONSENTD_DATABASE_PASSWORD_FILE CONSENTD_DATABASE_URL_FILE
+        export CONSENTD_ASTERISK_ROOT=$ROOT CONSENTD_DATABASE_URL=$db_url \
+            CONSENTD_JOURNAL_DIR=${CONSENTD_JOURNAL_DIR:-$STATE/journal} \
+            CONSENTD_ARI_PASSWORD_FILE=$SECRETS/ari_password \
+            CONSENTD_AMI_SECRET_FILE=$SECRETS/ami_secret \
+            CONSENTD_API_TOKEN_FILE=$SECRETS/api_token
+        if [[ $db_url == "$DEFAULT_DB_URL" ]]; then
+            export CONSENTD_DATABASE_PASSWORD_FILE=$SECRETS/database_password
+        fi
+        exec setsid "$REPO/.venv/bin/consentd" run --policies "$policies" \
+            >>"$STATE/consentd.log" 2>&1 </dev/null
+    ) &
     echo $! >"$RUN/consentd.pid"
     for ((i = 0; i < 60; i++)); do
         if ! alive "$RUN/consentd.pid"; then
@@ -255,6 +352,44 @@ stop_consentd() {
     rm -f "$RUN/consentd.pid"
 }
 
+# --- .state/stack.json -----------------------------------------------------------
+# Every endpoint and credential of this stack, for tests and tools (mode 0600).
+write_stack_json() {
+    local db_url=$1
+    (umask 077 && STACK_DB_URL=$db_url python3 -c '
+import json, os, pathlib, sys, urllib.parse
+secrets_dir, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+db_url = os.environ["STACK_DB_URL"]  # not an argument: an external URL may hold a password
+def secret(name):
+    return (secrets_dir / name).read_text(encoding="utf-8").strip()
+if sys.argv[3] == "local":  # our cluster: the URL gets the generated password
+    scheme, rest = db_url.split("://", 1)
+    user, host = rest.split("@", 1)
+    password = urllib.parse.quote(secret("database_password"), safe="")
+    db_url = f"{scheme}://{user}:{password}@{host}"
+stack = {
+    "sip": "127.0.0.1:5060",
+    "ari": {"url": sys.argv[4], "user": "consentd", "password": secret("ari_password")},
+    "ami": {"host": "127.0.0.1", "port": 5038, "user": "consentd", "password": secret("ami_secret")},
+    "ami_tests": {"user": "consentd-tests", "password": secret("ami_tests_secret")},
+    "database_url": db_url,
+    "http": sys.argv[5],
+    "api_token": secret("api_token"),
+    "agents": {
+        f"agent{n}": {"user": f"agent{n}", "password": secret(f"agent{n}_password"), "port": 5070 + n}
+        for n in (1, 2, 3)
+    },
+    "trunk": "127.0.0.1:5062",
+    "secrets_dir": str(secrets_dir),
+}
+tmp = out.with_name(out.name + ".tmp")
+tmp.write_text(json.dumps(stack, indent=2) + "\n", encoding="utf-8")
+tmp.chmod(0o600)
+tmp.replace(out)
+' "$SECRETS" "$STACK_JSON" "$([[ $db_url == "$DEFAULT_DB_URL" ]] && echo local || echo external)" \
+        "$ARI_URL" "$HTTP_URL")
+}
+
 # --- commands -----------------------------------------------------------------
 cmd_up() {
     local policies=${1:-$REPO/examples/policies.yaml}
@@ -265,20 +400,24 @@ cmd_up() {
         "$REPO/scripts/setup.sh"
     fi
     mkdir -p "$RUN"
+    ensure_secrets # normally done by setup.sh already; cheap
     local started=$SECONDS
+    local db_url=${CONSENTD_DATABASE_URL:-$DEFAULT_DB_URL}
     start_asterisk
     start_postgres
-    local db_url=${CONSENTD_DATABASE_URL:-$DEFAULT_DB_URL}
+    write_stack_json "$db_url"
     start_consentd "$policies" "$db_url"
     cat <<EOF
 ==> stack up in $((SECONDS - started)) s
     SIP        udp 127.0.0.1:5060 (callers: context inbound; agents: 127.0.0.1:5071-5073)
-    ARI        $ARI_URL (app consentd, user consentd/consentd)
-    AMI        127.0.0.1:5038 (user consentd/consentd)
-    database   $db_url
-    consentd   http://127.0.0.1:8090$([[ ${CONSENTD_STACK_NO_DAEMON:-0} == 1 ]] && echo " (not started)")
+    ARI        $ARI_URL (app consentd, user consentd)
+    AMI        127.0.0.1:5038 (user consentd)
+    database   $(redact_url "$db_url")
+    consentd   $HTTP_URL$([[ ${CONSENTD_STACK_NO_DAEMON:-0} == 1 ]] && echo " (not started)")
     recordings $ROOT/var/spool/asterisk/monitor
     logs       $STATE/consentd.log, $ROOT/var/log/asterisk/messages
+    secrets    $SECRETS (generated for this checkout)
+==> endpoints and credentials: $STACK_JSON
 EOF
 }
 
@@ -296,7 +435,7 @@ cmd_status() {
         echo "asterisk   stopped"
     fi
     if [[ -n ${CONSENTD_DATABASE_URL:-} ]]; then
-        echo "postgres   external: $CONSENTD_DATABASE_URL"
+        echo "postgres   external: $(redact_url "$CONSENTD_DATABASE_URL")"
     elif pg_running; then
         echo "postgres   running ($DEFAULT_DB_URL)"
     else
@@ -308,6 +447,7 @@ cmd_status() {
         echo "consentd   stopped"
     fi
     if mountpoint -q "$ROOT/proc" 2>/dev/null; then echo "mount      $ROOT/proc"; fi
+    if [[ -f $STACK_JSON ]]; then echo "stack.json $STACK_JSON"; fi
 }
 
 case ${1:-} in

@@ -10,7 +10,6 @@ is short by exactly its latency, for the baseline and consentd alike.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import time
@@ -24,16 +23,28 @@ import asyncpg
 
 from bench.fidelity import Fidelity, measure
 from bench.sipp_load import REPO, LoadResult
+from consentd.local_stack import LocalStack
 from consentd.sipp_media import EVENT_PACKETS, PTIME_MS
 
 ROOT = REPO / ".cache" / "asterisk-root"
 MONITOR = ROOT / "var" / "spool" / "asterisk" / "monitor"
-DATABASE_URL = os.environ.get(
-    "CONSENTD_DATABASE_URL", "postgresql://consentd@127.0.0.1:55432/consentd"
-)
-ARI = "http://127.0.0.1:8088/ari"
-HEALTHZ = "http://127.0.0.1:8090/healthz"
-ARI_HEADERS = {"Authorization": "Basic " + base64.b64encode(b"consentd:consentd").decode()}
+
+
+# Endpoints and credentials: the stack's .state/stack.json (written by `up`),
+# read when needed; CONSENTD_DATABASE_URL still points the ledger elsewhere.
+def _database_url() -> str:
+    return os.environ.get("CONSENTD_DATABASE_URL") or LocalStack.load().database_url
+
+
+def _ari() -> tuple[str, dict[str, str]]:
+    stack = LocalStack.load()
+    return stack.ari_url, stack.ari_headers()
+
+
+def _healthz() -> str:
+    return LocalStack.load().http + "/healthz"
+
+
 #: Ledger kinds every call must have exactly once, and those its story adds.
 EVERY_CALL = ("call_started", "call_ended")
 DECIDED = ("consent_decided", "recording_started", "recording_stopped")
@@ -254,15 +265,16 @@ class StepMonitor:
 
     async def _probe(self) -> None:
         """Once a second, a new connection asks ARI for /asterisk/info (5 s to answer)."""
+        ari, headers = _ari()
         while True:
             await asyncio.sleep(1.0)
             self.probes += 1
             try:
                 async with (
                     aiohttp.ClientSession(
-                        headers=ARI_HEADERS, connector=aiohttp.TCPConnector(force_close=True)
+                        headers=headers, connector=aiohttp.TCPConnector(force_close=True)
                     ) as http,
-                    http.get(f"{ARI}/asterisk/info", timeout=aiohttp.ClientTimeout(total=5)) as r,
+                    http.get(f"{ari}/asterisk/info", timeout=aiohttp.ClientTimeout(total=5)) as r,
                 ):
                     if r.status != 200:
                         self.probe_failures += 1
@@ -288,12 +300,13 @@ class StepMonitor:
 
 async def wait_idle(timeout: float = 40.0) -> int:
     """Wait until Asterisk has no channels; hang up and count what is still there."""
-    async with aiohttp.ClientSession(headers=ARI_HEADERS) as http:
+    ari, headers = _ari()
+    async with aiohttp.ClientSession(headers=headers) as http:
         deadline = time.monotonic() + timeout
         channels: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             try:
-                async with http.get(f"{ARI}/channels") as resp:
+                async with http.get(f"{ari}/channels") as resp:
                     channels = await resp.json()
             except (aiohttp.ClientError, TimeoutError):
                 pass  # Asterisk busy or locked out: ask again
@@ -302,7 +315,7 @@ async def wait_idle(timeout: float = 40.0) -> int:
                     return 0
             await asyncio.sleep(0.5)
         for channel in channels:
-            async with http.delete(f"{ARI}/channels/{channel['id']}"):
+            async with http.delete(f"{ari}/channels/{channel['id']}"):
                 pass
         await asyncio.sleep(2)  # their hangups reach the ledger before it is counted
         return len(channels)
@@ -345,7 +358,7 @@ LedgerRow = tuple[str, datetime, dict[str, Any]]
 
 async def ledger_calls(did: str, since: float) -> dict[str, list[LedgerRow]]:
     """Every ledger row, (kind, time, data) in order, of the calls to ``did`` since then."""
-    conn = await asyncpg.connect(DATABASE_URL)
+    conn = await asyncpg.connect(_database_url())
     try:
         rows = await conn.fetch(
             "SELECT call_id, kind, occurred_at, data::text AS data FROM call_events"
@@ -369,11 +382,12 @@ async def ledger_calls(did: str, since: float) -> dict[str, list[LedgerRow]]:
 async def ledger_drained(timeout: float = 60.0) -> int:
     """Wait until consentd has stored every ledger event; the backlog left, if any."""
     backlog = -1
+    healthz = _healthz()
     async with aiohttp.ClientSession() as http:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                async with http.get(HEALTHZ) as resp:
+                async with http.get(healthz) as resp:
                     backlog = int((await resp.json())["ledger_backlog"])
             except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
                 pass

@@ -17,15 +17,24 @@ from typing import Any
 
 import asyncpg
 
+from consentd.local_stack import LocalStack
 from consentd.sipp import AgentResult, CallResult
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = REPO / ".cache" / "asterisk-root"
 STACK = REPO / "scripts" / "stack.sh"
 SCENARIO = REPO / "sipp-scenarios" / "caller.xml"
-DATABASE_URL = os.environ.get(
-    "CONSENTD_DATABASE_URL", "postgresql://consentd@127.0.0.1:55432/consentd"
-)
+
+
+def local_stack() -> LocalStack:
+    """Endpoints and credentials of the running stack (.state/stack.json, written by `up`)."""
+    return LocalStack.load()
+
+
+def database_url() -> str:
+    """The ledger's database: $CONSENTD_DATABASE_URL if set, else the stack's own."""
+    return os.environ.get("CONSENTD_DATABASE_URL") or local_stack().database_url
+
 
 POLICIES = """\
 default: {recording: never}
@@ -175,7 +184,7 @@ def consentd_calls(limit: int = 200, since: datetime | None = None) -> list[dict
 
 
 async def _ledger_rows(call_id: str) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(DATABASE_URL)
+    conn = await asyncpg.connect(database_url())
     try:
         rows = await conn.fetch(
             "SELECT seq, kind, occurred_at, data::text AS data FROM call_events"

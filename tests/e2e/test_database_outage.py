@@ -10,13 +10,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consentd.sipp import CallPlan, place_call
-from tests.e2e.harness import SCENARIO, Stack, consentd_calls, ledger_rows, stack_command
-
-HEALTH = "http://127.0.0.1:8090/healthz"
+from tests.e2e.harness import (
+    SCENARIO,
+    Stack,
+    consentd_calls,
+    ledger_rows,
+    local_stack,
+    stack_command,
+)
 
 
 def health() -> dict[str, Any]:
-    with urllib.request.urlopen(HEALTH, timeout=2) as response:
+    with urllib.request.urlopen(f"{local_stack().http}/healthz", timeout=2) as response:
         body: dict[str, Any] = json.load(response)
     return body
 

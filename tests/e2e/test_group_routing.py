@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     collect_outcomes,
     consentd_calls,
     ledger_rows,
+    local_stack,
     wav_seconds,
 )
 
@@ -252,7 +253,9 @@ def test_check_against_the_pbx_reports_a_queue_asterisk_lacks(stack: Stack, tmp_
 
 async def _pause_members(paused: bool) -> None:
     """Log every agent of the queue out (paused) or back in, over AMI."""
-    ami = AmiClient("127.0.0.1", 5038, "consentd-tests", "consentd-tests")  # may pause agents
+    stack = local_stack()
+    user, secret = stack.ami_tests  # this user may pause agents; consentd's may not
+    ami = AmiClient(stack.ami_host, stack.ami_port, user, secret)
     task = asyncio.create_task(ami.run())
     try:
         async with asyncio.timeout(5):

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.harness import REPO, Stack
+from tests.e2e.harness import REPO, Stack, local_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -17,6 +17,7 @@ def test_a_second_daemon_with_the_same_node_name_is_refused(stack: Stack) -> Non
         [str(REPO / ".venv" / "bin" / "consentd"), "run", "--policies", str(stack.policies)],
         env={
             **os.environ,
+            **local_stack().daemon_environment(),  # its secrets, as `make up` gives them
             "CONSENTD_HTTP_PORT": "8099",
             "CONSENTD_JOURNAL_DIR": "/tmp/consentd-j2",
         },

@@ -11,7 +11,6 @@ still gets its answer while the calls run.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 import urllib.request
 from dataclasses import replace
@@ -20,15 +19,20 @@ from datetime import UTC, datetime
 import pytest
 
 from consentd.sipp import CallPlan, place_calls
-from tests.e2e.harness import SCENARIO, Stack, consentd_calls, ledger_rows, restart_daemon
+from tests.e2e.harness import (
+    SCENARIO,
+    Stack,
+    consentd_calls,
+    ledger_rows,
+    local_stack,
+    restart_daemon,
+)
 
 pytestmark = pytest.mark.e2e
 
-ARI_INFO = "http://127.0.0.1:8088/ari/asterisk/info"
-
 
 def _metric(name: str) -> float:
-    with urllib.request.urlopen("http://127.0.0.1:8090/metrics", timeout=2) as response:
+    with urllib.request.urlopen(f"{local_stack().http}/metrics", timeout=2) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
@@ -36,8 +40,8 @@ def _metric(name: str) -> float:
 
 
 def _fresh_ari_client_answers() -> bool:
-    request = urllib.request.Request(ARI_INFO)
-    request.add_header("Authorization", "Basic " + base64.b64encode(b"consentd:consentd").decode())
+    stack = local_stack()
+    request = urllib.request.Request(f"{stack.ari_url}/asterisk/info", headers=stack.ari_headers())
     with urllib.request.urlopen(request, timeout=3) as response:
         return bool(response.status == 200)
 

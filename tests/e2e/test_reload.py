@@ -24,11 +24,11 @@ import pytest
 
 from consentd.sipp import CallPlan, CallResult, place_call
 from tests.e2e.harness import (
-    DATABASE_URL,
     REPO,
     SCENARIO,
     Stack,
     consentd_calls,
+    database_url,
     ledger_rows,
     restart_daemon,
 )
@@ -76,7 +76,7 @@ def reload() -> subprocess.CompletedProcess[str]:
 
 
 async def _rows(query: str, *args: Any) -> list[dict[str, Any]]:
-    conn = await asyncpg.connect(DATABASE_URL)
+    conn = await asyncpg.connect(database_url())
     try:
         rows = await conn.fetch(query, *args)
     finally:

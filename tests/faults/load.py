@@ -21,7 +21,7 @@ import asyncpg
 from bench.sipp_load import LoadPlan, LoadResult, run_load
 from bench.step import ledger_drained, wait_idle
 from consentd.sipp_media import MediaPlan, pcap_file
-from tests.e2e.harness import DATABASE_URL, ROOT
+from tests.e2e.harness import ROOT, database_url
 
 OPT_IN, OPT_OUT = "+4930100007", "+4930100003"
 CALL_MS = 9000
@@ -84,7 +84,7 @@ async def verdict(since: float, placed: int) -> Verdict:
     """What the ledger and the disk say about every call since ``since``."""
     await wait_idle(60)
     await ledger_drained(60)
-    conn = await asyncpg.connect(DATABASE_URL)
+    conn = await asyncpg.connect(database_url())
     try:
         rows = await conn.fetch(
             "SELECT event_key, call_id, seq, kind, data::text AS data FROM call_events"

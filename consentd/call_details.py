@@ -53,10 +53,15 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
     until = end.occurred_at if end else now
     connected = next((e for e in ordered if e.kind == "agent_connected"), None)
     completed = next((e for e in ordered if e.kind == "agent_completed"), None)
-    # MixMonitor option b records only while bridged to the agent.
+    # MixMonitor option b records only while bridged: to the queue's agent, or
+    # (after a hand-off to the dialplan, or an agent's outbound call) to the callee.
+    answered = next((e for e in ordered if e.kind == "callee_answered"), None)
+    left = next((e for e in ordered if e.kind == "callee_left"), None)
     bridge = (
         (connected.occurred_at, completed.occurred_at if completed else until)
         if connected
+        else (answered.occurred_at, left.occurred_at if left else until)
+        if answered
         else None
     )
     spans = [

@@ -642,3 +642,20 @@ def test_a_call_held_by_consentd_has_no_wait_or_talk_time_and_the_last_decision_
     assert (details["wait_time"], details["talk_time"]) == (None, None)
     assert details["call_recording_consent_action"] == "caller_withdrew"
     assert details["recording_time"] + details["not_recording_time"] == 7
+
+
+def test_an_outbound_recording_counts_from_the_callees_answer() -> None:
+    details = summarize(
+        rows(
+            (0, "outbound_dialled", {"callee": "+4917699990000"}),
+            (0, "recording_started", segment(1, bridged_only=True)),
+            (2, "callee_answered", {}),
+            (6, "recording_stopped", segment(1, bridged_only=True)),
+            (6, "call_ended", {"cause": "hangup"}),
+        ),
+        D0,
+    )
+    assert details is not None
+    assert details["recordings"] == ["/root/m/1.wav"]
+    assert (details["recording_time"], details["not_recording_time"]) == (4, 2)
+    assert (details["wait_time"], details["talk_time"]) == (2, 4)

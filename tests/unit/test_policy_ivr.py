@@ -253,3 +253,15 @@ def test_consentd_check_prints_warnings_and_still_passes(
     assert f"{path}:3: menu \"forgotten\": menu 'forgotten' is not reachable" in err
     assert "(warning)" in err
     assert "OK, 0 numbers" in out
+
+
+def test_the_readmes_ivr_example_is_the_file_make_demo_runs_and_it_loads() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text()
+    block = readme.split("A complete example, verbatim from `examples/policies.yaml`")[1]
+    example = block.split("```yaml\n", 1)[1].split("```", 1)[0]
+    file = repo / "examples" / "policies.yaml"
+    assert example == file.read_text()
+    book = load_policies(file)
+    assert book.config.numbers["+4930100021"].menu == "main"
+    assert book.warnings == ()

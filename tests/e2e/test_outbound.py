@@ -175,3 +175,22 @@ def test_an_unauthenticated_invite_from_another_port_is_an_inbound_caller(stack:
     outcome = collect_outcomes({"c": (caller, None)}, since)["c"]
     assert outcome.details["direction"] == "inbound"
     assert outcome.details["phone_number"] == CALLEE
+
+
+def test_an_outbound_announcement_plays_to_the_callee_before_the_recording(stack: Stack) -> None:
+    """+4930100035 (always, outbound_announcement): the callee hears the bundled
+    notice at answer (Dial A()); the two are bridged, and recorded, after it."""
+    since = datetime.now(UTC)
+    dialled = asyncio.run(_dial("X-Consentd-Number: +4930100035"))
+    assert dialled.agent.ok, dialled.agent.output[-2000:]
+    outcome = _outcome(dialled, since)
+    assert outcome.first("outbound_dialled")["data"]["announcement"] is True
+
+    notice = wav_seconds(stack.root / "var/lib/asterisk/sounds/en/consentd/outbound_notice.wav")
+    (recording,) = [p for p in outcome.details["recordings"] if "/monitor/" in p]
+    measured = wav_seconds(stack.host_path(recording.removeprefix(str(stack.root))))
+    # The callee answered after RING_MS; Dial bridged the two (and answered the
+    # agent) only once the notice had played to the callee: that is when the
+    # ledger's callee_answered and the recording start.
+    assert abs(outcome.seconds("callee_answered") - (RING_MS / 1000 + notice)) <= 0.5
+    assert abs(measured - TALK_MS / 1000) <= 0.5, (measured, notice)

@@ -256,9 +256,21 @@ class Recorder:
             fields["MixMonitorID"] = mixmonitor_id
         await self._ami.send("StopMixMonitor", **fields)
 
-    async def mute(self, channel: str, muted: bool, direction: str = "both") -> None:
+    async def mute(
+        self,
+        channel: str,
+        muted: bool,
+        direction: str = "both",
+        mixmonitor_id: str | None = None,
+    ) -> None:
+        """Silence a running MixMonitor (its file keeps the timeline); the id names which."""
+        ids = {"MixMonitorID": mixmonitor_id} if mixmonitor_id else {}
         await self._ami.send(
-            "MixMonitorMute", Channel=channel, Direction=direction, State="1" if muted else "0"
+            "MixMonitorMute",
+            Channel=channel,
+            Direction=direction,
+            State="1" if muted else "0",
+            **ids,
         )
 
     def on_event(self, handler: EventHandler) -> None:

@@ -133,6 +133,8 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
                 registry,
                 lambda limit: recent_calls(store, limit, utc_now()),
                 reload=lambda: reloader.reload("http"),
+                control=dispatcher.control,
+                api_token=settings.api_token.get_secret_value() if settings.api_token else None,
             )
         )
         await http.setup()

@@ -14,6 +14,10 @@ from typing import Any
 from consentd.ledger import LedgerEvent, LedgerStore
 
 
+#: The rows that tell a recording segment's life (pauses are accounted apart).
+_SEGMENT_KINDS = ("recording_started", "recording_stopped", "recording_deleted")
+
+
 @dataclass
 class _SegmentSpan:
     number: int
@@ -36,7 +40,7 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
     decision = next((e for e in reversed(ordered) if e.kind == "consent_decided"), None)
     segments: dict[int, _SegmentSpan] = {}
     for event in ordered:
-        if not event.kind.startswith("recording_") or "segment" not in event.data:
+        if event.kind not in _SEGMENT_KINDS or "segment" not in event.data:
             continue
         span = segments.setdefault(
             event.data["segment"],
@@ -78,8 +82,10 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
     voicemail = _voicemail(ordered, until)
     if voicemail is not None:
         spans.append(voicemail[1])
-    # Overlaps (a consented recording goes on while the voicemail is taken) count once.
-    recorded_spans = _merged(spans)
+    # Overlaps (a consented recording goes on while the voicemail is taken) count
+    # once; an agent's pause is not recorded time, whatever the file keeps.
+    pauses = _paused(ordered, until)
+    recorded_spans = _without(_merged(spans), pauses)
     recorded = sum((stop - begin).total_seconds() for begin, stop in recorded_spans)
     total = max(0.0, (until - start.occurred_at).total_seconds())
     recording_time = min(round(recorded), round(total))
@@ -103,7 +109,9 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         ],
         "wait_time": waited,
         "talk_time": talked,
-        "recording_control_interactions": 0,
+        "recording_control_interactions": sum(
+            1 for e in ordered if e.kind in ("recording_paused", "recording_resumed")
+        ),
         "recordings": [s.path for s in sorted(kept, key=lambda s: s.number)]
         + ([voicemail[0]] if voicemail else []),
         "group": facts.get("group"),
@@ -174,6 +182,38 @@ def _merged(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, date
         else:
             merged.append((begin, stop))
     return merged
+
+
+def _paused(ordered: list[LedgerEvent], until: datetime) -> list[tuple[datetime, datetime]]:
+    spans: list[tuple[datetime, datetime]] = []
+    paused_at: datetime | None = None
+    for event in ordered:
+        if event.kind == "recording_paused" and paused_at is None:
+            paused_at = event.occurred_at
+        elif event.kind == "recording_resumed" and paused_at is not None:
+            spans.append((paused_at, event.occurred_at))
+            paused_at = None
+    if paused_at is not None:
+        spans.append((paused_at, until))
+    return spans
+
+
+def _without(
+    spans: list[tuple[datetime, datetime]], holes: list[tuple[datetime, datetime]]
+) -> list[tuple[datetime, datetime]]:
+    """``spans`` with every ``holes`` interval cut out."""
+    for hole_start, hole_end in holes:
+        kept = []
+        for begin, stop in spans:
+            if stop <= hole_start or begin >= hole_end:
+                kept.append((begin, stop))
+                continue
+            if begin < hole_start:
+                kept.append((begin, hole_start))
+            if stop > hole_end:
+                kept.append((hole_end, stop))
+        spans = kept
+    return spans
 
 
 def _wait_and_talk(ordered: list[LedgerEvent], until: datetime) -> tuple[int | None, int | None]:

@@ -52,12 +52,14 @@ from consentd.call_model import (
     LeftStasis,
     Media,
     MenuPlan,
+    MuteRecording,
     Phase,
     Play,
     PlaybackFinished,
     PlaybackStarted,
     QueueAbandoned,
     QueueJoined,
+    RecordingControl,
     RecordingDeleted,
     RecordingStarted,
     RecordingStopped,
@@ -81,6 +83,7 @@ from consentd.policy import (
     HangupTarget,
     IvrTarget,
     NoAnswer,
+    PauseGap,
     Recording,
     RoutingTarget,
     VoicemailTarget,
@@ -128,6 +131,8 @@ class Call:
     routed: bool = False
     #: In a bridge now (the dialplan's Dial answered): a press is "talking".
     bridged: bool = False
+    #: An agent paused the recording (silence: muted; skip: stopped until resumed).
+    paused: bool = False
     #: Segments recorded with MixMonitor option b (audio only while bridged to an agent).
     bridged_segments: tuple[int, ...] = ()
 
@@ -277,6 +282,8 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
         case TimerFired() if call.phase is Phase.IVR and event.token == call.timer:
             t.update(timer=0)
             _menu_miss(t, "no_key", event.at)
+        case RecordingControl() if control_refusal(call, event.action) is None:
+            _control(t, event)
         case Bridged():
             if call.phase is Phase.DIALPLAN and event.entered != call.bridged:
                 t.ledger("callee_answered" if event.entered else "callee_left", event.at)
@@ -542,8 +549,10 @@ def _decide(t: _Transition, event: DtmfReceived, where: str) -> None:
             t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
         if stop_greeting and greeting is not None:
             t.do(StopPlayback(greeting))
-        if segment is not None and not policy.keep_partial_on_opt_out:
-            t.do(DeleteRecording(segment.number, segment.file))
+        if not policy.keep_partial_on_opt_out:
+            # Every segment: a pause with pause_gap skip split the recording in files.
+            for number in range(1, call.segments_opened + 1):
+                t.do(DeleteRecording(number, call.facts.recording_file(number)))
     if t.call.phase is Phase.DIALPLAN:
         t.do(SetVariables(_outcome_variables(t.call)))
 
@@ -568,6 +577,49 @@ def _withdraw(t: _Transition, event: DtmfReceived, where: str) -> None:
         t.do(DeleteRecording(number, call.facts.recording_file(number)))
     if t.call.phase is Phase.DIALPLAN:
         t.do(SetVariables(_outcome_variables(t.call)))
+
+
+def control_refusal(call: Call, action: str) -> str | None:
+    """Why an agent's pause or resume is refused now (an API error id), or None.
+
+    The caller's refusal always wins: nothing resumes what was refused.
+    """
+    if action == "pause":
+        return None if call.recording is not None and not call.paused else "recording-not-active"
+    if action != "resume":
+        return "unknown-action"
+    recording = call.facts.policy.recording
+    if (
+        (call.decision is not None and call.decision.refuses)
+        or recording is Recording.NEVER
+        or (recording is Recording.OPT_IN and call.decision is not ConsentAction.CALLER_OPTED_IN)
+    ):
+        return "consent-refused"
+    return None if call.paused else "recording-not-paused"
+
+
+def _control(t: _Transition, event: RecordingControl) -> None:
+    call = t.call
+    gap = call.facts.policy.pause_gap
+    if event.action == "pause":
+        segment = call.recording
+        assert segment is not None
+        t.update(paused=True)
+        t.ledger("recording_paused", event.at, by=event.by, gap=gap.value, segment=segment.number)
+        if gap is PauseGap.SILENCE:
+            t.do(MuteRecording(segment.number, segment.mixmonitor_id, muted=True))
+        else:
+            t.update(recording=replace(segment, stopping=True))
+            t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
+        return
+    t.update(paused=False)
+    t.ledger("recording_resumed", event.at, by=event.by, gap=gap.value)
+    segment = call.recording
+    if gap is PauseGap.SILENCE and segment is not None:
+        t.do(MuteRecording(segment.number, segment.mixmonitor_id, muted=False))
+    else:
+        bridged = bool(call.bridged_segments)
+        t.start_recording(bridged_only=bridged)
 
 
 def _where(call: Call) -> str:

@@ -327,6 +327,15 @@ class CallEnded:
 
 
 @dataclass(frozen=True)
+class RecordingControl:
+    """An agent pauses or resumes the recording (HTTP API, or DTMF on the agent's leg)."""
+
+    action: str  # "pause" or "resume"
+    by: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class TimerFired:
     """A timer the flow set (``StartTimer``) ran out; stale tokens are ignored."""
 
@@ -365,6 +374,7 @@ Event = (
     | HandOff
     | EmptyFileRemoved
     | TimerFired
+    | RecordingControl
     | Bridged
     | CallEnded
 )
@@ -459,6 +469,15 @@ class DeleteRecording:
 
 
 @dataclass(frozen=True)
+class MuteRecording:
+    """Silence (or un-silence) a running MixMonitor: the file keeps its timeline."""
+
+    segment: int
+    mixmonitor_id: str | None
+    muted: bool
+
+
+@dataclass(frozen=True)
 class StartTimer:
     """Post ``TimerFired(token)`` after ``seconds`` (an IVR menu waiting for a key)."""
 
@@ -508,6 +527,7 @@ Command = (
     | StartVoicemail
     | Hangup
     | StartTimer
+    | MuteRecording
     | ContinueOutbound
     | ContinueToDialplan
     | SetVariables

@@ -18,7 +18,7 @@ import structlog
 
 from consentd.adoption import rebuild
 from consentd.ari import CONNECTED, AriError
-from consentd.call_flow import AVAILABLE, CONSENT, Call, new_call
+from consentd.call_flow import AVAILABLE, CONSENT, Call, control_refusal, new_call
 from consentd.call_model import (
     Adopted,
     AgentCompleted,
@@ -36,6 +36,7 @@ from consentd.call_model import (
     PlaybackFinished,
     QueueAbandoned,
     QueueJoined,
+    RecordingControl,
     ReturnedFromQueue,
     VoicemailFinished,
     VoicemailStarted,
@@ -189,6 +190,18 @@ class Dispatcher:
         status = str(event.get("dialstatus", ""))
         if runner is not None and status:  # "" is the start of ringing
             runner.post(Bridged(status == "ANSWER", at))
+
+    def control(self, call_id: str, action: str, by: str) -> tuple[int, dict[str, Any]]:
+        """An agent's pause or resume of a live call's recording: (HTTP status, body)."""
+        runner = next((r for r in self.calls.values() if r.call.facts.call_id == call_id), None)
+        if runner is None or runner.call.ended:
+            return 404, _error("no-such-call", f"no call {call_id!r} is in progress here")
+        refusal = control_refusal(runner.call, action)
+        if refusal is not None:
+            return 409, _error(refusal, _CONTROL_MESSAGES.get(refusal, refusal))
+        runner.post(RecordingControl(action, by, self._ports.clock()))
+        state = "paused" if action == "pause" else "recording"
+        return 200, {"id": call_id, "recording": state}
 
     def ami_connected(self) -> None:
         """AMI is back: app_queue's AgentConnect may have been sent meanwhile."""
@@ -503,6 +516,17 @@ class Dispatcher:
                 break
             found.append((segment, value))
         return tuple(found)
+
+
+_CONTROL_MESSAGES = {
+    "recording-not-active": "the call is not being recorded (or is paused already)",
+    "recording-not-paused": "the recording is not paused",
+    "consent-refused": "the caller has not consented, or refused: the recording stays off",
+}
+
+
+def _error(error_id: str, message: str) -> dict[str, Any]:
+    return {"error": {"id": error_id, "message": message}}
 
 
 def _ami_time(value: str | None, fallback: datetime) -> datetime:

@@ -1,9 +1,10 @@
-"""The daemon's small HTTP surface: health for orchestration, metrics, recent calls, and
-the policy reload behind ``consentd reload``."""
+"""The daemon's small HTTP surface: health for orchestration, metrics, recent calls, the
+policy reload behind ``consentd reload``, and agents' recording controls (token only)."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,11 +49,24 @@ RELOAD: web.AppKey[Callable[[], Awaitable[ReloadOutcome]]] = web.AppKey(
 )
 
 
+#: (call id, "pause"|"resume", who) -> (HTTP status, JSON body)
+RecordingControl = Callable[[str, str, str], tuple[int, dict[str, Any]]]
+CONTROL: web.AppKey[RecordingControl] = web.AppKey("control", Callable)  # type: ignore[arg-type]
+API_TOKEN: web.AppKey[str] = web.AppKey("api_token", str)
+
+
+def api_error(status: int, error_id: str, message: str) -> web.Response:
+    return web.json_response({"error": {"id": error_id, "message": message}}, status=status)
+
+
 def init_app(
     health: Callable[[], Health],
     registry: CollectorRegistry,
     recent_calls: Callable[[int], Awaitable[list[dict[str, Any]]]],
     reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
+    *,
+    control: RecordingControl | None = None,
+    api_token: str | None = None,
 ) -> web.Application:
     app = web.Application()
     app[HEALTH] = health
@@ -64,7 +78,30 @@ def init_app(
     if reload is not None:
         app[RELOAD] = reload
         app.router.add_post("/reload", _reload)
+    if control is not None and api_token:
+        app[CONTROL] = control
+        app[API_TOKEN] = api_token
+        app.router.add_post(r"/api/calls/{call_id}/recording/{action:pause|resume}", _control)
     return app
+
+
+def _authorized(request: web.Request) -> bool:
+    """``Authorization: Bearer <token>``, compared in constant time."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    expected = request.app[API_TOKEN]
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    )
+
+
+async def _control(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return api_error(401, "unauthorized", "a valid Authorization: Bearer token is required")
+    call_id = request.match_info["call_id"]
+    action = request.match_info["action"]
+    status, body = request.app[CONTROL](call_id, action, "api")
+    return web.json_response(body, status=status)
 
 
 def register_gauges(registry: CollectorRegistry, health: Callable[[], Health]) -> None:

@@ -81,6 +81,15 @@ class GreetingKind(StrEnum):
 MENU_CATEGORIES = {"ivr": "greeting", "ivr_invalid": "invalid"}
 
 
+class PauseGap(StrEnum):
+    """What an agent's pause leaves in the kept audio."""
+
+    #: One file with its timeline kept: silence in the gap (MixMonitorMute).
+    SILENCE = "silence"
+    #: The gap left out: the recording stops, and a resume starts a new file.
+    SKIP = "skip"
+
+
 class NoAnswer(StrEnum):
     VOICEMAIL = "voicemail"
     HANGUP = "hangup"
@@ -297,6 +306,8 @@ class NumberPolicy(_Frozen):
     #: Agents' outbound calls from this number play a recording notice to the
     #: callee when they answer (bundled "outbound_notice").
     outbound_announcement: bool = False
+    #: What a pause (agent controls) leaves in the kept audio.
+    pause_gap: PauseGap = PauseGap.SILENCE
 
     @model_validator(mode="after")
     def _consistent(self) -> NumberPolicy:

@@ -36,6 +36,7 @@ from consentd.call_model import (
     Event,
     Hangup,
     InternalError,
+    MuteRecording,
     Play,
     PlaybackStarted,
     RecordingDeleted,
@@ -171,6 +172,10 @@ class CallRunner:
                 case ContinueToQueue():
                     await ari.continue_to_queue(
                         facts.channel_id, facts.did, command.queue, command.timeout
+                    )
+                case MuteRecording():
+                    await recorder.mute(
+                        facts.channel_id, command.muted, mixmonitor_id=command.mixmonitor_id
                     )
                 case StartTimer():
                     self._start_timer(command)

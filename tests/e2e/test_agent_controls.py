@@ -1,0 +1,120 @@
+"""Recording controls through the HTTP API on a real call, and every API error.
+
+A caller streams a tone for the whole call on an "always" number. 3 s after
+the answer the agent (the API, with the stack's token) pauses; 3 s later it
+resumes. pause_gap is silence: the WAV keeps the call's timeline, with
+silence where the pause was.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import wave
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from consentd.local_stack import LocalStack
+from consentd.sipp import CallPlan, place_call
+from tests.e2e.harness import SCENARIO, Stack, collect_outcomes
+
+PAUSE_AT, RESUME_AT, TALK_S = 3.0, 6.0, 10.0
+
+
+def silent_span(path: Path, block_s: float = 0.1) -> tuple[float, float]:
+    """(start, end) in seconds of the longest run of silent blocks in a WAV."""
+    with wave.open(str(path), "rb") as wav:
+        rate = wav.getframerate()
+        samples = array.array("h", wav.readframes(wav.getnframes()))
+    size = int(rate * block_s)
+    silent = [
+        max((abs(x) for x in samples[i : i + size]), default=0) < 200
+        for i in range(0, len(samples) - size + 1, size)
+    ]
+    best, start = (0, 0), None
+    for n, quiet in enumerate([*silent, False]):
+        if quiet and start is None:
+            start = n
+        elif not quiet and start is not None:
+            if n - start > best[1] - best[0]:
+                best = (start, n)
+            start = None
+    return best[0] * block_s, best[1] * block_s
+
+
+async def _call_id(http: aiohttp.ClientSession, base: str, caller: str) -> str:
+    for _ in range(50):
+        async with http.get(f"{base}/calls", params={"limit": "20"}) as response:
+            calls = await response.json()
+        found = [c for c in calls if c["caller"] == caller and not c["ended_at"]]
+        if found:
+            return str(found[0]["id"])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no call in progress from {caller}")
+
+
+async def _scenario() -> tuple[Any, dict[str, Any]]:
+    stack = LocalStack.load()
+    base, auth = stack.http, {"Authorization": f"Bearer {stack.api_token}"}
+    plan = CallPlan("+4930100001", "+4915100000801", talk_ms=int(TALK_S * 1000), speak=True)
+    never = CallPlan("+4930100004", "+4915100000802", talk_ms=9000, speak=True)
+    replies: dict[str, Any] = {}
+    async with aiohttp.ClientSession() as http:
+        caller = asyncio.create_task(place_call(plan, SCENARIO, sip_port=5197, media_port=17970))
+        other = asyncio.create_task(place_call(never, SCENARIO, sip_port=5198, media_port=17990))
+        call_id = await _call_id(http, base, plan.caller)
+        never_id = await _call_id(http, base, never.caller)
+        started = asyncio.get_running_loop().time()
+
+        async def post(path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+            async with http.post(f"{base}{path}", headers=headers or {}) as response:
+                return response.status, await response.json()
+
+        await asyncio.sleep(PAUSE_AT - 0.3)
+        replies["no_token"] = await post(f"/api/calls/{call_id}/recording/pause")
+        replies["pause"] = await post(f"/api/calls/{call_id}/recording/pause", auth)
+        replies["pause_again"] = await post(f"/api/calls/{call_id}/recording/pause", auth)
+        await asyncio.sleep(RESUME_AT - (asyncio.get_running_loop().time() - started))
+        replies["resume"] = await post(f"/api/calls/{call_id}/recording/resume", auth)
+        replies["no_such_call"] = await post("/api/calls/pbx9:1/recording/pause", auth)
+        replies["never_pause"] = await post(f"/api/calls/{never_id}/recording/pause", auth)
+        replies["never_resume"] = await post(f"/api/calls/{never_id}/recording/resume", auth)
+        await other
+        return await caller, replies
+
+
+def test_pause_and_resume_through_the_api_leave_silence_where_the_pause_was(
+    stack: Stack,
+) -> None:
+    since = datetime.now(UTC)
+    caller, replies = asyncio.run(_scenario())
+    outcome = collect_outcomes({"call": (caller, None)}, since)["call"]
+
+    assert caller.ok, caller.output[-1500:]
+    assert replies["pause"] == (200, {"id": outcome.details["id"], "recording": "paused"})
+    assert replies["resume"][0] == 200 and replies["resume"][1]["recording"] == "recording"
+    errors = {name: (status, body["error"]["id"]) for name, (status, body) in replies.items()
+              if status >= 400}  # fmt: skip
+    assert errors == {
+        "no_token": (401, "unauthorized"),
+        "pause_again": (409, "recording-not-active"),
+        "no_such_call": (404, "no-such-call"),
+        "never_pause": (409, "recording-not-active"),
+        "never_resume": (409, "consent-refused"),
+    }
+    paused = outcome.seconds("recording_paused")
+    resumed = outcome.seconds("recording_resumed")
+    assert outcome.details["recording_control_interactions"] == 2
+    (recording,) = outcome.details["recordings"]
+    wav = stack.host_path(recording.removeprefix(str(stack.root)))
+    start, end = silent_span(wav)
+    # The WAV starts with the recording (at the answer): positions match the ledger.
+    offset = outcome.seconds("recording_started")
+    assert abs(start - (paused - offset)) <= 0.3, (start, paused - offset)
+    assert abs(end - (resumed - offset)) <= 0.3, (end, resumed - offset)
+    total = outcome.details["recording_time"] + outcome.details["not_recording_time"]
+    assert abs(outcome.details["not_recording_time"] - (resumed - paused)) <= 1.0
+    assert abs(total - outcome.seconds("call_ended")) <= 1.0

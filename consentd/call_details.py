@@ -13,7 +13,6 @@ from typing import Any
 
 from consentd.ledger import LedgerEvent, LedgerStore
 
-
 #: The rows that tell a recording segment's life (pauses are accounted apart).
 _SEGMENT_KINDS = ("recording_started", "recording_stopped", "recording_deleted")
 

@@ -298,9 +298,15 @@ async def until(condition: Callable[[], bool], timeout: float = 1.0) -> None:
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    async for pbx in running_node(tmp_path, POLICIES):
+        yield pbx
+
+
+async def running_node(tmp_path: Path, policies: str) -> AsyncIterator[Node]:
+    """A node on ``policies`` with its ledger writer running; stopped cleanly after."""
     policy_file = tmp_path / "etc" / "policies.yaml"
     policy_file.parent.mkdir()
-    policy_file.write_text(POLICIES)
+    policy_file.write_text(policies)
     pbx = Node(tmp_path / "asterisk", load_policies(policy_file))
     writer = asyncio.create_task(pbx.writer.run())
     try:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from consentd.policy import load_policies
-from tests.unit.test_dispatcher import Node, by_kind, stasis_start
+from tests.unit.test_dispatcher import Node, by_kind, running_node, stasis_start
 
 POLICIES = """\
 default: {recording: never}
@@ -28,16 +26,8 @@ CALLEE = "+4917699999999"
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    policy_file = tmp_path / "etc" / "policies.yaml"
-    policy_file.parent.mkdir()
-    policy_file.write_text(POLICIES)
-    pbx = Node(tmp_path / "asterisk", load_policies(policy_file))
-    writer = asyncio.create_task(pbx.writer.run())
-    try:
+    async for pbx in running_node(tmp_path, POLICIES):
         yield pbx
-    finally:
-        await pbx.writer.close()
-        await writer
 
 
 async def dial_out(node: Node, chan: str, agent: str, header: str | None = None) -> None:

@@ -126,7 +126,7 @@ def _segments(
     """The segment still recording, and the refused ones whose deletion is owed."""
     open_segment = None
     owed = []
-    refused = call.decision is not None and call.decision.refuses
+    refused = call.refused
     keep = facts.policy.keep_partial_on_opt_out
     for number, rows in sorted(segments.items()):
         started = rows.get("recording_started")

@@ -140,6 +140,11 @@ class Call:
     def ended(self) -> bool:
         return self.phase is Phase.ENDED or self.handed_off
 
+    @property
+    def refused(self) -> bool:
+        """The caller opted out or withdrew: nothing may be kept (keep_partial aside)."""
+        return self.decision is not None and self.decision.refuses
+
     def playback_id(self, suffix: str) -> str:
         return f"{self.facts.channel_id}-{suffix}"
 
@@ -190,6 +195,24 @@ class _Transition:
         if bridged_only:
             self.update(bridged_segments=(*self.call.bridged_segments, number))
         self.do(StartRecording(number, file, bridged_only=bridged_only))
+
+    def stop_recording(self) -> None:
+        """Stop the running segment (once: a stop already under way is not repeated)."""
+        segment = self.call.recording
+        if segment is None or segment.stopping:
+            return
+        self.update(recording=replace(segment, stopping=True))
+        self.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
+
+    def delete_segments(self) -> None:
+        """Delete every segment's file: a pause with pause_gap skip split it in several."""
+        for number in range(1, self.call.segments_opened + 1):
+            self.do(DeleteRecording(number, self.call.facts.recording_file(number)))
+
+    def record_if_due(self) -> None:
+        """Start recording if the policy and the caller's decision want it and none runs."""
+        if _should_record(self.call) and self.call.recording is None:
+            self.start_recording()
 
     def play(self, suffix: str, at: datetime) -> None:
         media = self.call.media(suffix)
@@ -294,7 +317,7 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
             if call.recording and call.recording.number == event.segment:
                 t.update(recording=replace(call.recording, mixmonitor_id=event.mixmonitor_id))
         case RecordingStopped():
-            reason = call.decision.value if call.decision and call.decision.refuses else "stopped"
+            reason = call.decision.value if call.decision and call.refused else "stopped"
             t.ledger(
                 "recording_stopped", event.at, reason=reason, **_segment_data(call, event.segment)
             )
@@ -505,6 +528,8 @@ def _keypress(t: _Transition, event: DtmfReceived) -> None:
         _withdraw(t, event, where)
     elif decides:
         _decide(t, event, where)
+    if decides and t.call.phase is Phase.DIALPLAN:
+        t.do(SetVariables(_outcome_variables(t.call)))  # the dialplan's view of the outcome
     if call.phase is Phase.IVR:
         if consent_key:
             _menu_waits_again(t)  # consent, never a menu choice: the menu waits on
@@ -532,7 +557,6 @@ def _decide(t: _Transition, event: DtmfReceived, where: str) -> None:
         phase=call.phase.value,
         where=where,
     )
-    segment = call.recording
     greeting = call.greeting_playback
     stop_greeting = greeting == call.playback_id(CONSENT)
     if action is ConsentAction.CALLER_OPTED_IN:
@@ -544,17 +568,11 @@ def _decide(t: _Transition, event: DtmfReceived, where: str) -> None:
         t.start_recording()
     else:
         # A refusal stops the recording before anything else: nothing more is captured.
-        if segment is not None:
-            t.update(recording=replace(segment, stopping=True))
-            t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
+        t.stop_recording()
         if stop_greeting and greeting is not None:
             t.do(StopPlayback(greeting))
         if not policy.keep_partial_on_opt_out:
-            # Every segment: a pause with pause_gap skip split the recording in files.
-            for number in range(1, call.segments_opened + 1):
-                t.do(DeleteRecording(number, call.facts.recording_file(number)))
-    if t.call.phase is Phase.DIALPLAN:
-        t.do(SetVariables(_outcome_variables(t.call)))
+            t.delete_segments()
 
 
 def _withdraw(t: _Transition, event: DtmfReceived, where: str) -> None:
@@ -569,14 +587,8 @@ def _withdraw(t: _Transition, event: DtmfReceived, where: str) -> None:
         phase=call.phase.value,
         where=where,
     )
-    segment = call.recording
-    if segment is not None:
-        t.update(recording=replace(segment, stopping=True))
-        t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
-    for number in range(1, call.segments_opened + 1):
-        t.do(DeleteRecording(number, call.facts.recording_file(number)))
-    if t.call.phase is Phase.DIALPLAN:
-        t.do(SetVariables(_outcome_variables(t.call)))
+    t.stop_recording()
+    t.delete_segments()
 
 
 def control_refusal(call: Call, action: str) -> str | None:
@@ -590,7 +602,7 @@ def control_refusal(call: Call, action: str) -> str | None:
         return "unknown-action"
     recording = call.facts.policy.recording
     if (
-        (call.decision is not None and call.decision.refuses)
+        call.refused
         or recording is Recording.NEVER
         or (recording is Recording.OPT_IN and call.decision is not ConsentAction.CALLER_OPTED_IN)
     ):
@@ -609,8 +621,7 @@ def _control(t: _Transition, event: RecordingControl) -> None:
         if gap is PauseGap.SILENCE:
             t.do(MuteRecording(segment.number, segment.mixmonitor_id, muted=True))
         else:
-            t.update(recording=replace(segment, stopping=True))
-            t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
+            t.stop_recording()
         return
     t.update(paused=False)
     t.ledger("recording_resumed", event.at, by=event.by, gap=gap.value)
@@ -717,8 +728,7 @@ def _route(
                 priority=place.priority,
                 **where,
             )
-            if _should_record(t.call) and t.call.recording is None:
-                t.start_recording()
+            t.record_if_due()
             t.update(phase=Phase.DIALPLAN, bridged=False)
             t.do(
                 ContinueToDialplan(
@@ -806,7 +816,6 @@ def _adopt(t: _Transition, event: Adopted) -> None:
         phase=call.phase.value,
         untracked_recordings=[n for n, _ in event.untracked_recordings] or None,
     )
-    refused = call.decision is not None and call.decision.refuses
     keep = call.facts.policy.keep_partial_on_opt_out
     for number, mixmonitor_id in event.untracked_recordings:
         if call.recording is not None and call.recording.number == number:
@@ -823,23 +832,20 @@ def _adopt(t: _Transition, event: Adopted) -> None:
         t.do(DeleteRecording(owed.number, owed.file))
     t.update(owed_deletions=())
     current = t.call.recording
-    if current is not None and refused:
-        t.update(recording=replace(current, stopping=True))
-        t.do(StopRecording(current.number, current.file, current.mixmonitor_id))
+    if current is not None and call.refused:
+        t.stop_recording()
         if not keep:
             t.do(DeleteRecording(current.number, current.file))
     if event.location == "dialplan":
         t.do(Subscribe())
         t.update(phase=Phase.DIALPLAN)
-        if _should_record(t.call) and t.call.recording is None:
-            t.start_recording()
+        t.record_if_due()
         return
     if event.location == "queue":
         t.do(Subscribe())
         if t.call.phase is not Phase.CONNECTED:
             t.update(phase=Phase.QUEUED)
-        if _should_record(t.call) and t.call.recording is None:
-            t.start_recording()
+        t.record_if_due()
         return
     if event.returned_from_queue is not None:
         _no_answer(t, ReturnedFromQueue(event.returned_from_queue, event.at))
@@ -847,8 +853,7 @@ def _adopt(t: _Transition, event: Adopted) -> None:
     if t.call.phase is Phase.VOICEMAIL:
         return
     if t.call.phase is Phase.IVR and t.call.menu in t.call.facts.menus:
-        if _should_record(t.call) and t.call.recording is None:
-            t.start_recording()
+        t.record_if_due()
         t.update(greeting_playback=None)
         _play_menu(t, event.at)  # the prompt again, with a full wait for the key
         return
@@ -881,18 +886,14 @@ def _should_record(call: Call) -> bool:
 def _internal_error(t: _Transition, event: InternalError) -> None:
     """Fail this call safely: stop recording, and let the dialplan carry it unrecorded."""
     t.ledger("call_failed", event.at, error=event.error)
-    segment = t.call.recording
-    if segment is not None and not segment.stopping:
-        t.update(recording=replace(segment, stopping=True))
-        t.do(StopRecording(segment.number, segment.file, segment.mixmonitor_id))
+    t.stop_recording()
     if t.call.phase in (Phase.ANSWERING, Phase.GREETING, Phase.HOLDING):
         _unserved(t, "internal_error", event.at)
 
 
 def _end(t: _Transition, event: CallEnded) -> None:
     segment = t.call.recording
-    refused = t.call.decision is not None and t.call.decision.refuses
-    delete_refused = refused and not t.call.facts.policy.keep_partial_on_opt_out
+    delete_refused = t.call.refused and not t.call.facts.policy.keep_partial_on_opt_out
     if segment is not None and not segment.stopping:
         # MixMonitor ends with the channel; the hangup is the stop time.
         t.ledger(

@@ -54,19 +54,9 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
             span.deleted = True
 
     until = end.occurred_at if end else now
-    connected = next((e for e in ordered if e.kind == "agent_connected"), None)
-    completed = next((e for e in ordered if e.kind == "agent_completed"), None)
-    # MixMonitor option b records only while bridged: to the queue's agent, or
-    # (after a hand-off to the dialplan, or an agent's outbound call) to the callee.
-    answered = next((e for e in ordered if e.kind == "callee_answered"), None)
-    left = next((e for e in ordered if e.kind == "callee_left"), None)
-    bridge = (
-        (connected.occurred_at, completed.occurred_at if completed else until)
-        if connected
-        else (answered.occurred_at, left.occurred_at if left else until)
-        if answered
-        else None
-    )
+    first = {e.kind: e for e in reversed(ordered)}  # the first row of each kind
+    connected = first.get("agent_connected")
+    bridge = _bridge(first, until)
     spans = [
         held
         for s in segments.values()
@@ -88,7 +78,7 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
     recorded = sum((stop - begin).total_seconds() for begin, stop in recorded_spans)
     total = max(0.0, (until - start.occurred_at).total_seconds())
     recording_time = min(round(recorded), round(total))
-    waited, talked = _wait_and_talk(ordered, until)
+    waited, talked = _wait_and_talk(_waiting_since(ordered, first), bridge, until)
     facts = start.data
     return {
         "id": start.call_id,
@@ -215,16 +205,23 @@ def _without(
     return spans
 
 
-def _wait_and_talk(ordered: list[LedgerEvent], until: datetime) -> tuple[int | None, int | None]:
-    """Seconds waiting (in the queue, or ringing after a hand-off) and talking after the answer.
+def _bridge(first: dict[str, LedgerEvent], until: datetime) -> tuple[datetime, datetime] | None:
+    """When the caller talked to someone: the queue's agent, or (after a hand-off to
+    the dialplan, or an agent's outbound call) the callee. MixMonitor option b
+    records only then."""
+    for begin, stop in (
+        ("agent_connected", "agent_completed"),
+        ("callee_answered", "callee_left"),
+    ):
+        if begin in first:
+            ended = first.get(stop)
+            return first[begin].occurred_at, ended.occurred_at if ended else until
+    return None
 
-    None where the call never waited for anyone (held by consentd, voicemail only).
-    """
-    first = {e.kind: e for e in reversed(ordered)}  # the first row of each kind
-    waiting = first.get("queue_joined")
-    answered = first.get("agent_connected")
-    talk_end = first.get("agent_completed")
-    handed = next(
+
+def _waiting_since(ordered: list[LedgerEvent], first: dict[str, LedgerEvent]) -> datetime | None:
+    """When the call began waiting for someone: joined the queue, or was dialled on."""
+    waiting = first.get("queue_joined") or next(
         (
             e
             for e in ordered
@@ -233,16 +230,23 @@ def _wait_and_talk(ordered: list[LedgerEvent], until: datetime) -> tuple[int | N
         ),
         None,
     )
-    if waiting is None and handed is not None:
-        waiting, answered, talk_end = handed, first.get("callee_answered"), None
+    return waiting.occurred_at if waiting else None
+
+
+def _wait_and_talk(
+    waiting: datetime | None, bridge: tuple[datetime, datetime] | None, until: datetime
+) -> tuple[int | None, int | None]:
+    """Seconds waiting (in the queue, or ringing after a hand-off) and talking after the answer.
+
+    None where the call never waited for anyone (held by consentd, voicemail only).
+    """
     if waiting is None:
         return None, None
-    answer_at = answered.occurred_at if answered else until
-    waited = round(max(0.0, (answer_at - waiting.occurred_at).total_seconds()))
-    if answered is None:
+    answer_at = bridge[0] if bridge else until
+    waited = round(max(0.0, (answer_at - waiting).total_seconds()))
+    if bridge is None:
         return waited, 0
-    stop = talk_end.occurred_at if talk_end else until
-    return waited, round(max(0.0, (stop - answered.occurred_at).total_seconds()))
+    return waited, round(max(0.0, (bridge[1] - bridge[0]).total_seconds()))
 
 
 def _voicemail(

@@ -320,15 +320,21 @@ class Dispatcher:
         runner = CallRunner(new_call(facts), self._ports)
         if facts.policy_source == "default":
             runner.log.info("unknown_number_uses_default", policy=facts.policy.recording.value)
-        self.calls[channel_id] = runner
-        self.calls_started += 1
         after_queue = args[:1] == ["after-queue"]
         returned = (args[1] if len(args) > 1 else "") if after_queue else None
         unserved = None if adopted or after_queue else self._overloaded(at)
         answered = channel.get("state") == "Up"
-        runner.post(
-            CallArrived(at, returned_from_queue=returned, unserved=unserved, answered=answered)
+        self.calls_started += 1
+        self._launch(
+            channel_id,
+            runner,
+            CallArrived(at, returned_from_queue=returned, unserved=unserved, answered=answered),
         )
+
+    def _launch(self, channel_id: str, runner: CallRunner, first: Event) -> None:
+        """Track the call, give its runner its first event, and run it in its own task."""
+        self.calls[channel_id] = runner
+        runner.post(first)
         self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
 
     async def _start_outbound(self, channel: dict[str, Any], at: datetime) -> None:
@@ -372,10 +378,8 @@ class Dispatcher:
         runner = CallRunner(new_call(facts), self._ports)
         if number is None:
             runner.log.warning("outbound_refused", agent=agent, reason=why, requested=requested)
-        self.calls[channel_id] = runner
         self.calls_started += 1
-        runner.post(CallArrived(at, refused=None if number else why))
-        self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
+        self._launch(channel_id, runner, CallArrived(at, refused=None if number else why))
 
     def hand_off_all(self) -> None:
         """Stopping: each call finishes what it is doing, writes ``call_handed_off`` and is
@@ -395,7 +399,7 @@ class Dispatcher:
         if lag > self._config.shed_after:
             self._log.warning("call_shed", reason="event_lag", lag_s=round(lag, 2))
             return "overloaded"
-        if len(self.calls) > self._config.max_calls:
+        if len(self.calls) >= self._config.max_calls:  # the new call not counted yet
             self._log.warning("call_shed", reason="max_calls", active=len(self.calls))
             return "max_calls"
         return None
@@ -464,9 +468,7 @@ class Dispatcher:
                 "caller": {"number": started.get("caller", "")},
             }
             runner = CallRunner(rebuild(self._facts(channel, [], call_id), rows), self._ports)
-            self.calls[channel_id] = runner
-            runner.post(CallEnded(now, cause="ended_while_consentd_was_away"))
-            self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
+            self._launch(channel_id, runner, CallEnded(now, cause="ended_while_consentd_was_away"))
 
     async def _adopt(
         self, channel: dict[str, Any], location: str, args: list[str], at: datetime
@@ -486,11 +488,9 @@ class Dispatcher:
         playing = await self._still_playing(call)
         untracked = await self._untracked_recordings(channel_id, call.segments_opened)
         runner = CallRunner(call, self._ports)
-        self.calls[channel_id] = runner
         self._log.info("call_adopted", channel_id=channel_id, ledger=True, location=location)
         returned = (args[1] if len(args) > 1 else "") if args[:1] == ["after-queue"] else None
-        runner.post(Adopted(at, location, playing, returned, untracked))
-        self._spawn(self._run(channel_id, runner), f"call-{channel_id}")
+        self._launch(channel_id, runner, Adopted(at, location, playing, returned, untracked))
 
     async def _still_playing(self, call: Call) -> tuple[str, ...]:
         ids = (call.playback_id(CONSENT), call.playback_id(AVAILABLE))

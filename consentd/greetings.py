@@ -66,16 +66,15 @@ class GreetingLibrary:
         return self.media(policy, kind)
 
     def media(self, policy: NumberPolicy, kind: GreetingKind) -> Media:
-        path = policy.greetings.custom(kind)
-        if path is not None:
-            installed = self._custom[path]
-            return Media(
-                installed.uri, policy.language, installed.source, installed.sha256, kind.value
-            )
-        bundled = self._sounds_dir / policy.language / "consentd" / kind.value
-        return Media(
-            uri=f"sound:{bundled}", language=policy.language, source="bundled", kind=kind.value
-        )
+        return self._resolve(policy.greetings.custom(kind), policy.language, kind.value)
+
+    def _resolve(self, custom: Path | None, language: str, kind: str) -> Media:
+        """The operator's installed file if set, else the bundled one of ``language``."""
+        if custom is not None:
+            installed = self._custom[custom]
+            return Media(installed.uri, language, installed.source, installed.sha256, kind)
+        bundled = self._sounds_dir / language / "consentd" / kind
+        return Media(uri=f"sound:{bundled}", language=language, source="bundled", kind=kind)
 
     def optional(self, policy: NumberPolicy, kind: GreetingKind) -> Media | None:
         """A greeting played only where the operator set one (wait, hold)."""
@@ -88,8 +87,8 @@ class GreetingLibrary:
             self._menus[key] = {
                 name: MenuPlan(
                     name=name,
-                    greeting=self._menu_media(menu.greeting, language, MENU_PROMPT),
-                    invalid=self._menu_media(menu.invalid, language, MENU_INVALID),
+                    greeting=self._resolve(_file(menu.greeting), language, MENU_PROMPT),
+                    invalid=self._resolve(_file(menu.invalid), language, MENU_INVALID),
                     options=menu.options,
                     default=menu.default,
                     timeout=menu.timeout,
@@ -99,13 +98,6 @@ class GreetingLibrary:
             }
         return self._menus[key]
 
-    def _menu_media(self, custom: GreetingFile | None, language: str, kind: str) -> Media:
-        if custom is not None:
-            installed = self._custom[custom.file]
-            return Media(installed.uri, language, installed.source, installed.sha256, kind)
-        bundled = self._sounds_dir / language / "consentd" / kind
-        return Media(uri=f"sound:{bundled}", language=language, source="bundled", kind=kind)
-
     def routed_greetings(self, policy: NumberPolicy) -> tuple[Media | None, Media | None]:
         """The availability and voicemail greetings of a routed number (a menu may
         lead to a group or voicemail too)."""
@@ -114,3 +106,7 @@ class GreetingLibrary:
         return self.media(policy, GreetingKind.AVAILABLE), self.media(
             policy, GreetingKind.VOICEMAIL
         )
+
+
+def _file(greeting: GreetingFile | None) -> Path | None:
+    return greeting.file if greeting is not None else None

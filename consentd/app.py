@@ -27,11 +27,13 @@ from consentd.dispatcher import Dispatcher, NodeConfig
 from consentd.fallback_calls import FallbackReconciler
 from consentd.greetings import GreetingLibrary
 from consentd.http_api import Health, init_app, register_gauges
+from consentd.http_reports import add_routes as add_report_routes
 from consentd.journal import Journal
 from consentd.ledger import LedgerWriter
 from consentd.ledger_pg import DatabaseError, PostgresLedger
 from consentd.policy import PolicyBook
 from consentd.reload import PolicyReloader
+from consentd.reports_pg import LedgerReports
 from consentd.runner import Ports, utc_now
 from consentd.settings import RUN_SECRETS, Settings
 
@@ -127,16 +129,16 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
 
         registry = CollectorRegistry()
         register_gauges(registry, health)
-        http = web.AppRunner(
-            init_app(
-                health,
-                registry,
-                lambda limit: recent_calls(store, limit, utc_now()),
-                reload=lambda: reloader.reload("http"),
-                control=dispatcher.control,
-                api_token=settings.api_token.get_secret_value() if settings.api_token else None,
-            )
+        api = init_app(
+            health,
+            registry,
+            lambda limit: recent_calls(store, limit, utc_now()),
+            reload=lambda: reloader.reload("http"),
+            control=dispatcher.control,
+            api_token=settings.secret("api_token"),
         )
+        add_report_routes(api, LedgerReports(store), clock=utc_now)
+        http = web.AppRunner(api)
         await http.setup()
         await web.TCPSite(http, settings.http_host, settings.http_port).start()
 

@@ -1,5 +1,5 @@
 """The ``consentd`` command: run the daemon, check a policy file, show call details,
-reload the running daemon's policy file."""
+reload the running daemon's policy file, and read its reports (export, report agents)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,23 @@ import asyncio
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from consentd.call_details import recent_calls
+from consentd.export import BadParameter, epoch_seconds, parse_moment
 from consentd.ledger_pg import DatabaseError, PostgresLedger
 from consentd.local_stack import LocalStack
 from consentd.logs import configure_logging
+from consentd.openapi import EXPORT_PATHS
 from consentd.policy import PolicyBook, PolicyError, load_policies
 from consentd.runner import utc_now
 from consentd.settings import RUN_SECRETS, MissingSecrets, Settings, SettingsProblem
+
+EXPORT_PATH = EXPORT_PATHS[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,7 +97,48 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, help="seconds to wait for the daemon (30)"
     )
     reload.set_defaults(handler=_reload)
+
+    export = sub.add_parser(
+        "export",
+        help="calls that ended (or changed after ending) since a time, oldest first, "
+        "from the daemon's incremental export",
+    )
+    export.add_argument(
+        "--since",
+        required=True,
+        metavar="EPOCH|ISO",
+        help="epoch seconds or ISO 8601 (a time without a zone is UTC)",
+    )
+    export.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _daemon_flags(export)
+    export.set_defaults(handler=_export)
+
+    report = sub.add_parser("report", help="reports from the daemon")
+    report_sub = report.add_subparsers(dest="report", metavar="REPORT", required=True)
+    agents = report_sub.add_parser(
+        "agents",
+        help="per agent: calls answered and placed, recording controls, recorded and "
+        "not-recorded seconds, consent outcomes",
+    )
+    agents.add_argument("--from", dest="start", metavar="EPOCH|ISO", help="(a day before --to)")
+    agents.add_argument("--to", dest="end", metavar="EPOCH|ISO", help="(now)")
+    agents.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _daemon_flags(agents)
+    agents.set_defaults(handler=_report_agents)
     return parser
+
+
+def _daemon_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="the daemon's HTTP address (default: $CONSENTD_HTTP_HOST:$CONSENTD_HTTP_PORT "
+        "or the local stack's 127.0.0.1:8090); the token: $CONSENTD_API_TOKEN[_FILE], "
+        "else the local stack's (.state/stack.json)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the daemon (30)"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -253,32 +299,14 @@ def _calls(args: argparse.Namespace) -> int:
 
 def _reload(args: argparse.Namespace) -> int:
     """Exit 0: reloaded; 1: the file was refused (every error printed); 2: no answer."""
-    if args.http:
-        host, _, port = args.http.rpartition(":")
-        if not host or not port.isdigit():
-            print(f"consentd reload: --http must be HOST:PORT, got {args.http!r}", file=sys.stderr)
-            return 2
-        address = args.http
-    else:
-        settings = _settings("reload")
-        if settings is None:
-            return 2
-        address = f"{settings.http_host}:{settings.http_port}"
-    url = f"http://{address}/reload"
-    request = urllib.request.Request(url, method="POST", data=b"")
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            status, body = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(
-            f"consentd reload: the daemon at {address} is not reachable ({reason}); "
-            "is it running? (--http HOST:PORT or $CONSENTD_HTTP_PORT point elsewhere)",
-            file=sys.stderr,
-        )
+    daemon = _Daemon.find("reload", args.http, args.timeout)
+    if daemon is None:
         return 2
+    answered = daemon.request("POST", "/reload")
+    if answered is None:
+        return 2
+    status, body = answered
+    url = daemon.url("/reload")
     try:
         answer = json.loads(body)
     except ValueError:
@@ -302,6 +330,160 @@ def _reload(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 2
+
+
+class _Daemon:
+    """The running daemon's HTTP API, with its token (``consentd reload``, ``export``, ...)."""
+
+    def __init__(self, command: str, address: str, token: str, timeout: float) -> None:
+        self.command, self.address, self.token, self.timeout = command, address, token, timeout
+
+    @classmethod
+    def find(cls, command: str, http: str | None, timeout: float) -> _Daemon | None:
+        """The address (--http, else the settings) and the token (the settings, else the
+        local stack's); None after one line on stderr saying what is missing."""
+        if http:
+            host, _, port = http.rpartition(":")
+            if not host or not port.isdigit():
+                print(
+                    f"consentd {command}: --http must be HOST:PORT, got {http!r}", file=sys.stderr
+                )
+                return None
+        settings = _settings(command)
+        if settings is None:
+            return None
+        address = http or f"{settings.http_host}:{settings.http_port}"
+        token = settings.secret_or_none("api_token")
+        if token is None:
+            stack = LocalStack.find()
+            if stack is None:
+                print(
+                    f"consentd {command}: no API token: {MissingSecrets(['api_token'])}",
+                    file=sys.stderr,
+                )
+                return None
+            token = stack.api_token
+        return cls(command, address, token, timeout)
+
+    def url(self, path: str) -> str:
+        return f"http://{self.address}{path}"
+
+    def request(self, method: str, path: str) -> tuple[int, bytes] | None:
+        """(status, body), or None after one line on stderr: unreachable, or the token refused."""
+        request = urllib.request.Request(
+            self.url(path),
+            method=method,
+            data=b"" if method == "POST" else None,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            print(
+                f"consentd {self.command}: the daemon at {self.address} is not reachable "
+                f"({reason}); is it running? (--http HOST:PORT or $CONSENTD_HTTP_PORT point "
+                "elsewhere)",
+                file=sys.stderr,
+            )
+            return None
+        if status == 401:
+            print(
+                f"consentd {self.command}: the daemon refused the API token (HTTP 401); "
+                "CONSENTD_API_TOKEN[_FILE] must hold the daemon's token",
+                file=sys.stderr,
+            )
+            return None
+        return status, body
+
+    def get_json(self, path: str) -> Any:
+        """The JSON of a 200 answer, or None after one line on stderr."""
+        answered = self.request("GET", path)
+        if answered is None:
+            return None
+        status, body = answered
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if status == 200 and answer is not None:
+            return answer
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            print(f"consentd {self.command}: {answer['error'].get('message')}", file=sys.stderr)
+        else:
+            print(
+                f"consentd {self.command}: unexpected answer from {self.url(path)}: HTTP {status} "
+                f"{body[:200].decode(errors='replace')}",
+                file=sys.stderr,
+            )
+        return None
+
+
+def _moment_arg(command: str, flag: str, text: str | None) -> int | bool | None:
+    """Epoch seconds of an EPOCH|ISO argument; None when not given; False after an error."""
+    if text is None:
+        return None
+    try:
+        return epoch_seconds(parse_moment(flag, text))
+    except BadParameter:
+        print(
+            f"consentd {command}: --{flag} must be epoch seconds or ISO 8601, got {text!r}",
+            file=sys.stderr,
+        )
+        return False
+
+
+#: Pages the CLI reads before it stops (a runaway guard: 1000 pages of up to 1000 calls).
+_MAX_PAGES = 1000
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Every call from the export since --since, paging until the end of the stream."""
+    since = _moment_arg("export", "since", args.since)
+    if since is None or since is False:
+        return 2
+    daemon = _Daemon.find("export", args.http, args.timeout)
+    if daemon is None:
+        return 2
+    calls: list[dict[str, Any]] = []
+    start = int(since)
+    for _ in range(_MAX_PAGES):
+        query = urllib.parse.urlencode({"start_time": max(0, start), "per_page": 1000})
+        page = daemon.get_json(f"{EXPORT_PATH}?{query}")
+        if page is None:
+            return 1
+        calls.extend(page["calls"])
+        start = page["end_time"]
+        if page["end_of_stream"]:
+            break
+    if args.json:
+        print(json.dumps({"calls": calls, "count": len(calls), "end_time": start}, indent=2))
+    else:
+        print(_table(_EXPORT_COLUMNS, calls, "no calls in the export"))
+    return 0
+
+
+def _report_agents(args: argparse.Namespace) -> int:
+    start = _moment_arg("report agents", "from", args.start)
+    end = _moment_arg("report agents", "to", args.end)
+    if start is False or end is False:
+        return 2
+    daemon = _Daemon.find("report agents", args.http, args.timeout)
+    if daemon is None:
+        return 2
+    params = {k: str(v) for k, v in (("from", start), ("to", end)) if v is not None}
+    report = daemon.get_json("/api/reports/agents?" + urllib.parse.urlencode(params))
+    if report is None:
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"agents, calls started from {report['from']} to {report['to']}")
+        print(_table(_AGENT_COLUMNS, report["agents"], "no agent took part in a call"))
+    return 0
 
 
 async def _fetch_calls(dsn: str, password: str | None, limit: int) -> list[dict[str, Any]]:
@@ -334,12 +516,48 @@ _COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
 )
 
 
+_EXPORT_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("id", lambda c: str(c["id"])),
+    ("updated", lambda c: c["updated_at"]),
+    ("number", lambda c: c["phone_number"] or "-"),
+    ("caller", lambda c: c["caller"] or "-"),
+    ("consent", lambda c: c["call_recording_consent"] or "-"),
+    ("action", lambda c: c["call_recording_consent_action"] or "-"),
+    ("rec s", lambda c: str(c["recording_time"])),
+    ("not rec s", lambda c: str(c["not_recording_time"])),
+    ("status", lambda c: c["completion_status"] or "-"),
+    ("agent", lambda c: c["agent"] or "-"),
+    ("call id", lambda c: c["call_id"]),
+)
+
+_AGENT_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("agent", lambda a: a["agent"]),
+    ("answered", lambda a: str(a["calls_answered"])),
+    ("placed", lambda a: str(a["calls_placed"])),
+    ("controls", lambda a: str(a["recording_control_interactions"])),
+    ("rec s", lambda a: str(a["recording_time"])),
+    ("not rec s", lambda a: str(a["not_recording_time"])),
+    ("opted in", lambda a: str(a["consent_outcomes"]["caller_opted_in"])),
+    ("opted out", lambda a: str(a["consent_outcomes"]["caller_opted_out"])),
+    ("withdrew", lambda a: str(a["consent_outcomes"]["caller_withdrew"])),
+    ("no decision", lambda a: str(a["consent_outcomes"]["no_decision"])),
+)
+
+
 def render_table(details: list[dict[str, Any]]) -> str:
-    if not details:
-        return "no calls recorded yet"
-    rows = [[title for title, _ in _COLUMNS]]
-    rows += [[str(get(call)) for _, get in _COLUMNS] for call in details]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    return _table(_COLUMNS, details, "no calls recorded yet")
+
+
+def _table(
+    columns: Sequence[tuple[str, Callable[[dict[str, Any]], str]]],
+    items: list[dict[str, Any]],
+    empty: str,
+) -> str:
+    if not items:
+        return empty
+    rows = [[title for title, _ in columns]]
+    rows += [[str(get(item)) for _, get in columns] for item in items]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows

@@ -1,5 +1,9 @@
 """The daemon's small HTTP surface: health for orchestration, metrics, recent calls, the
-policy reload behind ``consentd reload``, and agents' recording controls (token only)."""
+policy reload behind ``consentd reload``, agents' recording controls, and (added by
+``consentd/http_reports.py``) the reports.
+
+Every route but ``/healthz`` needs ``Authorization: Bearer <api_token>``, compared in
+constant time; errors are JSON ``{"error": {"id", "message"}}``."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from consentd.openapi import document
 from consentd.reload import ReloadOutcome
 
 
@@ -55,8 +60,27 @@ CONTROL: web.AppKey[RecordingControl] = web.AppKey("control", Callable)  # type:
 API_TOKEN: web.AppKey[str] = web.AppKey("api_token", str)
 
 
-def api_error(status: int, error_id: str, message: str) -> web.Response:
-    return web.json_response({"error": {"id": error_id, "message": message}}, status=status)
+def api_error(
+    status: int, error_id: str, message: str, *, parameter: str | None = None
+) -> web.Response:
+    """A JSON error; ``parameter`` names the request parameter at fault, if one is."""
+    error = {"id": error_id, "message": message}
+    if parameter is not None:
+        error["parameter"] = parameter
+    return web.json_response({"error": error}, status=status)
+
+
+#: The one route open without the token: orchestration probes it.
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+@web.middleware
+async def _require_token(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path not in OPEN_PATHS and not _authorized(request):
+        return api_error(401, "unauthorized", "a valid Authorization: Bearer token is required")
+    return await handler(request)
 
 
 def init_app(
@@ -66,21 +90,24 @@ def init_app(
     reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
     *,
     control: RecordingControl | None = None,
-    api_token: str | None = None,
+    api_token: str,
 ) -> web.Application:
-    app = web.Application()
+    if not api_token:
+        raise ValueError("the HTTP API needs an API token")
+    app = web.Application(middlewares=[_require_token])
+    app[API_TOKEN] = api_token
     app[HEALTH] = health
     app[REGISTRY] = registry
     app[RECENT_CALLS] = recent_calls
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/calls", _calls)
+    app.router.add_get("/api/openapi.json", _openapi)
     if reload is not None:
         app[RELOAD] = reload
         app.router.add_post("/reload", _reload)
-    if control is not None and api_token:
+    if control is not None:
         app[CONTROL] = control
-        app[API_TOKEN] = api_token
         app.router.add_post(r"/api/calls/{call_id}/recording/{action:pause|resume}", _control)
     return app
 
@@ -96,8 +123,6 @@ def _authorized(request: web.Request) -> bool:
 
 
 async def _control(request: web.Request) -> web.Response:
-    if not _authorized(request):
-        return api_error(401, "unauthorized", "a valid Authorization: Bearer token is required")
     call_id = request.match_info["call_id"]
     action = request.match_info["action"]
     status, body = request.app[CONTROL](call_id, action, "api")
@@ -174,11 +199,17 @@ async def _calls(request: web.Request) -> web.Response:
         if not 1 <= limit <= 1000:
             raise ValueError
     except ValueError:
-        return web.json_response(
-            {"error": "invalid-limit", "message": f"limit must be an integer 1..1000, got {raw!r}"},
-            status=400,
+        return api_error(
+            400,
+            "invalid-limit",
+            f"limit must be an integer 1..1000, got {raw!r}",
+            parameter="limit",
         )
     return web.json_response(await request.app[RECENT_CALLS](limit))
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
 
 
 async def _reload(request: web.Request) -> web.Response:

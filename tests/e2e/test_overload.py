@@ -32,7 +32,11 @@ pytestmark = pytest.mark.e2e
 
 
 def _metric(name: str) -> float:
-    with urllib.request.urlopen(f"{local_stack().http}/metrics", timeout=2) as response:
+    stack = local_stack()
+    request = urllib.request.Request(
+        f"{stack.http}/metrics", headers={"Authorization": f"Bearer {stack.api_token}"}
+    )
+    with urllib.request.urlopen(request, timeout=2) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])

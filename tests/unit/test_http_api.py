@@ -1,4 +1,5 @@
-"""The daemon's HTTP surface: health for orchestration, metrics, and recent calls."""
+"""The daemon's HTTP surface: health for orchestration, metrics, and recent calls; every
+route but /healthz behind the API token."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from consentd.http_api import Health, init_app, register_gauges
 
+TOKEN = "unit-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CALL = {"id": "pbx1:1764432000.17", "phone_number": "+4930100002", "recording_time": 26}
 
 
@@ -36,8 +39,74 @@ async def client(backend: Backend) -> AsyncIterator[TestClient[Any, Any]]:
     health: Callable[[], Health] = lambda: backend.health  # noqa: E731
     registry = CollectorRegistry()
     register_gauges(registry, health)
-    async with TestClient(TestServer(init_app(health, registry, backend.recent_calls))) as c:
+    app = init_app(health, registry, backend.recent_calls, api_token=TOKEN)
+    async with TestClient(TestServer(app), headers=AUTH) as c:
         yield c
+
+
+@pytest.fixture
+async def anonymous(backend: Backend) -> AsyncIterator[TestClient[Any, Any]]:
+    """A client that sends no token of its own (each test sets the header it means)."""
+    health: Callable[[], Health] = lambda: backend.health  # noqa: E731
+    app = init_app(health, CollectorRegistry(), backend.recent_calls, api_token=TOKEN)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+BAD_HEADERS = [
+    None,
+    "Bearer wrong",
+    f"Basic {TOKEN}",
+    f"Bearer {TOKEN}x",
+    f"Bearer {TOKEN[:-1]}",
+    "Bearer",
+    TOKEN,
+]
+
+
+@pytest.mark.parametrize("header", BAD_HEADERS)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/calls"),
+        ("GET", "/metrics"),
+        ("GET", "/api/openapi.json"),
+        ("POST", "/reload"),
+        ("GET", "/api/v2/channels/voice/stats/incremental/calls.json"),
+        ("GET", "/no/such/route"),
+    ],
+)
+async def test_every_route_but_healthz_is_401_without_the_right_token(
+    anonymous: TestClient[Any, Any], backend: Backend, method: str, path: str, header: str | None
+) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+
+    response = await anonymous.request(method, path, headers=headers)
+
+    assert response.status == 401
+    assert await response.json() == {
+        "error": {
+            "id": "unauthorized",
+            "message": "a valid Authorization: Bearer token is required",
+        }
+    }
+    assert backend.limits == []
+
+
+async def test_healthz_needs_no_token(anonymous: TestClient[Any, Any]) -> None:
+    assert (await anonymous.get("/healthz")).status == 200
+
+
+async def test_the_bearer_scheme_is_case_insensitive(anonymous: TestClient[Any, Any]) -> None:
+    response = await anonymous.get("/calls", headers={"Authorization": f"bearer {TOKEN}"})
+    assert response.status == 200
+
+
+def test_an_app_without_a_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs an API token"):
+        init_app(
+            lambda: Backend().health, CollectorRegistry(), Backend().recent_calls, api_token=""
+        )
 
 
 async def test_healthz_is_200_with_every_field_while_ari_is_connected(
@@ -93,9 +162,13 @@ async def test_calls_with_a_bad_limit_is_400_invalid_limit(
     response = await client.get("/calls", params={"limit": limit})
 
     assert response.status == 400
-    body = await response.json()
-    assert body["error"] == "invalid-limit"
-    assert body["message"] == f"limit must be an integer 1..1000, got {limit!r}"
+    assert await response.json() == {
+        "error": {
+            "id": "invalid-limit",
+            "message": f"limit must be an integer 1..1000, got {limit!r}",
+            "parameter": "limit",
+        }
+    }
     assert backend.limits == []
 
 

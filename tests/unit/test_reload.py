@@ -344,6 +344,10 @@ class Reloads:
         return self.outcome
 
 
+TOKEN = "reload-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 def health() -> Health:
     return Health(ari=True, ami=True, database=True, active_calls=0, ledger_backlog=0)
 
@@ -359,8 +363,8 @@ async def reloads() -> Reloads:
 
 @pytest.fixture
 async def client(reloads: Reloads) -> AsyncIterator[TestClient[Any, Any]]:
-    app = init_app(health, CollectorRegistry(), no_calls, reload=reloads)
-    async with TestClient(TestServer(app)) as c:
+    app = init_app(health, CollectorRegistry(), no_calls, reload=reloads, api_token=TOKEN)
+    async with TestClient(TestServer(app), headers=AUTH) as c:
         yield c
 
 
@@ -409,7 +413,8 @@ async def test_get_reload_is_not_a_reload(client: TestClient[Any, Any], reloads:
 
 
 async def test_without_a_reloader_there_is_no_reload_route() -> None:
-    async with TestClient(TestServer(init_app(health, CollectorRegistry(), no_calls))) as c:
+    app = init_app(health, CollectorRegistry(), no_calls, api_token=TOKEN)
+    async with TestClient(TestServer(app), headers=AUTH) as c:
         assert (await c.post("/reload")).status == 404
 
 
@@ -420,9 +425,11 @@ class FakeDaemon(BaseHTTPRequestHandler):
     status = 200
     body: bytes = b""
     posts: ClassVar[list[str]] = []
+    tokens: ClassVar[list[str | None]] = []
 
     def do_POST(self) -> None:
         FakeDaemon.posts.append(self.path)
+        FakeDaemon.tokens.append(self.headers.get("Authorization"))
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(self.body)))
@@ -440,7 +447,9 @@ def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeDaemon]]:
             monkeypatch.delenv(name)
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeDaemon)
     monkeypatch.setenv("CONSENTD_HTTP_PORT", str(server.server_address[1]))
+    monkeypatch.setenv("CONSENTD_API_TOKEN", TOKEN)
     FakeDaemon.posts = []
+    FakeDaemon.tokens = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -471,6 +480,7 @@ def test_cli_reload_prints_the_one_line_summary_and_exits_0(
     )
     assert err == ""
     assert fake_daemon.posts == ["/reload"]
+    assert fake_daemon.tokens == [f"Bearer {TOKEN}"]
 
 
 def test_cli_reload_of_a_refused_file_prints_every_error_and_exits_1(
@@ -495,6 +505,7 @@ def test_cli_reload_with_no_daemon_says_so_and_exits_2(
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeDaemon)
     port = server.server_address[1]
     server.server_close()  # nothing listens there now
+    monkeypatch.setenv("CONSENTD_API_TOKEN", TOKEN)
 
     assert main(["reload", "--http", f"127.0.0.1:{port}"]) == 2
 
@@ -511,6 +522,36 @@ def test_cli_reload_of_a_daemon_without_the_route_exits_2(
     assert main(["reload"]) == 2
 
     assert "unexpected answer" in capsys.readouterr().err
+
+
+def test_cli_reload_with_a_token_the_daemon_refuses_says_so_and_exits_2(
+    fake_daemon: type[FakeDaemon], capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer(fake_daemon, 401, {"error": {"id": "unauthorized", "message": "no"}})
+
+    assert main(["reload"]) == 2
+
+    assert capsys.readouterr().err == (
+        "consentd reload: the daemon refused the API token (HTTP 401); "
+        "CONSENTD_API_TOKEN[_FILE] must hold the daemon's token\n"
+    )
+
+
+def test_cli_reload_without_any_token_says_which_variable_and_exits_2(
+    fake_daemon: type[FakeDaemon],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.delenv("CONSENTD_API_TOKEN")
+    monkeypatch.setenv("CONSENTD_STACK_JSON", str(tmp_path / "no-stack.json"))
+
+    assert main(["reload"]) == 2
+
+    assert capsys.readouterr().err.startswith(
+        "consentd reload: no API token: missing CONSENTD_API_TOKEN"
+    )
+    assert fake_daemon.posts == []
 
 
 def test_cli_reload_with_a_malformed_address_is_an_error(

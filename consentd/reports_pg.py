@@ -1,0 +1,200 @@
+"""Reports read from the PostgreSQL ledger: the incremental export, one call, the agents.
+
+A call's ``updated_at`` is the latest ``stored_at`` of its rows: when the ledger last
+learned something about it. Paging on it, rather than on when things happened,
+also finds rows that arrive late (a journal replayed after a database outage).
+
+**The horizon.** A row's ``stored_at`` is its transaction's start (``now()``), so a
+transaction still open may yet commit rows older than rows already visible. The
+export serves only seconds before the horizon: the oldest start of any open
+transaction in this database (``pg_stat_activity``; the ledger's writer uses
+single-statement transactions) or the clock, whichever is earlier, read before
+the rows are. Each second it serves is therefore complete, and paging by
+``end_time`` never skips a row committed late. A session of another role, or an
+idle-in-transaction session of consentd's role, holds the horizon back until it
+ends: that only delays the export, it never loses a call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from consentd.call_details import summarize
+from consentd.export import (
+    call_record,
+    cut_page,
+    epoch_seconds,
+    from_epoch,
+)
+from consentd.ledger import LedgerEvent, LedgerUnavailable
+from consentd.ledger_pg import DatabaseError, PostgresLedger
+
+
+@dataclass(frozen=True)
+class ExportPage:
+    calls: list[dict[str, Any]]
+    end_time: int
+    end_of_stream: bool
+
+
+@dataclass(frozen=True)
+class CallView:
+    """One call: its export record, its details, and the ledger rows that prove them."""
+
+    record: dict[str, Any]
+    details: dict[str, Any]
+    events: list[dict[str, Any]]
+
+
+_HORIZON = (
+    "SELECT least(clock_timestamp(), (SELECT min(xact_start) FROM pg_stat_activity"
+    "  WHERE datname = current_database() AND backend_type = 'client backend'"
+    "  AND pid <> pg_backend_pid() AND xact_start IS NOT NULL))"
+)
+
+#: Calls (started and ended) with a row stored in [$1, $2), their updated_at and id.
+_KEYS = (
+    "WITH touched AS (SELECT DISTINCT call_id FROM call_events"
+    "   WHERE stored_at >= $1 AND stored_at < $2)"
+    " SELECT call_id, updated_at, number FROM ("
+    "   SELECT e.call_id, max(e.stored_at) AS updated_at,"
+    "     min(e.id) FILTER (WHERE e.kind = 'call_started') AS number"
+    "   FROM call_events e JOIN touched USING (call_id) GROUP BY e.call_id"
+    "   HAVING bool_or(e.kind = 'call_ended') AND bool_or(e.kind = 'call_started')) calls"
+    " WHERE updated_at >= $1 AND updated_at < $2"
+    " ORDER BY updated_at, call_id"
+)
+
+_ROWS = (
+    "SELECT id, event_key, call_id, node, seq, kind, occurred_at, stored_at, data"
+    " FROM call_events WHERE call_id = ANY($1::text[]) ORDER BY call_id, seq, id"
+)
+
+
+class LedgerReports:
+    """The reports the HTTP API serves, read from ``store``'s database."""
+
+    def __init__(self, store: PostgresLedger) -> None:
+        self._store = store
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; any database failure comes out as LedgerUnavailable."""
+        try:
+            pool = await self._store.connect()
+            async with pool.acquire(timeout=5) as conn:
+                yield conn
+        except (DatabaseError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def horizon(self) -> datetime:
+        async with self._connection() as conn:
+            value: datetime = await conn.fetchval(_HORIZON)
+        return value
+
+    async def export(self, start_time: int, per_page: int) -> ExportPage:
+        """The calls whose ``updated_at`` is at or after ``start_time``, oldest first."""
+        horizon = epoch_seconds(await self.horizon())  # first: see the module's docstring
+        if start_time >= horizon:
+            return ExportPage([], max(start_time, horizon), True)
+        async with self._connection() as conn:
+            keys = await conn.fetch(
+                _KEYS + " LIMIT $3", from_epoch(start_time), from_epoch(horizon), per_page + 1
+            )
+            cut = cut_page(
+                [epoch_seconds(k["updated_at"]) for k in keys], per_page, start_time, horizon
+            )
+            if cut.whole_second is not None:
+                second = cut.whole_second
+                keys = await conn.fetch(_KEYS, from_epoch(second), from_epoch(second + 1))
+            else:
+                keys = keys[: cut.keep]
+            rows = await conn.fetch(_ROWS, [k["call_id"] for k in keys])
+        by_call = _by_call(rows)
+        now = datetime.now(tz=UTC)
+        calls = []
+        for key in keys:
+            events = [_event(r) for r in by_call.get(key["call_id"], [])]
+            details = summarize(events, now)
+            if details is not None:
+                calls.append(
+                    call_record(details, events, number=key["number"], updated_at=key["updated_at"])
+                )
+        return ExportPage(calls, cut.end_time, cut.end_of_stream)
+
+    async def call(self, key: str, now: datetime) -> CallView | None:
+        """One call by its id in the ledger (``node:channel``) or its integer ``id``."""
+        async with self._connection() as conn:
+            if key.isascii() and key.isdigit():
+                call_id = await conn.fetchval(
+                    "SELECT call_id FROM call_events WHERE id = $1 AND kind = 'call_started'",
+                    int(key),
+                )
+                if call_id is None:
+                    return None
+            else:
+                call_id = key
+            rows = await conn.fetch(_ROWS, [call_id])
+        events = [_event(r) for r in rows]
+        details = summarize(events, now)
+        if details is None:
+            return None
+        number = min(r["id"] for r in rows if r["kind"] == "call_started")
+        updated_at = max(r["stored_at"] for r in rows)
+        return CallView(
+            record=call_record(details, events, number=number, updated_at=updated_at),
+            details=details,
+            events=[
+                {
+                    "seq": r["seq"],
+                    "kind": r["kind"],
+                    "occurred_at": r["occurred_at"].isoformat(),
+                    "stored_at": r["stored_at"].isoformat(),
+                    "node": r["node"],
+                    "data": r["data"],
+                }
+                for r in rows
+            ],
+        )
+
+    async def calls_started(
+        self, start: datetime, end: datetime, now: datetime
+    ) -> list[dict[str, Any]]:
+        """Details of every call started in ``[start, end)``."""
+        async with self._connection() as conn:
+            ids = await conn.fetch(
+                "SELECT DISTINCT call_id FROM call_events WHERE kind = 'call_started'"
+                " AND occurred_at >= $1 AND occurred_at < $2",
+                start,
+                end,
+            )
+            rows = await conn.fetch(_ROWS, [r["call_id"] for r in ids])
+        details = (
+            summarize([_event(r) for r in call_rows], now) for call_rows in _by_call(rows).values()
+        )
+        return [d for d in details if d is not None]
+
+
+def _by_call(rows: Sequence[Any]) -> dict[str, list[Any]]:
+    by_call: dict[str, list[Any]] = {}
+    for row in rows:
+        by_call.setdefault(row["call_id"], []).append(row)
+    return by_call
+
+
+def _event(row: Any) -> LedgerEvent:
+    return LedgerEvent(
+        event_key=row["event_key"],
+        call_id=row["call_id"],
+        node=row["node"],
+        seq=row["seq"],
+        kind=row["kind"],
+        occurred_at=row["occurred_at"],
+        data=row["data"],
+    )

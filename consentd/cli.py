@@ -399,18 +399,19 @@ class _Daemon:
             return None
         return status, body
 
-    def get_json(self, path: str) -> Any:
-        """The JSON of a 200 answer, or None after one line on stderr."""
+    def get_json(self, path: str) -> tuple[int, Any]:
+        """(0, the JSON of a 200 answer), or after one line on stderr (2, None) when the
+        daemon is unreachable or refused the token, (1, None) when it refused the request."""
         answered = self.request("GET", path)
         if answered is None:
-            return None
+            return 2, None
         status, body = answered
         try:
             answer = json.loads(body)
         except ValueError:
             answer = None
         if status == 200 and answer is not None:
-            return answer
+            return 0, answer
         if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
             print(f"consentd {self.command}: {answer['error'].get('message')}", file=sys.stderr)
         else:
@@ -419,7 +420,7 @@ class _Daemon:
                 f"{body[:200].decode(errors='replace')}",
                 file=sys.stderr,
             )
-        return None
+        return 1, None
 
 
 def _moment_arg(command: str, flag: str, text: str | None) -> int | bool | None:
@@ -452,9 +453,9 @@ def _export(args: argparse.Namespace) -> int:
     start = int(since)
     for _ in range(_MAX_PAGES):
         query = urllib.parse.urlencode({"start_time": max(0, start), "per_page": 1000})
-        page = daemon.get_json(f"{EXPORT_PATH}?{query}")
-        if page is None:
-            return 1
+        failed, page = daemon.get_json(f"{EXPORT_PATH}?{query}")
+        if failed:
+            return failed
         calls.extend(page["calls"])
         start = page["end_time"]
         if page["end_of_stream"]:
@@ -475,9 +476,9 @@ def _report_agents(args: argparse.Namespace) -> int:
     if daemon is None:
         return 2
     params = {k: str(v) for k, v in (("from", start), ("to", end)) if v is not None}
-    report = daemon.get_json("/api/reports/agents?" + urllib.parse.urlencode(params))
-    if report is None:
-        return 1
+    failed, report = daemon.get_json("/api/reports/agents?" + urllib.parse.urlencode(params))
+    if failed:
+        return failed
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -148,7 +148,9 @@ def test_an_ivr_call_routed_to_a_group_after_a_submenu() -> None:
         Ledger(policy="opt_out")
         .add("routed", 0.2, to="ivr", ivr="main", source="number")
         .add("routed", 6, to="ivr", ivr="sub", source="ivr:main", digit="9")
-        .add("routed", 11, to="group", group="support", queue="support", source="ivr:sub", digit="1")
+        .add(
+            "routed", 11, to="group", group="support", queue="support", source="ivr:sub", digit="1"
+        )
         .add("queue_joined", 12, queue="support", position=1)
         .add("queue_abandoned", 20, queue_time=8)
         .add("call_ended", 20, cause="hangup")
@@ -362,7 +364,11 @@ def test_per_page_defaults_to_1000_and_takes_1_to_1000() -> None:
 
 
 def test_format_is_json_or_csv() -> None:
-    assert (parse_format(None), parse_format("json"), parse_format("csv")) == ("json", "json", "csv")
+    assert (parse_format(None), parse_format("json"), parse_format("csv")) == (
+        "json",
+        "json",
+        "csv",
+    )
     with pytest.raises(BadParameter, match="format must be json or csv, got 'xml'"):
         parse_format("xml")
 

@@ -36,7 +36,7 @@ from consentd.greeting_files import (
     PreparedGreeting,
     prepare_greeting,
 )
-from consentd.policy_references import check_references
+from consentd.policy_references import CONSENT_KEY, check_references
 from consentd.yaml_source import KeyPath, YamlDocument, YamlSourceError, load_yaml
 
 E164_PATTERN = re.compile(r"^\+[1-9][0-9]{1,14}$")
@@ -389,6 +389,50 @@ class Agent(_Frozen):
     outbound_number: E164 | None = None
 
 
+#: What an agent may dial as a control code (Asterisk's feature-code keys).
+CONTROL_KEYS = "0123456789*#ABCD"
+
+
+def _control_code(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not 1 <= len(value) <= 8:
+        raise ValueError(f"a control code is 1 to 8 keys, got {value!r}")
+    if any(key not in CONTROL_KEYS for key in value):
+        raise ValueError(f"control code {value!r} may hold only the keys {CONTROL_KEYS}")
+    return value
+
+
+ControlCode = Annotated[str, BeforeValidator(_control_code)]
+
+
+class AgentControls(_Frozen):
+    """The codes an agent dials on their own leg to pause and resume the recording.
+
+    Asterisk swallows them (feature codes), so the other party never hears them.
+    The consent key alone is never a code: on a call whose agent sends DTMF to
+    the caller's side it would look like the caller's decision.
+    """
+
+    pause: ControlCode = "*1"
+    resume: ControlCode = "*2"
+
+    @model_validator(mode="after")
+    def _distinct_codes(self) -> AgentControls:
+        for name, code, usual in (("pause", self.pause, "*1"), ("resume", self.resume, "*2")):
+            if code == CONSENT_KEY:
+                raise ValueError(
+                    f"{name} code {code!r} is the consent key on its own; "
+                    f"use a code of two or more keys, such as {usual!r}"
+                )
+        if self.pause.startswith(self.resume) or self.resume.startswith(self.pause):
+            raise ValueError(
+                f"pause {self.pause!r} and resume {self.resume!r} must differ, "
+                "and neither may begin with the other"
+            )
+        return self
+
+
 class PolicyFile(_Frozen):
     #: Longer operator greetings are refused at load (read before the rest).
     max_greeting_seconds: float = Field(default=DEFAULT_MAX_GREETING_SECONDS, gt=0, le=3600)
@@ -399,6 +443,7 @@ class PolicyFile(_Frozen):
     agents: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], Agent] = Field(
         default_factory=dict
     )
+    agent_controls: AgentControls = AgentControls()
 
     @field_validator("numbers", "groups", "ivr", "agents", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from consentd.agent_features import FeatureCodes
 from consentd.ami import AmiClient, Recorder
 from consentd.ari import AriClient
 from consentd.call_details import recent_calls
@@ -58,10 +59,16 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         settings.ami_user,
         settings.secret("ami_secret"),
         action_timeout=settings.ami_timeout,
-        # app_queue (QueueCallerJoin, AgentConnect, ...) and DTMFEnd, a second
-        # source of keypresses while the ARI websocket is down.
-        events="agent,dtmf",
+        # app_queue (QueueCallerJoin, AgentConnect, ...), DTMFEnd (a second
+        # source of keypresses while the ARI websocket is down) and UserEvent
+        # (agents' pause and resume codes).
+        events="agent,dtmf,user",
     )
+    config_dir = settings.asterisk_config_dir.strip()
+    feature_codes = FeatureCodes(
+        settings.asterisk_root / config_dir.lstrip("/") if config_dir else None, ami
+    )
+    feature_codes.apply(book.config.agent_controls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,13 +106,24 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         dispatcher = Dispatcher(config, book, greetings, ports, spawn)
         ami.on_event(dispatcher.handle_ami)
         ami.on_connect(dispatcher.ami_connected)
+
+        def reload_features() -> None:
+            spawn(feature_codes.reload_asterisk(), "features-reload")
+
+        ami.on_connect(reload_features)
+
+        def apply_policies(new: PolicyBook, greetings: GreetingLibrary) -> None:
+            dispatcher.replace_policies(new, greetings)
+            if feature_codes.apply(new.config.agent_controls):
+                reload_features()
+
         # Live reload (consentd reload, SIGHUP): new calls get the new file's policies.
         reloader = PolicyReloader(
             book,
             install=lambda b: GreetingLibrary.install(
                 b, settings.sounds_dir, settings.asterisk_root
             ),
-            apply=dispatcher.replace_policies,
+            apply=apply_policies,
             submit=writer.submit,
             clock=utc_now,
             node=settings.node,

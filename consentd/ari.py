@@ -44,6 +44,10 @@ class AriNotSent(AriUnavailable):
     """The request never reached Asterisk (no connection): it surely did not act."""
 
 
+#: The Stasis argument of consentd's own whisper (snoop) channels: never a call.
+WHISPER_ARGS = "whisper"
+
+
 class AriClient:
     def __init__(
         self,
@@ -156,6 +160,18 @@ class AriClient:
             "POST",
             f"/channels/{channel_id}/play/{playback_id}",
             {"media": media, "lang": lang},
+        )
+
+    async def whisper(self, channel_id: str, snoop_id: str) -> None:
+        """A snoop channel that speaks into ``channel_id`` (its party hears it).
+
+        Works on any channel, in Stasis or not (a queue or Dial() bridge): the
+        snoop channel itself enters this app, with the argument "whisper".
+        """
+        await self.request(
+            "POST",
+            f"/channels/{channel_id}/snoop/{snoop_id}",
+            {"whisper": "out", "app": self.app, "appArgs": WHISPER_ARGS},
         )
 
     async def stop_playback(self, playback_id: str) -> None:

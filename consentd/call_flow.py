@@ -29,6 +29,7 @@ from consentd.call_model import (
     AgentConnected,
     Answer,
     Answered,
+    Beep,
     Bridged,
     CallArrived,
     CallEnded,
@@ -506,6 +507,10 @@ def _greeting_started(t: _Transition, event: PlaybackStarted) -> None:
 
 def _keypress(t: _Transition, event: DtmfReceived) -> None:
     call = t.call
+    if call.facts.direction is Direction.OUTBOUND:
+        # The agent's own keys (a remote menu, a PIN): never consent, and not
+        # the ledger's business. Their pause and resume codes come as controls.
+        return
     consent_key = event.digit == CONSENT_KEY and call.facts.policy.recording.asks_caller
     open_to_consent = consent_key and call.phase not in (Phase.VOICEMAIL, Phase.UNSERVED)
     withdraws = (
@@ -622,9 +627,11 @@ def _control(t: _Transition, event: RecordingControl) -> None:
             t.do(MuteRecording(segment.number, segment.mixmonitor_id, muted=True))
         else:
             t.stop_recording()
+        t.do(Beep())  # after the recording went quiet: the tone is not kept
         return
     t.update(paused=False)
     t.ledger("recording_resumed", event.at, by=event.by, gap=gap.value)
+    t.do(Beep())
     segment = call.recording
     if gap is PauseGap.SILENCE and segment is not None:
         t.do(MuteRecording(segment.number, segment.mixmonitor_id, muted=False))

@@ -469,6 +469,11 @@ class DeleteRecording:
 
 
 @dataclass(frozen=True)
+class Beep:
+    """A short tone to everyone on the call: an agent paused or resumed the recording."""
+
+
+@dataclass(frozen=True)
 class MuteRecording:
     """Silence (or un-silence) a running MixMonitor: the file keeps its timeline."""
 
@@ -515,6 +520,7 @@ class WriteLedger:
 
 Command = (
     Answer
+    | Beep
     | Play
     | StopPlayback
     | StartRecording

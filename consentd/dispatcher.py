@@ -17,7 +17,8 @@ from typing import Any
 import structlog
 
 from consentd.adoption import rebuild
-from consentd.ari import CONNECTED, AriError
+from consentd.agent_features import CONTROL_USER_EVENT
+from consentd.ari import CONNECTED, WHISPER_ARGS, AriError
 from consentd.call_flow import AVAILABLE, CONSENT, Call, control_refusal, new_call
 from consentd.call_model import (
     Adopted,
@@ -156,6 +157,8 @@ class Dispatcher:
         runner = self.calls.get(channel.get("id", ""))
         if kind == "StasisStart":
             args = event.get("args") or []
+            if args[:1] == [WHISPER_ARGS]:
+                return  # consentd's own tone to a call's party, not a call
             if runner is None and args[:1] == ["after-queue"]:
                 # Back from the queue, but this process never saw it go: it
                 # restarted meanwhile. The call goes on from its ledger.
@@ -258,6 +261,9 @@ class Dispatcher:
     def handle_ami(self, message: dict[str, str]) -> None:
         """AMI events about a caller we handle (matched by Uniqueid): app_queue's, and
         DTMFEnd, a second source of keypresses for when the ARI websocket is down."""
+        if message.get("Event") == "UserEvent" and message.get("UserEvent") == CONTROL_USER_EVENT:
+            self._agent_control(message)
+            return
         runner = self.calls.get(message.get("Uniqueid", ""))
         if runner is None:
             return
@@ -268,6 +274,25 @@ class Dispatcher:
         event = _queue_event(message, at)
         if event is not None:
             runner.post(event)
+
+    def _agent_control(self, message: dict[str, str]) -> None:
+        """An agent dialled the pause or resume code on their own leg (a feature code,
+        see consentd/agent_features.py): the UserEvent names the agent's channel.
+
+        That channel is the call's own on an outbound call; on a queue or
+        dialplan call it is linked to the caller's (Linkedid).
+        """
+        runner = self.calls.get(message.get("Uniqueid", "")) or self.calls.get(
+            message.get("Linkedid", "")
+        )
+        action = message.get("Control", "")
+        agent = _endpoint(message.get("Channel", ""))
+        if runner is None:
+            self._log.info("agent_control_without_call", agent=agent, control=action)
+            return
+        status, body = self.control(runner.call.facts.call_id, action, agent)
+        if status != 200:
+            runner.log.info("agent_control_refused", agent=agent, control=action, reply=body)
 
     def _press(self, runner: CallRunner, digit: str, at: datetime, duration: object) -> None:
         """One press, one count: ARI and AMI both report it, a few ms apart at most."""
@@ -439,7 +464,11 @@ class Dispatcher:
                 continue
             dialplan = channel.get("dialplan") or {}
             app_data = str(dialplan.get("app_data", "")).split(",")
-            if dialplan.get("app_name") == "Stasis" and app_data[0] == self._config.app:
+            if str(channel.get("name", "")).startswith("Snoop/"):
+                # A tone another consentd process began: it will never end it.
+                with contextlib.suppress(AriError):
+                    await self._ports.ari.hangup(channel_id)
+            elif dialplan.get("app_name") == "Stasis" and app_data[0] == self._config.app:
                 await self._adopt(channel, "stasis", app_data[1:], now)
             elif dialplan.get("context") == QUEUE_CONTEXT:
                 await self._adopt(channel, "queue", [], now)
@@ -535,6 +564,11 @@ def _ami_time(value: str | None, fallback: datetime) -> datetime:
         return datetime.fromtimestamp(float(value), UTC) if value else fallback
     except ValueError:
         return fallback
+
+
+def _endpoint(channel_name: str) -> str:
+    """PJSIP/agent1-0000002a is endpoint agent1."""
+    return channel_name.split("/", 1)[-1].rsplit("-", 1)[0]
 
 
 def _int(value: str | None) -> int | None:

@@ -24,6 +24,7 @@ from consentd.call_flow import Call, handle
 from consentd.call_model import (
     Answer,
     Answered,
+    Beep,
     Command,
     CommandFailed,
     ContinueOutbound,
@@ -57,6 +58,9 @@ from consentd.ledger import LedgerEvent, LedgerWriter
 #: The dialplan context that dials agents' outbound calls to the trunk.
 OUTBOUND_CONTEXT = "consentd-outbound"
 
+#: The tone both parties hear when an agent pauses or resumes (0.25 s, bundled).
+BEEP_MEDIA = "sound:consentd/beep"
+
 #: A WAV file this small holds its header and no audio.
 WAV_HEADER_BYTES = 44
 
@@ -75,6 +79,8 @@ class Ports:
     clock: Callable[[], datetime] = utc_now
     #: How long to wait for MixMonitor to create a file before deleting it.
     delete_grace: float = 1.0
+    #: How long a whisper channel lives: the 0.25 s tone, and room for it to start late.
+    beep_seconds: float = 1.0
 
 
 class CallRunner:
@@ -84,6 +90,7 @@ class CallRunner:
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
         self._purged: list[Path] = []
         self._pending_requests: set[asyncio.Task[None]] = set()
+        self._beeps = 0
         facts = call.facts
         self.log = structlog.get_logger("consentd.call").bind(
             call_id=facts.call_id, channel_id=facts.channel_id, did=facts.did
@@ -173,6 +180,9 @@ class CallRunner:
                     await ari.continue_to_queue(
                         facts.channel_id, facts.did, command.queue, command.timeout
                     )
+                case Beep():
+                    # Not awaited: the tone is a courtesy; the pause itself is done.
+                    self._background(self._beep(), command)
                 case MuteRecording():
                     await recorder.mute(
                         facts.channel_id, command.muted, mixmonitor_id=command.mixmonitor_id
@@ -215,6 +225,37 @@ class CallRunner:
             )
             return CommandFailed(command, str(exc), self._ports.clock(), unknown=unknown)
         return None
+
+    async def _beep(self) -> None:
+        """Whisper the tone into the call's channel and every channel bridged with it.
+
+        The caller may sit in app_queue's bridge or Dial()'s, outside Stasis,
+        where ARI cannot play to it; a whispering snoop channel can.
+        """
+        ari = self._ports.ari
+        channel = self.call.facts.channel_id
+        parties = [channel]
+        for bridge in await ari.bridges():
+            members = [str(m) for m in bridge.get("channels") or []]
+            if channel in members:
+                parties = members
+                break
+        self._beeps += 1
+        await asyncio.gather(
+            *(
+                self._whisper_beep(party, f"{channel}-beep{self._beeps}-{n}")
+                for n, party in enumerate(parties)
+            )
+        )
+
+    async def _whisper_beep(self, channel_id: str, snoop_id: str) -> None:
+        ari = self._ports.ari
+        await ari.whisper(channel_id, snoop_id)
+        try:
+            await ari.play(snoop_id, f"{snoop_id}-tone", BEEP_MEDIA, "en")
+            await asyncio.sleep(self._ports.beep_seconds)
+        finally:
+            await ari.hangup(snoop_id)
 
     def _start_timer(self, command: StartTimer) -> None:
         """The flow ignores a timer it no longer waits for, so none is ever cancelled."""

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # Paths as Asterisk sees them.
     recording_dir: str = "/var/spool/asterisk/monitor"
     sounds_dir: str = "/var/lib/asterisk/sounds"
+    # consentd writes the agents' pause/resume codes here (consentd-features.conf,
+    # included by features.conf); empty: the operator installs that file.
+    asterisk_config_dir: str = "/etc/asterisk"
     # The dialplan's log of calls handled while consentd was away (extensions.conf,
     # [consentd-fallback-log]); read into the ledger by consentd/fallback_calls.py.
     fallback_log: str = "/var/log/asterisk/consentd-fallback.log"

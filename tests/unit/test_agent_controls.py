@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from consentd.call_details import summarize
 from consentd.call_flow import Call, control_refusal, handle
 from consentd.call_model import (
+    Beep,
     CallFacts,
     DeleteRecording,
     MuteRecording,
@@ -46,13 +47,14 @@ def test_pause_and_resume_in_silence_mode_mute_the_same_recording(facts: Facts) 
     call = recording(facts("always"))
 
     call, commands = control(call, "pause", 5)
-    assert actions(commands) == [MuteRecording(1, "0x1", muted=True)]
+    # Both parties hear a tone, once the recording went quiet (so it keeps none).
+    assert actions(commands) == [MuteRecording(1, "0x1", muted=True), Beep()]
     assert ledger(commands)[0].data == {"by": "agent1", "gap": "silence", "segment": 1}
     assert control_refusal(call, "pause") == "recording-not-active"
 
     call, commands = control(call, "resume", 8)
     assert kinds(commands) == ["recording_resumed"]
-    assert actions(commands) == [MuteRecording(1, "0x1", muted=False)]
+    assert actions(commands) == [Beep(), MuteRecording(1, "0x1", muted=False)]
     assert control_refusal(call, "resume") == "recording-not-paused"
 
 
@@ -62,10 +64,10 @@ def test_skip_mode_stops_on_pause_and_resumes_into_a_new_file(facts: Facts) -> N
     call = recording(CallFacts(**{**call_facts.__dict__, "policy": policy}))
 
     call, commands = control(call, "pause", 5)
-    assert actions(commands) == [StopRecording(1, FILE.format(1), "0x1")]
+    assert actions(commands) == [StopRecording(1, FILE.format(1), "0x1"), Beep()]
     call, _ = handle(call, RecordingStopped(1, at(5.1)))
     call, commands = control(call, "resume", 8)
-    assert actions(commands) == [StartRecording(2, FILE.format(2))]
+    assert actions(commands) == [Beep(), StartRecording(2, FILE.format(2))]
 
 
 def test_the_callers_refusal_wins_over_a_resume_and_deletes_every_segment(facts: Facts) -> None:

@@ -199,6 +199,9 @@ class FakeAri:
         self._record("bridges")
         return self.live_bridges
 
+    async def whisper(self, channel_id: str, snoop_id: str) -> None:
+        self._record("whisper", channel_id, snoop_id)
+
     async def channel(self, channel_id: str) -> dict[str, Any] | None:
         self._record("channel", channel_id)
         found = [c for c in self.live_channels if c["id"] == channel_id]
@@ -230,6 +233,9 @@ class FakeRecorder:
     async def stop(self, channel: str, mixmonitor_id: str | None = None) -> None:
         self.requests.append(("stop", channel, mixmonitor_id or ""))
 
+    async def mute(self, channel: str, muted: bool, *, mixmonitor_id: str | None = None) -> None:
+        self.requests.append(("mute" if muted else "unmute", channel, mixmonitor_id or ""))
+
 
 class Node:
     """One PBX node: a dispatcher wired to fakes, a memory ledger and a fake clock."""
@@ -249,6 +255,7 @@ class Node:
             ledger=self.writer,
             clock=lambda: T0,
             delete_grace=0.05,
+            beep_seconds=0.01,
         )
         config = NodeConfig(
             node="pbx1",

@@ -220,6 +220,25 @@ class AgentResult:
         return self.returncode == 0
 
 
+def agent_media(length_ms: int, keys: tuple[tuple[int, str], ...]) -> Path:
+    """An agent's whole RTP stream: speech from the answer, ``keys`` (ms, key) inside it,
+    e.g. ``((3000, "*"), (3300, "1"))`` dials the pause code 3 s after the answer."""
+    directory = Path(tempfile.gettempdir()) / "consentd-sipp"
+    return pcap_file(MediaPlan(length_ms, None, keys=keys), directory)
+
+
+def _agent_audio(media: Path | None, freq: float) -> list[str]:
+    """SIPp arguments: a looped tone (rtp_stream), or a pcap of the whole stream.
+
+    SIPp opens every pcap a scenario names when it starts, used or not: an
+    agent that only talks still names one (a key's pcap, never played).
+    """
+    tone = ["-key", "audio", f"{tone_file(freq=freq)},-1,8"]
+    if media is None:
+        return [*tone, "-set", "pcap", "0", "-key", "media", str(dtmf_pcap("3"))]
+    return [*tone, "-set", "pcap", "1", "-key", "media", str(media)]
+
+
 async def run_agent(
     scenario: Path,
     *,
@@ -227,13 +246,17 @@ async def run_agent(
     answer_ms: int,
     media_port: int,
     timeout: float = 60.0,
+    media: Path | None = None,
 ) -> AgentResult:
-    """One agent's phone (a SIPp UAS on the port its AOR names): ring, answer, talk."""
+    """One agent's phone (a SIPp UAS on the port its AOR names): ring, answer, talk.
+
+    ``media``: what the agent sends once answered (``agent_media``); else a tone.
+    """
     args = [
         "sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port),
         "-mp", str(media_port), "-m", "1", "-nostdin",
         "-timeout", f"{int(timeout)}s", "-timeout_error",
-        "-set", "answer_ms", str(answer_ms), "-key", "audio", f"{tone_file(freq=660)},-1,8",
+        "-set", "answer_ms", str(answer_ms), *_agent_audio(media, 660),
     ]  # fmt: skip
     returncode, output = await _run_sipp(args, timeout + 10)
     return AgentResult(port, returncode, output)
@@ -251,6 +274,7 @@ async def place_agent_call(
     header: str | None = None,
     pbx: str = "127.0.0.1:5060",
     timeout: float = 60.0,
+    media: Path | None = None,
 ) -> AgentResult:
     """An agent's phone dials ``number`` from its own port, answering a digest challenge.
 
@@ -269,7 +293,7 @@ async def place_agent_call(
             "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
             "-set", "talk", str(talk_ms),
             "-key", "header", header or "X-Consentd-Note: none",
-            "-key", "audio", f"{tone_file(freq=550)},-1,8",
+            *_agent_audio(media, 550),
         ]  # fmt: skip
         returncode, output = await _run_sipp(args, timeout + 10)
     return AgentResult(port, returncode, output)

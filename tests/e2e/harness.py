@@ -52,12 +52,14 @@ numbers:
   "+4930100008": {recording: opt_in, greetings: {opt_in: custom-opt-in.wav}}
   "+4930100009": {recording: opt_in, greetings: {call_recording_opt_in: operator-greeting.mp3}}
   "+4930100015": {recording: opt_in, allow_withdrawal: true, greetings: {opt_in: short.wav}}
+  "+4930100016": {recording: always, pause_gap: skip}
   # Operator numbers agents call out as (agents: below).
   "+4930100031": {recording: always}
   "+4930100032": {recording: opt_in}
   "+4930100033": {recording: opt_out}
   "+4930100034": {recording: never}
   "+4930100035": {recording: always, outbound_announcement: true}
+  "+4930100036": {recording: always, pause_gap: skip}
   # Group-routed numbers; one-second greetings keep the tests short.
   "+4930100010": {recording: opt_in, routing: {group: support},
                   greetings: {available: short.wav, opt_in: short.wav}}
@@ -73,6 +75,8 @@ numbers:
                   greetings: {available: short.wav, voicemail: short.wav}}
   "+4930100021": {recording: opt_out, greetings: {opt_out: short.wav},
                   routing: {dialplan: {context: pbx-extensions, extension: "200"}}}
+# Not the defaults (*1, *2): consentd must install these into Asterisk.
+agent_controls: {pause: "*7", resume: "#8"}
 agents:
   agent1: {outbound_number: "+4930100031"}
   agent2: {outbound_number: "+4930100032"}

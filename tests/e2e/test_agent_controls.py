@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 
 from consentd.local_stack import LocalStack
-from consentd.sipp import CallPlan, place_call
-from tests.e2e.harness import SCENARIO, Stack, collect_outcomes
+from consentd.sipp import CallPlan, CallResult, place_call
+from tests.e2e.harness import SCENARIO, Stack, collect_outcomes, wav_seconds
 
 PAUSE_AT, RESUME_AT, TALK_S = 3.0, 6.0, 10.0
 
@@ -46,8 +46,9 @@ def silent_span(path: Path, block_s: float = 0.1) -> tuple[float, float]:
 
 
 async def _call_id(http: aiohttp.ClientSession, base: str, caller: str) -> str:
+    auth = {"Authorization": f"Bearer {LocalStack.load().api_token}"}
     for _ in range(50):
-        async with http.get(f"{base}/calls", params={"limit": "20"}) as response:
+        async with http.get(f"{base}/calls", params={"limit": "20"}, headers=auth) as response:
             calls = await response.json()
         found = [c for c in calls if c["caller"] == caller and not c["ended_at"]]
         if found:
@@ -117,4 +118,47 @@ def test_pause_and_resume_through_the_api_leave_silence_where_the_pause_was(
     assert abs(end - (resumed - offset)) <= 0.3, (end, resumed - offset)
     total = outcome.details["recording_time"] + outcome.details["not_recording_time"]
     assert abs(outcome.details["not_recording_time"] - (resumed - paused)) <= 1.0
+    assert abs(total - outcome.seconds("call_ended")) <= 1.0
+
+
+async def _skip_scenario() -> CallResult:
+    """An "always" number with pause_gap skip: the API pauses at 3 s, resumes at 6 s."""
+    stack = LocalStack.load()
+    base, auth = stack.http, {"Authorization": f"Bearer {stack.api_token}"}
+    plan = CallPlan("+4930100016", "+4915100000803", talk_ms=int(TALK_S * 1000), speak=True)
+    async with aiohttp.ClientSession() as http:
+        caller = asyncio.create_task(place_call(plan, SCENARIO, sip_port=5197, media_port=17970))
+        call_id = await _call_id(http, base, plan.caller)
+        started = asyncio.get_running_loop().time()
+        for action, due in (("pause", PAUSE_AT), ("resume", RESUME_AT)):
+            await asyncio.sleep(due - (asyncio.get_running_loop().time() - started))
+            path = f"{base}/api/calls/{call_id}/recording/{action}"
+            async with http.post(path, headers=auth) as response:
+                assert response.status == 200, await response.text()
+        return await caller
+
+
+def test_skip_mode_through_the_api_keeps_two_files_without_the_pause(stack: Stack) -> None:
+    since = datetime.now(UTC)
+    caller = asyncio.run(_skip_scenario())
+    assert caller.ok, caller.output[-1500:]
+    outcome = collect_outcomes({"call": (caller, None)}, since)["call"]
+
+    t0 = outcome.first("call_started")["occurred_at"]
+    starts = [(r["occurred_at"] - t0).total_seconds() for r in outcome.rows("recording_started")]
+    stops = [(r["occurred_at"] - t0).total_seconds() for r in outcome.rows("recording_stopped")]
+    files = [str(r["data"]["file"]) for r in outcome.rows("recording_started")]
+    assert len(files) == 2, outcome.ledger
+    paused = outcome.seconds("recording_paused")
+    resumed = outcome.seconds("recording_resumed")
+    assert abs(stops[0] - paused) <= 0.3 and abs(starts[1] - resumed) <= 0.3
+    for start, stop, file in zip(starts, stops, files, strict=True):
+        measured = wav_seconds(stack.host_path(file))
+        assert abs(measured - (stop - start)) <= 0.3, (file, measured, stop - start)
+        assert silent_span(stack.host_path(file))[1] - silent_span(stack.host_path(file))[0] < 0.3
+    details = outcome.details
+    assert details["recording_control_interactions"] == 2
+    kept = sum(stop - start for start, stop in zip(starts, stops, strict=True))
+    assert abs(details["recording_time"] - kept) <= 1.0
+    total = details["recording_time"] + details["not_recording_time"]
     assert abs(total - outcome.seconds("call_ended")) <= 1.0

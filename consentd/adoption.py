@@ -51,6 +51,11 @@ def rebuild(facts: CallFacts, events: Sequence[LedgerEvent]) -> Call:
             call = replace(call, voicemail_active=False)
         if event.kind == "voicemail_started":
             call = replace(call, voicemail_active=True)
+        if event.kind == "agent_connected":
+            call = replace(call, agent_answered=True, agent=data.get("agent") or None)
+        if event.kind in ("recording_paused", "recording_resumed"):
+            # A muted MixMonitor stays muted across our restart: so does the pause.
+            call = replace(call, paused=event.kind == "recording_paused")
         if _PHASE_OF.get(event.kind) is not None:
             phase = _PHASE_OF[event.kind]  # type: ignore[assignment]
         if event.kind == "call_unserved":

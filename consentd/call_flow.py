@@ -118,6 +118,8 @@ class Call:
     handed_off: bool = False
     #: An agent answered at some point (bridged-only recordings hold audio).
     agent_answered: bool = False
+    #: Who answered (app_queue's member name): the agent an API control is by.
+    agent: str | None = None
     #: consentd asked Asterisk to record a voicemail.
     voicemail_requested: bool = False
     #: The IVR menu the caller is in (phase IVR), and its misses (no key, wrong key).
@@ -331,7 +333,7 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
         case QueueJoined():
             t.ledger("queue_joined", event.at, queue=event.queue, position=event.position)
         case AgentConnected() if not call.agent_answered:
-            t.update(phase=Phase.CONNECTED, agent_answered=True)
+            t.update(phase=Phase.CONNECTED, agent_answered=True, agent=event.agent or None)
             t.ledger(
                 "agent_connected",
                 event.at,
@@ -622,7 +624,14 @@ def _control(t: _Transition, event: RecordingControl) -> None:
         segment = call.recording
         assert segment is not None
         t.update(paused=True)
-        t.ledger("recording_paused", event.at, by=event.by, gap=gap.value, segment=segment.number)
+        t.ledger(
+            "recording_paused",
+            event.at,
+            by=event.by,
+            via=event.via,
+            gap=gap.value,
+            segment=segment.number,
+        )
         if gap is PauseGap.SILENCE:
             t.do(MuteRecording(segment.number, segment.mixmonitor_id, muted=True))
         else:
@@ -630,7 +639,7 @@ def _control(t: _Transition, event: RecordingControl) -> None:
         t.do(Beep())  # after the recording went quiet: the tone is not kept
         return
     t.update(paused=False)
-    t.ledger("recording_resumed", event.at, by=event.by, gap=gap.value)
+    t.ledger("recording_resumed", event.at, by=event.by, via=event.via, gap=gap.value)
     t.do(Beep())
     segment = call.recording
     if gap is PauseGap.SILENCE and segment is not None:

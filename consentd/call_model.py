@@ -331,8 +331,11 @@ class RecordingControl:
     """An agent pauses or resumes the recording (HTTP API, or DTMF on the agent's leg)."""
 
     action: str  # "pause" or "resume"
+    #: The agent (their endpoint or queue member name), or "api" when unknown.
     by: str
     at: datetime
+    #: "api" (HTTP) or "dtmf" (the agent's code).
+    via: str = "api"
 
 
 @dataclass(frozen=True)

@@ -194,15 +194,23 @@ class Dispatcher:
         if runner is not None and status:  # "" is the start of ringing
             runner.post(Bridged(status == "ANSWER", at))
 
-    def control(self, call_id: str, action: str, by: str) -> tuple[int, dict[str, Any]]:
-        """An agent's pause or resume of a live call's recording: (HTTP status, body)."""
+    def control(
+        self, call_id: str, action: str, by: str, via: str = "api"
+    ) -> tuple[int, dict[str, Any]]:
+        """An agent's pause or resume of a live call's recording: (HTTP status, body).
+
+        Through the API ``by`` is "api": the ledger names the call's agent
+        instead (who answered it, or who placed it), when there is one.
+        """
         runner = next((r for r in self.calls.values() if r.call.facts.call_id == call_id), None)
         if runner is None or runner.call.ended:
             return 404, _error("no-such-call", f"no call {call_id!r} is in progress here")
         refusal = control_refusal(runner.call, action)
         if refusal is not None:
             return 409, _error(refusal, _CONTROL_MESSAGES.get(refusal, refusal))
-        runner.post(RecordingControl(action, by, self._ports.clock()))
+        if via == "api":
+            by = runner.call.agent or runner.call.facts.agent or by
+        runner.post(RecordingControl(action, by, self._ports.clock(), via))
         state = "paused" if action == "pause" else "recording"
         return 200, {"id": call_id, "recording": state}
 
@@ -290,7 +298,7 @@ class Dispatcher:
         if runner is None:
             self._log.info("agent_control_without_call", agent=agent, control=action)
             return
-        status, body = self.control(runner.call.facts.call_id, action, agent)
+        status, body = self.control(runner.call.facts.call_id, action, agent, via="dtmf")
         if status != 200:
             runner.log.info("agent_control_refused", agent=agent, control=action, reply=body)
 

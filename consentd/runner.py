@@ -60,6 +60,8 @@ OUTBOUND_CONTEXT = "consentd-outbound"
 
 #: The tone both parties hear when an agent pauses or resumes (0.25 s, bundled).
 BEEP_MEDIA = "sound:consentd/beep"
+#: Plays tried, 20 ms apart, while a new snoop channel is not in Stasis yet.
+WHISPER_READY_TRIES = 25
 
 #: A WAV file this small holds its header and no audio.
 WAV_HEADER_BYTES = 44
@@ -252,7 +254,16 @@ class CallRunner:
         ari = self._ports.ari
         await ari.whisper(channel_id, snoop_id)
         try:
-            await ari.play(snoop_id, f"{snoop_id}-tone", BEEP_MEDIA, "en")
+            # The snoop channel enters Stasis a moment after Asterisk created it;
+            # until then a play is refused with 409.
+            for attempt in range(WHISPER_READY_TRIES):
+                try:
+                    await ari.play(snoop_id, f"{snoop_id}-tone", BEEP_MEDIA, "en")
+                    break
+                except AriError as exc:
+                    if exc.status != 409 or attempt == WHISPER_READY_TRIES - 1:
+                        raise
+                    await asyncio.sleep(0.02)
             await asyncio.sleep(self._ports.beep_seconds)
         finally:
             await ari.hangup(snoop_id)

@@ -62,12 +62,18 @@ async def _scenario() -> tuple[Any, dict[str, Any]]:
     base, auth = stack.http, {"Authorization": f"Bearer {stack.api_token}"}
     plan = CallPlan("+4930100001", "+4915100000801", talk_ms=int(TALK_S * 1000), speak=True)
     never = CallPlan("+4930100004", "+4915100000802", talk_ms=9000, speak=True)
+    # opt_out: the caller refuses (3, 1 s into the greeting) before anyone resumes.
+    refused = CallPlan(
+        "+4930100003", "+4915100000804", wait1_ms=1000, key1="3", talk_ms=8000, speak=True
+    )
     replies: dict[str, Any] = {}
     async with aiohttp.ClientSession() as http:
         caller = asyncio.create_task(place_call(plan, SCENARIO, sip_port=5197, media_port=17970))
         other = asyncio.create_task(place_call(never, SCENARIO, sip_port=5198, media_port=17990))
+        third = asyncio.create_task(place_call(refused, SCENARIO, sip_port=5199, media_port=18010))
         call_id = await _call_id(http, base, plan.caller)
         never_id = await _call_id(http, base, never.caller)
+        refused_id = await _call_id(http, base, refused.caller)
         started = asyncio.get_running_loop().time()
 
         async def post(path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -83,7 +89,10 @@ async def _scenario() -> tuple[Any, dict[str, Any]]:
         replies["no_such_call"] = await post("/api/calls/pbx9:1/recording/pause", auth)
         replies["never_pause"] = await post(f"/api/calls/{never_id}/recording/pause", auth)
         replies["never_resume"] = await post(f"/api/calls/{never_id}/recording/resume", auth)
+        replies["refused_resume"] = await post(f"/api/calls/{refused_id}/recording/resume", auth)
+        replies["refused_pause"] = await post(f"/api/calls/{refused_id}/recording/pause", auth)
         await other
+        assert (await third).ok
         return await caller, replies
 
 
@@ -105,6 +114,8 @@ def test_pause_and_resume_through_the_api_leave_silence_where_the_pause_was(
         "no_such_call": (404, "no-such-call"),
         "never_pause": (409, "recording-not-active"),
         "never_resume": (409, "consent-refused"),
+        "refused_resume": (409, "consent-refused"),  # the caller's refusal wins
+        "refused_pause": (409, "recording-not-active"),
     }
     paused = outcome.seconds("recording_paused")
     resumed = outcome.seconds("recording_resumed")

@@ -9,16 +9,22 @@ from pathlib import Path
 
 import pytest
 
+from consentd.adoption import rebuild
 from consentd.agent_features import CONTROL_USER_EVENT, FEATURES_FILE, install, render
-from consentd.call_flow import handle
+from consentd.ari import AriError
+from consentd.call_flow import control_refusal, handle
 from consentd.call_model import CallFacts, Direction, DtmfReceived
+from consentd.ledger import LedgerEvent
 from consentd.policy import AgentControls, PolicyError, load_policies
 from tests.unit.flow_helpers import arrived, at
 from tests.unit.test_dispatcher import (
     POLICIES,
     Node,
+    ami_event,
     by_kind,
     channel,
+    dtmf,
+    queued_call,
     running_node,
     settle,
     stasis_start,
@@ -149,7 +155,9 @@ async def test_a_code_on_the_agents_leg_pauses_and_resumes_the_linked_call(
     await settle()
 
     ledger = await node.ledger()
-    assert [e.data["by"] for e in by_kind(ledger, "recording_paused")] == ["agent2"]
+    assert [(e.data["by"], e.data["via"]) for e in by_kind(ledger, "recording_paused")] == [
+        ("agent2", "dtmf")
+    ]
     assert [e.data["by"] for e in by_kind(ledger, "recording_resumed")] == ["agent2"]
     assert ("mute", call, "mm-consentd-pbx1_1764432000.40-1.wav") in node.recorder.requests
     # The tone: a whispering snoop on each party of the bridge, played, then hung up.
@@ -183,3 +191,59 @@ async def test_consentds_own_whisper_channels_are_not_calls(node: Node) -> None:
     await node.feed(snoop)
     assert node.dispatcher.calls == {}
     assert await node.ledger() == []
+
+
+async def test_through_the_api_the_ledger_names_the_agent_who_answered(node: Node) -> None:
+    chan = "1764432000.60"
+    await node.feed(stasis_start(chan, "+4930100010"), dtmf(chan, "3"))  # opt_in: consented
+    await queued_call(node, chan)
+    node.dispatcher.handle_ami(ami_event("AgentConnect", chan, MemberName="agent3"))
+    await settle()
+    call_id = node.dispatcher.calls[chan].call.facts.call_id
+
+    assert node.dispatcher.control(call_id, "pause", "api")[0] == 200
+    await settle()
+
+    (paused,) = by_kind(await node.ledger(), "recording_paused")
+    assert (paused.data["by"], paused.data["via"]) == ("agent3", "api")
+
+
+def test_a_restarted_daemon_knows_the_call_is_paused_and_by_whom(
+    facts: Callable[..., CallFacts],
+) -> None:
+    call_facts = facts("always")
+    rows = [
+        ("call_started", {"policy": "always"}),
+        ("recording_started", {"segment": 1, "file": "/m/1.wav", "mixmonitor_id": "0x9"}),
+        ("agent_connected", {"agent": "agent2"}),
+        ("recording_paused", {"by": "agent2", "via": "dtmf", "gap": "silence", "segment": 1}),
+    ]
+    events = [
+        LedgerEvent(f"c/{n}", "c", "pbx1", n, kind, at(n), data)
+        for n, (kind, data) in enumerate(rows)
+    ]
+    call = rebuild(call_facts, events)
+
+    assert (call.paused, call.agent) == (True, "agent2")
+    assert control_refusal(call, "pause") == "recording-not-active"
+    assert control_refusal(call, "resume") is None  # the muted recording can be resumed
+
+
+async def test_the_tone_waits_for_the_whisper_channel_to_enter_stasis(node: Node) -> None:
+    call = "1764432000.70"
+    await node.feed(stasis_start(call, "+4930100001"))
+    refused: list[str] = []
+    play = node.ari.play
+
+    async def not_in_stasis_at_first(channel_id: str, *args: str) -> None:
+        if "-beep" in channel_id and channel_id not in refused:
+            refused.append(channel_id)
+            raise AriError("Channel not in Stasis application", 409)
+        await play(channel_id, *args)
+
+    node.ari.play = not_in_stasis_at_first  # type: ignore[method-assign]
+    node.dispatcher.handle_ami(agent_event("pause", call, call))
+    await until(lambda: len(node.ari.of("hangup")) == 1)
+
+    assert refused == [f"{call}-beep1-0"]
+    assert [r[1] for r in node.ari.of("play") if "-beep" in r[1]] == [f"{call}-beep1-0"]

@@ -49,7 +49,9 @@ def test_pause_and_resume_in_silence_mode_mute_the_same_recording(facts: Facts) 
     call, commands = control(call, "pause", 5)
     # Both parties hear a tone, once the recording went quiet (so it keeps none).
     assert actions(commands) == [MuteRecording(1, "0x1", muted=True), Beep()]
-    assert ledger(commands)[0].data == {"by": "agent1", "gap": "silence", "segment": 1}
+    assert ledger(commands)[0].data == {
+        "by": "agent1", "via": "api", "gap": "silence", "segment": 1,
+    }  # fmt: skip
     assert control_refusal(call, "pause") == "recording-not-active"
 
     call, commands = control(call, "resume", 8)

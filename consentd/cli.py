@@ -73,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     greetings.set_defaults(handler=_greetings)
 
+    features = sub.add_parser(
+        "features",
+        help="the Asterisk feature codes (consentd-features.conf) for the agents' "
+        "pause and resume codes in a policy file, for a PBX consentd cannot write to",
+    )
+    features.add_argument(
+        "file", type=Path, nargs="?", help="policy YAML (default: $CONSENTD_POLICIES)"
+    )
+    features.set_defaults(handler=_features)
+
     calls = sub.add_parser("calls", help="details of recent calls, newest first")
     calls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     calls.add_argument("--limit", type=_positive_int, default=20, help="how many calls (20)")
@@ -235,6 +245,22 @@ def _check_pbx(book: PolicyBook, address: str | None) -> int:
     if problems:
         return 1
     print(f"{book.summary()}; queues on the PBX at {host}:{port}: OK")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from consentd.agent_features import render
+
+    settings = _settings("features")
+    if settings is None:
+        return 2
+    try:
+        book = load_policies(args.file or settings.policies)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(render(book.config.agent_controls), end="")
     return 0
 
 

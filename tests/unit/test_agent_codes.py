@@ -247,3 +247,18 @@ async def test_the_tone_waits_for_the_whisper_channel_to_enter_stasis(node: Node
 
     assert refused == [f"{call}-beep1-0"]
     assert [r[1] for r in node.ari.of("play") if "-beep" in r[1]] == [f"{call}-beep1-0"]
+
+
+def test_consentd_features_prints_the_file_for_a_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from consentd.cli import main
+
+    file = tmp_path / "policies.yaml"
+    file.write_text('default: {recording: opt_in}\nagent_controls: {pause: "#5", resume: "#6"}\n')
+    assert main(["features", str(file)]) == 0
+    assert capsys.readouterr().out == render(AgentControls(pause="#5", resume="#6"))
+
+    file.write_text('default: {recording: opt_in}\nagent_controls: {pause: "3"}\n')
+    assert main(["features", str(file)]) == 1
+    assert "consent key on its own" in capsys.readouterr().err

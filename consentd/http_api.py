@@ -1,9 +1,11 @@
 """The daemon's small HTTP surface: health for orchestration, metrics, recent calls, the
-policy reload behind ``consentd reload``, agents' recording controls, and (added by
-``consentd/http_reports.py``) the reports.
+policy reload behind ``consentd reload``, agents' recording controls, the dashboard's
+page (``consentd/http_dashboard.py``), and (added by ``consentd/http_reports.py``) the
+reports.
 
-Every route but ``/healthz`` needs ``Authorization: Bearer <api_token>``, compared in
-constant time; errors are JSON ``{"error": {"id", "message"}}``."""
+Every route but ``/healthz`` and the dashboard's page and static files needs
+``Authorization: Bearer <api_token>``, compared in constant time; errors are JSON
+``{"error": {"id", "message"}}``."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from consentd.http_dashboard import DASHBOARD_PATHS, add_static_routes
 from consentd.openapi import document
 from consentd.reload import ReloadOutcome
 
@@ -70,8 +73,9 @@ def api_error(
     return web.json_response({"error": error}, status=status)
 
 
-#: The one route open without the token: orchestration probes it.
-OPEN_PATHS = frozenset({"/healthz"})
+#: Open without the token: /healthz (orchestration probes it), and the dashboard's page
+#: and static files, exactly those paths (they hold no data; the page sends the token).
+OPEN_PATHS = frozenset({"/healthz", *DASHBOARD_PATHS})
 
 
 @web.middleware
@@ -103,6 +107,7 @@ def init_app(
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/calls", _calls)
     app.router.add_get("/api/openapi.json", _openapi)
+    add_static_routes(app)  # the dashboard at /
     if reload is not None:
         app[RELOAD] = reload
         app.router.add_post("/reload", _reload)

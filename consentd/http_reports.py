@@ -1,5 +1,6 @@
 """The reporting routes of the HTTP API: the Zendesk-compatible incremental calls
-export, one call, the agent report, and the OpenAPI document.
+export, one call, the agent report, the OpenAPI document, and for the dashboard the
+recent calls (``GET /api/calls``) and the live feed (``GET /api/events``).
 
 The token is checked for every route but ``/healthz`` by ``http_api``'s middleware;
 parameters by ``consentd/export.py``; the ledger is read by a ``Reports``
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from consentd.call_list import parse_filter, parse_limit, parse_outcome
 from consentd.export import (
     BadParameter,
     agent_report,
@@ -25,6 +27,7 @@ from consentd.export import (
     parse_window,
 )
 from consentd.http_api import api_error
+from consentd.http_dashboard import FEED, ChangeFeed, events
 from consentd.ledger import LedgerUnavailable
 from consentd.openapi import EXPORT_PATHS
 from consentd.reports_pg import CallView, ExportPage
@@ -38,6 +41,18 @@ class Reports(Protocol):
     async def calls_started(
         self, start: datetime, end: datetime, now: datetime
     ) -> list[dict[str, Any]]: ...
+
+    async def recent(
+        self,
+        limit: int,
+        now: datetime,
+        *,
+        number: str | None = None,
+        outcome: str | None = None,
+        agent: str | None = None,
+    ) -> list[dict[str, Any]]: ...
+
+    async def changes(self, after: datetime | None) -> tuple[datetime | None, int]: ...
 
 
 REPORTS: web.AppKey[Reports] = web.AppKey("reports", Reports)
@@ -53,6 +68,14 @@ def add_routes(
         app.router.add_get(path, _export)
     app.router.add_get("/api/calls/{id}", _call)
     app.router.add_get("/api/reports/agents", _agents)
+    app.router.add_get("/api/calls", _recent)
+    app[FEED] = ChangeFeed(lambda after: reports.changes(after))  # looked up when first polled
+    app.router.add_get("/api/events", events)
+    app.on_shutdown.append(_close_feed)  # open streams end before the server waits for them
+
+
+async def _close_feed(app: web.Application) -> None:
+    await app[FEED].close()
 
 
 def _bad(exc: BadParameter) -> web.Response:
@@ -138,3 +161,23 @@ async def _agents(request: web.Request) -> web.Response:
     if fmt == "csv":
         return web.Response(text=agents_csv(rows), content_type="text/csv", charset="utf-8")
     return web.json_response({"from": start.isoformat(), "to": end.isoformat(), "agents": rows})
+
+
+async def _recent(request: web.Request) -> web.Response:
+    """The most recently started calls, in progress included, newest first, filtered by a
+    number (DID, caller or callee contains it), a consent outcome and an agent."""
+    query = request.query
+    try:
+        limit = parse_limit(query.get("limit"))
+        number = parse_filter("number", query.get("number"))
+        outcome = parse_outcome(query.get("outcome"))
+        agent = parse_filter("agent", query.get("agent"), longest=128)
+    except BadParameter as exc:
+        return _bad(exc)
+    try:
+        calls = await request.app[REPORTS].recent(
+            limit, request.app[CLOCK](), number=number, outcome=outcome, agent=agent
+        )
+    except LedgerUnavailable as exc:
+        return _unavailable(exc)
+    return web.json_response({"calls": calls, "count": len(calls)})

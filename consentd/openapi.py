@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from consentd.call_list import DEFAULT_LIMIT
 from consentd.export import AGENT_FIELDS, CALL_FIELDS, MAX_PER_PAGE, OUTCOMES
 
 EXPORT_PATHS = (
@@ -147,6 +148,59 @@ _EXPORT = {
             "503": _UNAVAILABLE,
         },
     }
+}
+
+
+#: The dashboard's routes: its page, its recent calls and its live feed.
+_DASHBOARD = {
+    "/": {
+        "get": {
+            "summary": "The dashboard (no token: the page holds no data and asks for the token)",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "the page; its script and style are /dashboard/app.js, .css",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/api/calls": {
+        "get": {
+            "summary": "The most recently started calls, in progress included, newest first",
+            "description": "Each call is an export record (ended_at null while in progress).",
+            "parameters": [
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE},
+                    f"calls ({DEFAULT_LIMIT})",
+                ),
+                _query("number", _STR, "a number the DID, the caller or the callee contains"),
+                _query("outcome", {"enum": list(OUTCOMES)}, "the latest consent decision"),
+                _query("agent", _STR, "the agent who answered (or placed) the call"),
+            ],
+            "responses": {
+                "200": {"description": "the calls", "content": _json("CallList")},
+                "400": _error("a parameter that cannot be used (the error names it)"),
+                "401": _UNAUTHORIZED,
+                "503": _UNAVAILABLE,
+            },
+        }
+    },
+    "/api/events": {
+        "get": {
+            "summary": "Server-sent events: `ready` once subscribed, `calls` when the ledger "
+            "stored new rows (load the calls again), a comment every 15 s",
+            "responses": {
+                "200": {
+                    "description": "an event stream that stays open",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "401": _UNAUTHORIZED,
+                "503": _error("too many open streams"),
+            },
+        }
+    },
 }
 
 
@@ -290,6 +344,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            **_DASHBOARD,
             "/api/openapi.json": {
                 "get": {
                     "summary": "This document",
@@ -396,6 +451,15 @@ def document() -> dict[str, Any]:
                             "properties": {o: {"type": "integer", "minimum": 0} for o in OUTCOMES},
                             "additionalProperties": False,
                         },
+                    },
+                    "additionalProperties": False,
+                },
+                "CallList": {
+                    "type": "object",
+                    "required": ["calls", "count"],
+                    "properties": {
+                        "calls": {"type": "array", "items": {"$ref": "#/components/schemas/Call"}},
+                        "count": {"type": "integer", "minimum": 0},
                     },
                     "additionalProperties": False,
                 },

@@ -77,6 +77,32 @@ _ROWS = (
 )
 
 
+#: The most recently started calls, in progress or not, that match the filters: $2 a
+#: number the DID, caller or callee contains; $3 the latest consent decision (or
+#: no_decision); $4 the agent (the first to answer, else the outbound call's agent).
+#: As ``call_details.summarize`` reads them, so the filter and the rows agree.
+_RECENT = (
+    "SELECT s.call_id FROM call_events s WHERE s.kind = 'call_started'"
+    " AND ($2::text IS NULL OR strpos(s.data->>'did', $2) > 0"
+    "   OR strpos(s.data->>'caller', $2) > 0 OR strpos(s.data->>'callee', $2) > 0)"
+    " AND ($3::text IS NULL OR $3 = coalesce((SELECT d.data->>'action' FROM call_events d"
+    "   WHERE d.call_id = s.call_id AND d.kind = 'consent_decided'"
+    "   ORDER BY d.seq DESC, d.id DESC LIMIT 1), 'no_decision'))"
+    " AND ($4::text IS NULL OR $4 = coalesce((SELECT a.data->>'agent' FROM call_events a"
+    "   WHERE a.call_id = s.call_id AND a.kind = 'agent_connected'"
+    "   ORDER BY a.seq, a.id LIMIT 1), s.data->>'agent'))"
+    " ORDER BY s.occurred_at DESC, s.id DESC LIMIT $1"
+)
+
+#: What the dashboard's change feed polls: the latest stored_at, and how many rows were
+#: stored after $1 (so a row stored late, behind the latest, still counts). Both
+#: read the stored_at index.
+_CHANGES = (
+    "SELECT (SELECT max(stored_at) FROM call_events),"
+    " (SELECT count(*) FROM call_events WHERE stored_at > $1::timestamptz)"
+)
+
+
 class LedgerReports:
     """The reports the HTTP API serves, read from ``store``'s database."""
 
@@ -179,6 +205,44 @@ class LedgerReports:
             summarize([_event(r) for r in call_rows], now) for call_rows in _by_call(rows).values()
         )
         return [d for d in details if d is not None]
+
+    async def recent(
+        self,
+        limit: int,
+        now: datetime,
+        *,
+        number: str | None = None,
+        outcome: str | None = None,
+        agent: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The export records of the ``limit`` most recently started calls that match,
+        newest first; calls in progress included (``ended_at`` null)."""
+        async with self._connection() as conn:
+            ids = await conn.fetch(_RECENT, limit, number, outcome, agent)
+            rows = await conn.fetch(_ROWS, [r["call_id"] for r in ids])
+        by_call = _by_call(rows)
+        calls = []
+        for key in ids:
+            call_rows = by_call.get(key["call_id"], [])
+            events = [_event(r) for r in call_rows]
+            details = summarize(events, now)
+            if details is None:
+                continue
+            calls.append(
+                call_record(
+                    details,
+                    events,
+                    number=min(r["id"] for r in call_rows if r["kind"] == "call_started"),
+                    updated_at=max(r["stored_at"] for r in call_rows),
+                )
+            )
+        return calls
+
+    async def changes(self, after: datetime | None) -> tuple[datetime | None, int]:
+        """(the latest ``stored_at`` of any row, how many rows were stored after ``after``)."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_CHANGES, after)
+        return row[0], int(row[1])
 
 
 def _by_call(rows: Sequence[Any]) -> dict[str, list[Any]]:

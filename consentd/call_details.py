@@ -37,31 +37,11 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
     end = next((e for e in ordered if e.kind == "call_ended"), None)
     # The latest decision stands: a withdrawal (caller_withdrew) follows a consent.
     decision = next((e for e in reversed(ordered) if e.kind == "consent_decided"), None)
-    segments: dict[int, _SegmentSpan] = {}
-    for event in ordered:
-        if event.kind not in _SEGMENT_KINDS or "segment" not in event.data:
-            continue
-        span = segments.setdefault(
-            event.data["segment"],
-            _SegmentSpan(event.data["segment"], event.data["file"], event.data["path"]),
-        )
-        span.bridged_only = bool(event.data.get("bridged_only"))
-        if event.kind == "recording_started":
-            span.started_at = event.occurred_at
-        elif event.kind == "recording_stopped":
-            span.stopped_at = event.occurred_at
-        elif event.kind == "recording_deleted":
-            span.deleted = True
-
+    segments = _segments(ordered)
     until = end.occurred_at if end else now
     first = {e.kind: e for e in reversed(ordered)}  # the first row of each kind
     connected = first.get("agent_connected")
     bridge = _bridge(first, until)
-    spans = [
-        held
-        for s in segments.values()
-        if not s.deleted and (held := _recorded_span(s, until, bridge)) is not None
-    ]
     # A bridged-only recording of a call that never reached an agent holds no audio.
     kept = [
         s
@@ -69,12 +49,9 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         if s.started_at is not None and not s.deleted and (bridge or not s.bridged_only)
     ]
     voicemail = _voicemail(ordered, until)
-    if voicemail is not None:
-        spans.append(voicemail[1])
-    # Overlaps (a consented recording goes on while the voicemail is taken) count
-    # once; an agent's pause is not recorded time, whatever the file keeps.
-    pauses = _paused(ordered, until)
-    recorded_spans = _without(_merged(spans), pauses)
+    recorded_spans = _recorded(
+        segments, bridge, voicemail, _paused(ordered, until), start.occurred_at, until
+    )
     recorded = sum((stop - begin).total_seconds() for begin, stop in recorded_spans)
     total = max(0.0, (until - start.occurred_at).total_seconds())
     recording_time = min(round(recorded), round(total))
@@ -135,6 +112,72 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         "consentd_unavailable": bool(facts.get("consentd_unavailable")),
         "fallback": _fallback(facts, end) if facts.get("consentd_unavailable") else None,
     }
+
+
+Span = tuple[datetime, datetime]
+
+
+def recorded_spans(events: Iterable[LedgerEvent], now: datetime) -> list[Span]:
+    """The call's kept recorded time, exactly as ``summarize`` lists it in
+    ``recording_segments`` (the timeline's recorded spans are these)."""
+    ordered = sorted(events, key=lambda e: e.seq)
+    start = next((e for e in ordered if e.kind == "call_started"), None)
+    if start is None:
+        return []
+    end = next((e for e in ordered if e.kind == "call_ended"), None)
+    until = end.occurred_at if end else now
+    first = {e.kind: e for e in reversed(ordered)}
+    return _recorded(
+        _segments(ordered),
+        _bridge(first, until),
+        _voicemail(ordered, until),
+        _paused(ordered, until),
+        start.occurred_at,
+        until,
+    )
+
+
+def _segments(ordered: list[LedgerEvent]) -> dict[int, _SegmentSpan]:
+    segments: dict[int, _SegmentSpan] = {}
+    for event in ordered:
+        if event.kind not in _SEGMENT_KINDS or "segment" not in event.data:
+            continue
+        span = segments.setdefault(
+            event.data["segment"],
+            _SegmentSpan(event.data["segment"], event.data["file"], event.data["path"]),
+        )
+        span.bridged_only = bool(event.data.get("bridged_only"))
+        if event.kind == "recording_started":
+            span.started_at = event.occurred_at
+        elif event.kind == "recording_stopped":
+            span.stopped_at = event.occurred_at
+        elif event.kind == "recording_deleted":
+            span.deleted = True
+    return segments
+
+
+def _recorded(
+    segments: dict[int, _SegmentSpan],
+    bridge: Span | None,
+    voicemail: tuple[str, Span] | None,
+    pauses: list[Span],
+    start: datetime,
+    until: datetime,
+) -> list[Span]:
+    """Kept recorded time within the call: segments (bridged-only ones while bridged)
+    and the voicemail message, overlaps once, an agent's pauses cut out. A stop that
+    lands after the hangup (it was under way) counts to the hangup: the channel is gone."""
+    spans = [
+        held
+        for s in segments.values()
+        if not s.deleted and (held := _recorded_span(s, until, bridge)) is not None
+    ]
+    if voicemail is not None:
+        spans.append(voicemail[1])
+    # Overlaps (a consented recording goes on while the voicemail is taken) count
+    # once; an agent's pause is not recorded time, whatever the file keeps.
+    clipped = [(max(b, start), min(e, until)) for b, e in _without(_merged(spans), pauses)]
+    return [(b, e) for b, e in clipped if e > b]
 
 
 def _fallback(facts: dict[str, Any], end: LedgerEvent | None) -> dict[str, Any]:

@@ -133,13 +133,13 @@ async def _call(request: web.Request) -> web.Response:
         return _unavailable(exc)
     if view is None:
         return api_error(404, "no-such-call", f"no call {key!r} in the ledger")
-    # One object of sections, each derived from the ledger rows in "events"; a
-    # call's timeline (spans) would be one more section beside them.
+    # One object of sections, each derived from the ledger rows in "events".
     return web.json_response(
         {
             "call": view.record,
             "details": view.details,
             "recording_segments": view.details["recording_segments"],
+            "timeline": view.timeline,
             "events": view.events,
         }
     )

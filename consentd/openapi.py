@@ -10,6 +10,7 @@ from typing import Any
 
 from consentd.call_list import DEFAULT_LIMIT
 from consentd.export import AGENT_FIELDS, CALL_FIELDS, MAX_PER_PAGE, OUTCOMES
+from consentd.timeline import CALL_KINDS, RECORDING_KINDS
 
 EXPORT_PATHS = (
     "/api/v2/channels/voice/stats/incremental/calls",
@@ -31,6 +32,35 @@ _SEGMENT = {
     "required": ["start", "end"],
     "properties": {"start": _TIME, "end": _TIME},
     "additionalProperties": False,
+}
+#: One span of a call's timeline (consentd/timeline.py).
+_SPAN = {
+    "type": "object",
+    "description": "Ordered by start. The recording lane covers the call without gaps; its "
+    "recorded spans are recording_segments. cut_short (greeting only): a 3 stopped it.",
+    "required": ["lane", "kind", "start", "end", "start_s", "end_s"],
+    "properties": {
+        "lane": {"enum": ["call", "recording"]},
+        "kind": {"enum": [*CALL_KINDS, *RECORDING_KINDS]},
+        "start": _TIME,
+        "end": _TIME,
+        "start_s": {"type": "number", "minimum": 0, "description": "from the call's start"},
+        "end_s": {"type": "number", "minimum": 0},
+        "cut_short": _BOOL,
+    },
+    "additionalProperties": False,
+    "allOf": [
+        {
+            "if": {"properties": {"lane": {"const": "call"}}},
+            "then": {"properties": {"kind": {"enum": list(CALL_KINDS)}}},
+            "else": {"properties": {"kind": {"enum": list(RECORDING_KINDS)}}},
+        },
+        {
+            "if": {"properties": {"kind": {"const": "greeting"}}},
+            "then": {"required": ["cut_short"]},
+            "else": {"not": {"required": ["cut_short"]}},
+        },
+    ],
 }
 
 #: Every field of an exported call (the hosted product's names first).
@@ -304,7 +334,7 @@ def document() -> dict[str, Any]:
             EXPORT_PATHS[1]: _EXPORT,
             "/api/calls/{id}": {
                 "get": {
-                    "summary": "One call: its export record, details and ledger rows",
+                    "summary": "One call: its export record, details, timeline and ledger rows",
                     "parameters": [
                         {
                             "name": "id",
@@ -363,6 +393,7 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Error": _ERROR,
                 "Segment": _SEGMENT,
+                "Span": _SPAN,
                 "Health": {
                     "type": "object",
                     "required": ["ready", "ari", "ami", "database", "active_calls"],
@@ -420,13 +451,17 @@ def document() -> dict[str, Any]:
                 "CallView": {
                     "type": "object",
                     "description": "Sections of one call; each is derived from events alone.",
-                    "required": ["call", "details", "recording_segments", "events"],
+                    "required": ["call", "details", "recording_segments", "timeline", "events"],
                     "properties": {
                         "call": {"$ref": "#/components/schemas/Call"},
                         "details": {"type": "object", "required": ["id", "segments"]},
                         "recording_segments": {
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Segment"},
+                        },
+                        "timeline": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Span"},
                         },
                         "events": {
                             "type": "array",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ from consentd.export import (
 )
 from consentd.ledger import LedgerEvent, LedgerUnavailable
 from consentd.ledger_pg import DatabaseError, PostgresLedger
+from consentd.timeline import timeline
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class CallView:
     record: dict[str, Any]
     details: dict[str, Any]
     events: list[dict[str, Any]]
+    #: Its spans on the call and recording lanes (consentd/timeline.py).
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
 
 _HORIZON = (
@@ -187,6 +190,7 @@ class LedgerReports:
                 }
                 for r in rows
             ],
+            timeline=timeline(events, now),
         )
 
     async def calls_started(

@@ -54,6 +54,17 @@ def a_call(number: int, **fields: Any) -> dict[str, Any]:
     return record
 
 
+GREETING_SPAN = {
+    "lane": "call",
+    "kind": "greeting",
+    "cut_short": True,
+    "start": "2026-11-29T15:00:00+00:00",
+    "end": "2026-11-29T15:00:02.500000+00:00",
+    "start_s": 0.0,
+    "end_s": 2.5,
+}
+
+
 class FakeReports:
     def __init__(self) -> None:
         self.exports: list[tuple[int, int]] = []
@@ -71,7 +82,7 @@ class FakeReports:
         if key not in ("1", "pbx1:1"):
             return None
         details = {"id": "pbx1:1", "segments": [], "recording_segments": []}
-        return CallView(a_call(1), details, [])
+        return CallView(a_call(1), details, [], timeline=[GREETING_SPAN])
 
     async def calls_started(
         self, start: datetime, end: datetime, now: datetime
@@ -225,6 +236,7 @@ async def test_one_call_by_its_number_or_its_ledger_id(
     body = await response.json()
     validate_response(DOC, "/api/calls/{id}", "GET", 200, body)
     assert body["call"]["call_id"] == "pbx1:1"
+    assert body["timeline"] == [GREETING_SPAN]
 
 
 async def test_an_unknown_call_is_404(client: TestClient[Any, Any]) -> None:

@@ -32,6 +32,7 @@ from consentd.http_reports import add_routes as add_report_routes
 from consentd.journal import Journal
 from consentd.ledger import LedgerWriter
 from consentd.ledger_pg import DatabaseError, PostgresLedger
+from consentd.metrics import Metrics
 from consentd.policy import PolicyBook
 from consentd.reload import PolicyReloader
 from consentd.reports_pg import LedgerReports
@@ -52,7 +53,10 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         log.warning("database_unavailable_at_start", error=str(exc), action="journalling")
     greetings = GreetingLibrary.install(book, settings.sounds_dir, settings.asterisk_root)
     journal = Journal(settings.journal_dir / f"{settings.node}.jsonl")
-    writer = LedgerWriter(store, journal)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    writer = LedgerWriter(store, journal, observe_lag=metrics.ledger_stored)
+    metrics.watch_journal(lambda: writer.journal_backlog)
     ami = AmiClient(
         settings.ami_host,
         settings.ami_port,
@@ -85,7 +89,12 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         asyncio.TaskGroup() as tg,
     ):
         ari = AriClient(session, settings.ari_url, settings.ari_app)
-        ports = Ports(ari=ari, recorder=Recorder(ami), ledger=writer)
+        ports = Ports(
+            ari=ari,
+            recorder=Recorder(ami),
+            ledger=writer,
+            recording_changed=metrics.recording_changed,
+        )
         config = NodeConfig(
             node=settings.node,
             app=settings.ari_app,
@@ -103,7 +112,9 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
             task.add_done_callback(call_tasks.discard)
             return task
 
-        dispatcher = Dispatcher(config, book, greetings, ports, spawn)
+        dispatcher = Dispatcher(
+            config, book, greetings, ports, spawn, call_finished=metrics.call_finished
+        )
         ami.on_event(dispatcher.handle_ami)
         ami.on_connect(dispatcher.ami_connected)
 
@@ -145,7 +156,6 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
                 ledger_full=writer.full,
             )
 
-        registry = CollectorRegistry()
         register_gauges(registry, health)
         api = init_app(
             health,

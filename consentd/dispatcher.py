@@ -123,12 +123,16 @@ class Dispatcher:
         greetings: GreetingLibrary,
         ports: Ports,
         spawn: Spawn,
+        *,
+        call_finished: Callable[[Call], None] | None = None,
     ) -> None:
+        """``call_finished`` hears each call whose runner returned (the metrics)."""
         self._config = config
         self._policies = policies
         self._greetings = greetings
         self._ports = ports
         self._spawn = spawn
+        self._call_finished = call_finished
         self.calls: dict[str, CallRunner] = {}
         self._last_dtmf: dict[CallRunner, tuple[str, datetime]] = {}
         self.calls_started = 0
@@ -442,6 +446,8 @@ class Dispatcher:
             call = await runner.run()
             if call.unserved is not None:
                 self.calls_unserved += 1
+            if self._call_finished is not None:
+                self._call_finished(call)
             return call
         finally:
             self.calls.pop(channel_id, None)

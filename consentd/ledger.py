@@ -15,7 +15,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -146,15 +146,22 @@ class LedgerWriter:
         batch_size: int = 200,
         retry_seconds: float = 2.0,
         linger_seconds: float = 0.05,
+        observe_lag: Callable[[float], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """``linger_seconds``: after the first event, wait this long for more to share
-        its transaction. A commit per handful of rows cost PostgreSQL a WAL flush each."""
+        its transaction. A commit per handful of rows cost PostgreSQL a WAL flush each.
+
+        ``observe_lag`` hears, for every stored event, the seconds from its
+        ``occurred_at`` to the store taking it (``clock``): the ledger write lag."""
         self._store = store
         self._journal = journal
         self._queue: asyncio.Queue[LedgerEvent | None] = asyncio.Queue()
         self._batch_size = batch_size
         self._retry_seconds = retry_seconds
         self._linger = linger_seconds
+        self._observe_lag = observe_lag
+        self._clock = clock
         self._log = structlog.get_logger("consentd.ledger")
         self.store_reachable = True
         self.stored = 0
@@ -170,6 +177,11 @@ class LedgerWriter:
     @property
     def backlog(self) -> int:
         return self._queue.qsize() + self._in_flight + self._journal.pending()
+
+    @property
+    def journal_backlog(self) -> int:
+        """Events in the journal (on disk, or in memory while the disk refuses) not stored yet."""
+        return self._journal.pending()
 
     async def run(self) -> None:
         """Drain the queue until ``close()``; replay the journal whenever the store is back."""
@@ -282,6 +294,10 @@ class LedgerWriter:
                     return
                 chunk.done()
                 self.stored += len(events)
+                if self._observe_lag is not None:
+                    stored_at = self._clock()
+                    for event in events:
+                        self._observe_lag((stored_at - event.occurred_at).total_seconds())
         finally:
             await asyncio.to_thread(self._journal.compact)  # one rewrite, not one per chunk
         if not self.store_reachable:

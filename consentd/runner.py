@@ -33,6 +33,7 @@ from consentd.call_model import (
     ContinueUnrecorded,
     DeleteIfEmpty,
     DeleteRecording,
+    DtmfReceived,
     EmptyFileRemoved,
     Event,
     Hangup,
@@ -83,6 +84,9 @@ class Ports:
     delete_grace: float = 1.0
     #: How long a whisper channel lives: the 0.25 s tone, and room for it to start late.
     beep_seconds: float = 1.0
+    #: Hears ("started" or "stopped", seconds) when a deciding keypress changed the
+    #: recording: from the keypress's time to the change confirmed (consentd/metrics.py).
+    recording_changed: Callable[[str, float], None] | None = None
 
 
 class CallRunner:
@@ -134,9 +138,16 @@ class CallRunner:
 
     async def _dispatch(self, event: Event) -> None:
         pending = deque([event])
+        decided = False
         while pending:
             current = pending.popleft()
+            if decided and isinstance(current, RecordingStarted | RecordingStopped):
+                self._recording_changed(current, event)
             self.call, commands = handle(self.call, current)
+            if current is event and isinstance(event, DtmfReceived):
+                decided = any(
+                    isinstance(c, WriteLedger) and c.kind == "consent_decided" for c in commands
+                )
             for command in commands:
                 outcome = await self._execute(command)
                 if outcome is not None:
@@ -227,6 +238,12 @@ class CallRunner:
             )
             return CommandFailed(command, str(exc), self._ports.clock(), unknown=unknown)
         return None
+
+    def _recording_changed(self, change: RecordingStarted | RecordingStopped, press: Event) -> None:
+        report = self._ports.recording_changed
+        if report is not None:
+            kind = "started" if isinstance(change, RecordingStarted) else "stopped"
+            report(kind, (change.at - press.at).total_seconds())
 
     async def _beep(self) -> None:
         """Whisper the tone into the call's channel and every channel bridged with it.

@@ -122,9 +122,12 @@ function recordingLane(call, events, until) {
   return spans;
 }
 
+// The API's timeline; where it has no recording lane (an older daemon serves none), the
+// recording lane drawn from the call's recorded spans and pauses.
 function timelineOf(view, until) {
-  if (Array.isArray(view.timeline)) return view.timeline;
-  return recordingLane(view.call, view.events, until);
+  const spans = Array.isArray(view.timeline) ? view.timeline : [];
+  if (spans.some((s) => s.lane === "recording")) return spans;
+  return [...spans, ...recordingLane(view.call, view.events, until)];
 }
 
 function callLength(call, spans, until) {
@@ -260,7 +263,7 @@ function drawCalls(calls) {
   });
   $("calls").tBodies[0].replaceChildren(...rows);
   const live = calls.filter((c) => !c.ended_at).length;
-  $("calls-status").textContent = `${calls.length} calls${live ? `, ${live} in progress` : ""}`;
+  $("calls-status").textContent = `${calls.length} call${calls.length === 1 ? "" : "s"}${live ? `, ${live} in progress` : ""}`;
 }
 
 function drawAgents(report) {

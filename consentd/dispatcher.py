@@ -45,6 +45,7 @@ from consentd.call_model import (
 from consentd.greetings import GreetingLibrary
 from consentd.policy import GreetingKind, PolicyBook
 from consentd.runner import CallRunner, Ports
+from consentd.safe_text import clean_network_text
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
 
@@ -109,10 +110,10 @@ def parse_ari_time(value: str | None, fallback: datetime) -> datetime:
 
 
 def clean_caller(value: object) -> str:
-    """Caller IDs come from the network: keep them printable and bounded."""
-    text = "" if value is None else str(value)
-    text = "".join(ch for ch in text if ch.isprintable())
-    return text[:64]
+    """Caller IDs and dialled numbers come from the network (the dialplan's ``_X.``
+    takes anything after the first digit): control characters escaped, at most
+    64 characters (consentd/safe_text.py). Only this value is stored, shown and logged."""
+    return clean_network_text(value)
 
 
 class Dispatcher:
@@ -316,7 +317,7 @@ class Dispatcher:
 
     def _facts(self, channel: dict[str, Any], args: list[str], call_id: str) -> CallFacts:
         config = self._config
-        did = str((channel.get("dialplan") or {}).get("exten", ""))
+        did = clean_caller((channel.get("dialplan") or {}).get("exten"))
         match = self._policies.lookup(did)
         announcement, voicemail = self._greetings.routed_greetings(match.policy)
         direction = Direction.OUTBOUND if args[:1] == ["outbound"] else Direction.INBOUND

@@ -7,12 +7,16 @@ import sys
 
 import structlog
 
+from consentd.safe_text import escape_controls
+
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     renderer: structlog.typing.Processor
     pretty = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    escape: list[structlog.typing.Processor] = []
     if pretty:
         renderer = structlog.dev.ConsoleRenderer()
+        escape = [_escape_values]  # JSON escapes every control character itself
     else:
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
@@ -22,6 +26,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            *escape,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -30,3 +35,14 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
+
+
+def _escape_values(
+    logger: object, name: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Console logs print strings raw: escape control characters a caller may have sent
+    (tracebacks keep their lines). The renderer's own colours come after this."""
+    return {
+        key: escape_controls(value, keep="\n") if isinstance(value, str) else value
+        for key, value in event.items()
+    }

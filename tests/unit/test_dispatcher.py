@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -463,7 +464,20 @@ async def test_caller_id_from_the_network_is_kept_printable_and_bounded(node: No
     await node.feed(stasis_start("1764432000.9", "+4930100004", caller="+49\x1b[31m" + "1" * 80))
 
     caller = by_kind(await node.ledger(), "call_started")[0].data["caller"]
-    assert caller == ("+49[31m" + "1" * 80)[:64]
+    assert caller == ("+49\\u001b[31m" + "1" * 80)[:63] + "\u2026"
+
+
+async def test_a_hostile_dialled_number_is_cleaned_before_lookup_ledger_and_log(
+    node: Node,
+) -> None:
+    """The dialplan's _X. takes anything after the first digit; a number that only
+    looks like a policy's number once its control characters are gone is not it."""
+    await node.feed(stasis_start("1764432000.9", "+49301000\x1b01/../../x"))
+
+    started = by_kind(await node.ledger(), "call_started")[0]
+    assert started.data["did"] == "+49301000\\u001b01/../../x"
+    assert started.data["policy_source"] == "default"
+    assert "\x1b" not in json.dumps(started.data, ensure_ascii=False)
 
 
 def test_clean_caller_of_nothing_is_empty() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from consentd.logs import configure_logging
 from consentd.openapi import EXPORT_PATHS
 from consentd.policy import PolicyBook, PolicyError, load_policies
 from consentd.runner import utc_now
+from consentd.safe_text import SafeStream, escape_controls
 from consentd.settings import RUN_SECRETS, MissingSecrets, Settings, SettingsProblem
 
 EXPORT_PATH = EXPORT_PATHS[1]
@@ -29,12 +31,36 @@ EXPORT_PATH = EXPORT_PATHS[1]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    # The daemon's stdout is its log: JSON (ASCII, escaped) or, on a terminal, the
+    # console renderer, whose colours must pass (consentd/logs.py escapes the values).
+    with _terminal_safe_output(stdout=argv[:1] != ["run"]):
+        return _main(parser, argv)
+
+
+def _main(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     result: int = args.handler(args)
     return result
+
+
+@contextlib.contextmanager
+def _terminal_safe_output(*, stdout: bool) -> Iterator[None]:
+    """Every line any command prints goes through one filter (consentd/safe_text.py):
+    a caller ID, a dialled number, an agent's name, a YAML key or a file name can
+    never send a terminal escape or another control character to the operator's screen."""
+    out, err = sys.stdout, sys.stderr
+    if stdout:
+        sys.stdout = SafeStream(out)
+    sys.stderr = SafeStream(err)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -583,7 +609,8 @@ def _table(
     if not items:
         return empty
     rows = [[title for title, _ in columns]]
-    rows += [[str(get(item)) for _, get in columns] for item in items]
+    # Each cell on one line and free of terminal escapes (a newline is escaped too).
+    rows += [[escape_controls(str(get(item))) for _, get in columns] for item in items]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

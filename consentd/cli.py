@@ -200,6 +200,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {"policies": args.policies} if args.policies else {}
     try:
         settings = Settings(**overrides)
+        settings.require_token_if_exposed()
         settings.require(*RUN_SECRETS)
     except SettingsProblem as exc:
         print(f"consentd: not starting: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ Everything else defaults to what ``make up`` starts on loopback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -30,6 +31,22 @@ SECRET_FIELDS = ("ari_password", "ami_secret", "database_url", "database_passwor
 #: What ``consentd run`` needs. A database password is optional: it may be in
 #: the URL, in a .pgpass file, or not needed (peer authentication).
 RUN_SECRETS = ("ari_password", "ami_secret", "database_url", "api_token")
+
+
+#: Shortest API token accepted when the HTTP API listens beyond loopback.
+MIN_EXPOSED_TOKEN = 32
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (CONSENTD_HTTP_HOST) binds loopback only. Any name but
+    ``localhost``, an empty host and 0.0.0.0 or :: (every address) are not."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def env_name(field: str) -> str:
@@ -150,6 +167,25 @@ class Settings(BaseSettings):
         # Earlier wins: arguments, then CONSENTD_X, then CONSENTD_X_FILE (both at
         # once is refused by _SecretFiles).
         return (init_settings, env_settings, _SecretFiles(settings_cls))
+
+    def require_token_if_exposed(self) -> None:
+        """A non-loopback ``http_host`` serves callers' numbers to the network: refuse
+        it without an API token, or with one shorter than ``MIN_EXPOSED_TOKEN``."""
+        if is_loopback(self.http_host):
+            return
+        exposed = f"CONSENTD_HTTP_HOST={self.http_host} is not a loopback address"
+        token = self.secret_or_none("api_token")
+        if not token:
+            raise SettingsProblem(
+                f"{exposed}: the HTTP API would serve callers' numbers to the network; "
+                "set CONSENTD_API_TOKEN (or CONSENTD_API_TOKEN_FILE), and put TLS in front "
+                "of it, or bind to 127.0.0.1"
+            )
+        if len(token) < MIN_EXPOSED_TOKEN:
+            raise SettingsProblem(
+                f"{exposed}: the API token has {len(token)} characters, fewer than "
+                f"{MIN_EXPOSED_TOKEN} (scripts/secrets.sh makes tokens of 48)"
+            )
 
     def missing(self, *fields: str) -> list[str]:
         return [f for f in fields if not self.secret_or_none(f)]

@@ -2,10 +2,15 @@
 POLICIES ?= examples/policies.yaml
 VENV := .venv/bin
 
-.PHONY: setup up down status test test-unit test-e2e test-faults test-bench lint demo bench clean distclean
+.PHONY: setup images up down status test test-unit test-e2e test-faults test-bench test-containers lint demo bench clean distclean
 
 setup:
 	scripts/setup.sh
+
+# The consentd and Asterisk 22 images (podman, Debian bases from mmdebstrap, no
+# registry). Skipped when their inputs are unchanged: a second run takes seconds.
+images: setup
+	scripts/images.sh
 
 # stack.sh runs setup.sh itself when the Asterisk root or the venv is missing.
 # Already up: Asterisk and PostgreSQL stay, consentd restarts with $(POLICIES).

@@ -8,6 +8,7 @@
 #   4. The Python venv in .venv with consentd installed editable.
 #   5. /usr/local/bin/consentd pointing at this checkout's venv.
 #   6. This checkout's secrets in .state/secrets (scripts/secrets.sh).
+# (The container images are `make images`: scripts/images.sh.)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +25,10 @@ ROOT_INCLUDE=asterisk,asterisk-core-sounds-en-gsm
 ROOT_SPEC="v1 sid minbase $ROOT_INCLUDE nodoc"
 
 # libsox-fmt-mp3: operators' MP3 greetings are converted with sox.
-HOST_PACKAGES=(mmdebstrap sip-tester sox libsox-fmt-mp3 espeak-ng postgresql python3-venv curl util-linux)
+# podman, runc: make images and the container suite; systemd: systemd-analyze
+# verify of deploy/systemd in make test.
+HOST_PACKAGES=(mmdebstrap sip-tester sox libsox-fmt-mp3 espeak-ng postgresql python3-venv curl util-linux
+    podman runc systemd)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -37,7 +37,8 @@ RUN python3 -m venv /opt/consentd \
     && rm -rf /tmp/wheels
 
 # A system user of its own; the journal is its alone (0700: it holds callers' numbers).
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/consentd \
+RUN groupadd --system --gid 10001 consentd \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/consentd \
         --shell /usr/sbin/nologin consentd \
     && install -d -o consentd -g consentd -m 0700 /var/lib/consentd /var/lib/consentd/journal
 

@@ -539,22 +539,30 @@ class PolicyProblem:
 
 
 class PolicyError(Exception):
-    """Every problem found in a policy file, so the operator can fix them in one pass."""
+    """Every problem found in a policy file, so the operator can fix them in one pass.
 
-    def __init__(self, problems: list[PolicyProblem]) -> None:
+    ``io_error``: the file could not be read at all (missing, unreadable, too
+    big, not a regular file), rather than read and found wrong.
+    """
+
+    def __init__(self, problems: list[PolicyProblem], *, io_error: bool = False) -> None:
         self.problems = problems
+        self.io_error = io_error
         super().__init__("\n".join(str(p) for p in problems))
 
 
 def load_policies(file: Path, *, cache_dir: Path | None = None) -> PolicyBook:
     """Validate ``file`` and convert its greetings (cached in ``cache_dir``).
 
-    Raises PolicyError with every problem found, each with its line.
+    Raises PolicyError with every problem found, each with its line, and
+    nothing else, whatever the file holds.
     """
     try:
         doc = load_yaml(file)
     except YamlSourceError as exc:
-        raise PolicyError([PolicyProblem(file, exc.line, "", exc.message)]) from None
+        raise PolicyError(
+            [PolicyProblem(file, exc.line, "", exc.message)], io_error=exc.io_error
+        ) from None
     problems = [
         PolicyProblem(file, second, _describe(path), f"duplicate entry (first at line {first})")
         for path, first, second in doc.duplicates

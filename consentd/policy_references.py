@@ -32,42 +32,63 @@ def check_references(data: Any) -> ReferenceReport:
         return report
     groups = _mapping(data.get("groups"))
     menus = _mapping(data.get("ivr"))
+    listings: dict[str, str] = {}  # once per section: a file may name thousands
     for path, kind, name in _references(data, menus):
         defined = groups if kind == "group" else menus
         if name not in defined:
             section = "groups" if kind == "group" else "ivr"
             noun = "group" if kind == "group" else "menu"
-            listed = ", ".join(sorted(str(k) for k in defined)) or "none"
+            if section not in listings:
+                listings[section] = _listing(sorted(str(k) for k in defined))
             report.problems.append(
                 (
                     (*path, kind),
-                    f"{noun} {name!r} is not defined under {section} (defined: {listed})",
+                    f"{noun} {name!r} is not defined under {section} "
+                    f"(defined: {listings[section]})",
                 )
             )
+    # Each start menu is explored once, and key 3 looked for once per menu, so a
+    # file with many numbers and menus takes linear time, not numbers x menus.
+    edges = {name: _menu_edges(menu, menus) for name, menu in menus.items()}
+    consent_key = {
+        name
+        for name, menu in menus.items()
+        if CONSENT_KEY in {str(k) for k in _mapping(_mapping(menu).get("options"))}
+    }
     reached: set[str] = set()
-    consent_key_menus: dict[str, list[str]] = {}
-    for label, policy in _policies(data):
+    consent_key_reached: dict[str, list[str]] = {}  # start menu: menus with key 3
+    askers: dict[str, tuple[list[tuple[int, str]], int]] = {}  # start: first 3, count
+    for index, (label, policy) in enumerate(_policies(data)):
         start = _start_menu(policy)
         if start is None or start not in menus:
             continue
-        seen = _reachable(start, menus)
-        reached.update(seen)
+        if start not in consent_key_reached:
+            seen = _reachable(start, edges)
+            reached.update(seen)
+            consent_key_reached[start] = [m for m in seen if m in consent_key]
         recording = policy.get("recording")
         if recording not in ASKS_CALLER:
             continue
-        for menu in seen:
-            if CONSENT_KEY in {str(k) for k in _mapping(_mapping(menus[menu]).get("options"))}:
-                consent_key_menus.setdefault(menu, []).append(f"{label} ({recording})")
-    for menu, numbers in consent_key_menus.items():
+        first, count = askers.get(start, ([], 0))
+        if len(first) < 3:
+            first.append((index, f"{label} ({recording})"))
+        askers[start] = (first, count + 1)
+    consent_key_menus: dict[str, tuple[list[tuple[int, str]], int]] = {}
+    for start, (first, count) in askers.items():
+        for menu in consent_key_reached[start]:
+            before, total = consent_key_menus.get(menu, ([], 0))
+            consent_key_menus[menu] = (sorted(before + first)[:3], total + count)
+    for menu, (first, count) in consent_key_menus.items():
+        numbers = [label for _, label in first]
         raw_key = next(
             k for k in _mapping(_mapping(menus[menu]).get("options")) if str(k) == CONSENT_KEY
         )
-        more = f" and {len(numbers) - 3} more" if len(numbers) > 3 else ""
+        more = f" and {count - 3} more" if count > 3 else ""
         report.problems.append(
             (
                 ("ivr", menu, "options", raw_key),
-                f"key 3 decides recording consent on {', '.join(numbers[:3])}{more}, "
-                f"which reach{'es' if len(numbers) == 1 else ''} menu {menu!r}: "
+                f"key 3 decides recording consent on {', '.join(numbers)}{more}, "
+                f"which reach{'es' if count == 1 else ''} menu {menu!r}: "
                 "it cannot be a menu option there (use another key)",
             )
         )
@@ -145,14 +166,33 @@ def _menu_targets(menu: Any) -> Iterator[Any]:
         yield menu["default"]
 
 
-def _reachable(start: str, menus: dict[Any, Any]) -> list[str]:
+def _menu_edges(menu: Any, menus: dict[Any, Any]) -> list[str]:
+    """The defined menus one menu leads to."""
+    out: list[str] = []
+    for raw in _menu_targets(menu):
+        ref = _target(raw)
+        if ref and ref[0] == "ivr" and ref[1] in menus:
+            out.append(ref[1])
+    return out
+
+
+def _reachable(start: str, edges: dict[str, list[str]]) -> list[str]:
     """Menus reachable from ``start``, in the order a caller meets them (cycles allowed)."""
     seen = [start]
+    known = {start}
     todo = deque([start])
     while todo:
-        for raw in _menu_targets(menus.get(todo.popleft())):
-            ref = _target(raw)
-            if ref and ref[0] == "ivr" and ref[1] in menus and ref[1] not in seen:
-                seen.append(ref[1])
-                todo.append(ref[1])
+        for menu in edges.get(todo.popleft(), ()):
+            if menu not in known:
+                known.add(menu)
+                seen.append(menu)
+                todo.append(menu)
     return seen
+
+
+def _listing(names: list[str], most: int = 20) -> str:
+    """``a, b, c``; ``none``; past ``most`` names, ``... and N more``."""
+    if not names:
+        return "none"
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more

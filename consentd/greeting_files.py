@@ -22,7 +22,7 @@ import struct
 import subprocess
 import tempfile
 import wave
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -40,6 +40,13 @@ ACCEPTED_SUFFIXES = (".wav", ".mp3")
 BUNDLED_LANGUAGES = ("en", "de", "fr")
 
 SOX_TIMEOUT_SECONDS = 60.0
+
+#: Directories (``:``-separated) greetings may come from besides the policy file's own.
+GREETING_DIRS_VARIABLE = "CONSENTD_GREETING_DIRS"
+
+#: Asterisk's spool (calls' recordings, voicemail) as Asterisk sees it: never a greeting.
+ASTERISK_SPOOL = "/var/spool/asterisk"
+DEFAULT_RECORDING_DIR = ASTERISK_SPOOL + "/monitor"
 
 
 class GreetingCategory(StrEnum):
@@ -74,6 +81,8 @@ class Problem(StrEnum):
     CORRUPT = "corrupt"
     TOO_LONG = "too_long"
     WRONG_CATEGORY = "wrong_category"
+    OUTSIDE = "outside"
+    RECORDING = "recording"
 
 
 class GreetingFileError(ValueError):
@@ -101,6 +110,72 @@ class PreparedGreeting:
         return self.path.stem
 
 
+@dataclass(frozen=True)
+class GreetingPlaces:
+    """Where operators' greeting files may come from.
+
+    A greeting named in a policy file lies in that file's directory or in one of
+    ``allowed`` (``CONSENTD_GREETING_DIRS``), also once every symbolic link on
+    its way is resolved; and never in ``forbidden``, Asterisk's spool, where
+    the calls' recordings and voicemail are. The refusal reads the same whether
+    or not the file exists, so a policy file cannot probe the file system.
+    """
+
+    allowed: tuple[Path, ...] = ()
+    forbidden: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> GreetingPlaces:
+        """``CONSENTD_GREETING_DIRS``, and the spool and recording directory under
+        ``CONSENTD_ASTERISK_ROOT`` (``CONSENTD_RECORDING_DIR``), as the daemon sees them."""
+        env = os.environ if environ is None else environ
+        allowed = tuple(
+            Path(entry) for entry in env.get(GREETING_DIRS_VARIABLE, "").split(":") if entry
+        )
+        root = Path(env.get("CONSENTD_ASTERISK_ROOT") or "/")
+        recordings = env.get("CONSENTD_RECORDING_DIR") or DEFAULT_RECORDING_DIR
+        forbidden = tuple(
+            root / inside.lstrip("/") for inside in dict.fromkeys((ASTERISK_SPOOL, recordings))
+        )
+        return cls(allowed, forbidden)
+
+    def confine(self, base_dir: Path, written: Path) -> Path:
+        """The file a policy file in ``base_dir`` names as ``written``, symbolic links
+        resolved; GreetingFileError (reported as ``written``) if it may not be a greeting."""
+        base = Path(os.path.abspath(base_dir))
+        roots = [base, *(Path(os.path.abspath(d)) for d in self.allowed)]
+        real: Path | None = None
+        try:
+            path = Path(os.path.normpath(base / written))
+            real_roots = [r.resolve() for r in roots]
+            # Lexically first, so that a path outside is never looked at; then with
+            # every symbolic link resolved, as the kernel will open it.
+            if _under(path, roots + real_roots):
+                real = path.resolve()
+                forbidden = [*self.forbidden, *(f.resolve() for f in self.forbidden)]
+        except (OSError, RuntimeError, ValueError):  # a symbolic link loop, a NUL byte
+            real = None
+        if real is None or not _under(real, real_roots):
+            shown = ", ".join(str(r) for r in roots)
+            raise GreetingFileError(
+                written,
+                Problem.OUTSIDE,
+                f"is outside the directories greetings may come from ({shown}; "
+                f"more with {GREETING_DIRS_VARIABLE})",
+            )
+        if _under(real, forbidden) or _under(path, forbidden):
+            raise GreetingFileError(
+                written,
+                Problem.RECORDING,
+                "is in Asterisk's spool of recordings and voicemail, which can never be a greeting",
+            )
+        return real
+
+
+def _under(path: Path, roots: Collection[Path]) -> bool:
+    return any(path.is_relative_to(root) for root in roots)
+
+
 def cache_name(sha256: str) -> str:
     return f"{sha256[:24]}.wav"
 
@@ -116,7 +191,15 @@ def prepare_greeting(source: Path, *, max_seconds: float, cache_dir: Path) -> Pr
     cached = cache_dir / cache_name(digest)
     duration = _playable_duration(cached)
     if duration is None:
-        duration = _convert(source, cached)
+        try:
+            duration = _convert(source, cached)
+        except OSError as exc:  # the cache, not the file: unwritable, full
+            raise GreetingFileError(
+                source,
+                Problem.NOT_READABLE,
+                f"could not be converted into the greeting cache {cache_dir}: "
+                f"{exc.strerror or exc}",
+            ) from None
     if duration <= 0:
         raise GreetingFileError(source, Problem.EMPTY, "contains no audio (0 frames)")
     if duration > max_seconds:

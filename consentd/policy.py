@@ -33,6 +33,7 @@ from pydantic import (
 from consentd.greeting_files import (
     DEFAULT_MAX_GREETING_SECONDS,
     GreetingFileError,
+    GreetingPlaces,
     PreparedGreeting,
     prepare_greeting,
 )
@@ -104,19 +105,26 @@ def _check_greeting_file(value: Path, info: ValidationInfo) -> Path:
 
     Errors name the file and the reason (missing, empty, corrupt, too long);
     the converted file waits in the cache for ``GreetingLibrary.install``.
+    A file named in a policy file must lie in its directory or a configured
+    greeting directory (``GreetingPlaces``), symbolic links resolved.
     """
     context = info.context or {}
     base = context.get("base_dir")
     path = value if value.is_absolute() or base is None else Path(base) / value
     try:
+        if base is None:  # a model built in code, not read from a file
+            source = path.resolve()
+        else:
+            places: GreetingPlaces = context.get("greeting_places") or GreetingPlaces()
+            source = places.confine(Path(base), value)
         prepared = prepare_greeting(
-            path,
+            source,
             max_seconds=context.get("max_greeting_seconds", DEFAULT_MAX_GREETING_SECONDS),
             cache_dir=context.get("cache_dir", DEFAULT_GREETING_CACHE),
         )
     except GreetingFileError as exc:
-        raise ValueError(str(exc)) from None
-    source = path.resolve()
+        # Named as the operator wrote it (joined to the file's directory), not as resolved.
+        raise ValueError(str(GreetingFileError(path, exc.problem, exc.reason))) from None
     context.setdefault("prepared", {})[source] = prepared
     return source
 
@@ -551,9 +559,16 @@ class PolicyError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-def load_policies(file: Path, *, cache_dir: Path | None = None) -> PolicyBook:
+def load_policies(
+    file: Path,
+    *,
+    cache_dir: Path | None = None,
+    greeting_places: GreetingPlaces | None = None,
+) -> PolicyBook:
     """Validate ``file`` and convert its greetings (cached in ``cache_dir``).
 
+    Greeting files must lie where ``greeting_places`` allows (by default the
+    file's directory and ``CONSENTD_GREETING_DIRS``, never Asterisk's spool).
     Raises PolicyError with every problem found, each with its line, and
     nothing else, whatever the file holds.
     """
@@ -593,6 +608,7 @@ def load_policies(file: Path, *, cache_dir: Path | None = None) -> PolicyBook:
         if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0
         else DEFAULT_MAX_GREETING_SECONDS,
         "prepared": {},
+        "greeting_places": greeting_places or GreetingPlaces.from_environment(),
     }
     try:
         config = PolicyFile.model_validate(doc.data, context=context)

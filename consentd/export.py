@@ -60,7 +60,7 @@ CONSENTD_FIELDS = (
     "node",
     "caller",
     "callee",
-    "agent",
+    "agent_name",
     "group",
     "queue",
     "policy_source",
@@ -249,7 +249,7 @@ def call_record(
         "talk_time": None if fallback else details.get("talk_time") or 0,
         "hold_time": None,  # consentd does not see an agent's hold
         "time_to_answer": _seconds(started, answer.occurred_at) if answer else None,
-        "agent_id": None,  # agents are names in consentd (``agent``), not numbers
+        "agent_id": None,  # agents are names in consentd (``agent_name``), not numbers
         "call_group_id": None,  # likewise groups (``group``)
         "voicemail": bool(details.get("voicemail")),
         "completion_status": _completion(details, answer is not None, ivr, fallback),
@@ -271,7 +271,7 @@ def call_record(
         "node": details.get("node"),
         "caller": details.get("caller"),
         "callee": details.get("callee"),
-        "agent": details.get("agent"),
+        "agent_name": details.get("agent"),
         "group": details.get("group"),
         "queue": details.get("queue"),
         "policy_source": details.get("policy_source"),

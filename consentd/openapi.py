@@ -98,7 +98,7 @@ _CALL_PROPERTIES: dict[str, Any] = {
     "node": _STR,
     "caller": _nullable("string"),
     "callee": _nullable("string"),
-    "agent": _nullable("string"),
+    "agent_name": _nullable("string"),
     "group": _nullable("string"),
     "queue": _nullable("string"),
     "policy_source": _nullable("string"),

@@ -234,7 +234,7 @@ async def test_a_call_carries_the_zendesk_fields_and_its_own(client: TestClient[
 
     assert call["call_id"] == CHANGED
     assert call["updated_at"] == from_epoch(SECOND_D).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert (call["agent"], call["completion_status"], call["time_to_answer"]) == (
+    assert (call["agent_name"], call["completion_status"], call["time_to_answer"]) == (
         "agent7",
         "completed",
         10,

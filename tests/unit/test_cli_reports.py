@@ -30,7 +30,7 @@ def a_call(number: int) -> dict[str, Any]:
         recording_time=20,
         not_recording_time=4,
         completion_status="completed",
-        agent="agent1",
+        agent_name="agent1",
         call_id=f"pbx1:{number}",
     )
     return call

@@ -134,7 +134,7 @@ def test_a_queue_call_answered_by_an_agent_who_paused_once() -> None:
     }
     assert record["call_id"] == CALL_ID
     assert record["node"] == "pbx1"
-    assert record["agent"] == "agent1"
+    assert record["agent_name"] == "agent1"
     assert record["caller"] == "+4917612345678"
     assert record["answered_at"] == "2026-11-29T16:00:17+00:00"
     assert record["recording_segments"] == [
@@ -228,7 +228,7 @@ def test_an_outbound_call_answered_by_the_callee() -> None:
     assert (record["time_to_answer"], record["wait_time"], record["talk_time"]) == (6, 6, 20)
     assert record["completion_status"] == "completed"
     assert record["callee"] == "+4915100000009"
-    assert record["agent"] == "agent1"
+    assert record["agent_name"] == "agent1"
     assert record["exceeded_queue_wait_time"] is False
 
 

@@ -206,11 +206,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"consentd: not starting: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    try:
-        book = load_policies(settings.policies)
-    except PolicyError as exc:
-        print(f"consentd: not starting, the policy file has errors:\n{exc}", file=sys.stderr)
-        return 2
+    book = _load_policy_file(settings.policies, "consentd: not starting, ")
+    if isinstance(book, int):
+        return book
     from consentd.app import run  # the daemon's imports are not needed for check/calls
     from consentd.ledger_pg import NodeInUse
 
@@ -222,15 +220,34 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
+def _load_policy_file(file: Path, refusing: str = "") -> PolicyBook | int:
+    """The policy book, or after every problem on stderr the exit code: 1 when the file
+    has errors, 2 when it could not be read (missing, unreadable, too big, not a regular
+    file). Never a traceback, whatever the file holds."""
     try:
-        book = load_policies(args.file)
+        return load_policies(file)
     except PolicyError as exc:
+        if refusing:
+            what = (
+                "the policy file cannot be read" if exc.io_error else "the policy file has errors"
+            )
+            print(f"{refusing}{what}:", file=sys.stderr)
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        if exc.io_error:
+            return 2
         count = len(exc.problems)
-        print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        print(f"{file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a bug: still one line, never a traceback
+        print(f"{file}: cannot be loaded: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    book = _load_policy_file(args.file)
+    if isinstance(book, int):
+        return book
     for warning in book.warnings:
         print(f"{warning} (warning)", file=sys.stderr)
     if args.pbx or args.ami:
@@ -281,12 +298,9 @@ def _features(args: argparse.Namespace) -> int:
     settings = _settings("features")
     if settings is None:
         return 2
-    try:
-        book = load_policies(args.file or settings.policies)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
+    book = _load_policy_file(args.file or settings.policies)
+    if isinstance(book, int):
+        return book
     print(render(book.config.agent_controls), end="")
     return 0
 
@@ -298,13 +312,9 @@ def _greetings(args: argparse.Namespace) -> int:
     settings = _settings("greetings")
     if settings is None:
         return 2
-    file = args.file or settings.policies
-    try:
-        book = load_policies(file)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
+    book = _load_policy_file(args.file or settings.policies)
+    if isinstance(book, int):
+        return book
     sounds = args.sounds
     if sounds is None:
         sounds = settings.asterisk_root / settings.sounds_dir.lstrip("/")
@@ -580,7 +590,7 @@ _EXPORT_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("rec s", lambda c: str(c["recording_time"])),
     ("not rec s", lambda c: str(c["not_recording_time"])),
     ("status", lambda c: c["completion_status"] or "-"),
-    ("agent", lambda c: c["agent_name"] or "-"),
+    ("agent", lambda c: c["agent"] or "-"),
     ("call id", lambda c: c["call_id"]),
 )
 

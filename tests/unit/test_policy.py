@@ -1105,7 +1105,7 @@ def test_check_of_a_bad_file_prints_every_error_and_the_count_on_stderr(
     ]
 
 
-def test_check_of_a_missing_file_says_so_and_counts_one_error(
+def test_check_of_a_missing_file_says_so_and_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "nope.yaml"
@@ -1113,8 +1113,8 @@ def test_check_of_a_missing_file_says_so_and_counts_one_error(
     code = main(["check", str(path)])
 
     err = capsys.readouterr().err
-    assert code != 0
-    assert err.splitlines() == [f"{path}: file not found", f"{path}: 1 error"]
+    assert code == 2  # could not be read: not "the file has errors" (1)
+    assert err.splitlines() == [f"{path}: file not found"]
 
 
 # ---------------------------------------------------------------- properties

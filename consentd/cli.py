@@ -590,7 +590,7 @@ _EXPORT_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("rec s", lambda c: str(c["recording_time"])),
     ("not rec s", lambda c: str(c["not_recording_time"])),
     ("status", lambda c: c["completion_status"] or "-"),
-    ("agent", lambda c: c["agent"] or "-"),
+    ("agent", lambda c: c["agent_name"] or "-"),
     ("call id", lambda c: c["call_id"]),
 )
 

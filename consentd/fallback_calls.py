@@ -7,7 +7,13 @@ branches append one line per fact to a log file with ``FILE()``, and a hangup
 handler appends the end (``[consentd-fallback-log]`` in extensions.conf); no
 CDR or CEL engine is needed. A line is::
 
-    1|EVENT|2026-11-29T16:00:00.123|UNIQUEID|LINKEDID|DID|CALLER_B64|EXTRA...
+    2|EVENT|2026-11-29T16:00:00.123|UNIQUEID|LINKEDID|DID_B64|CALLER_B64|EXTRA...
+
+The dialled number is base64 like the caller ID: the dialplan's ``_X.`` takes
+anything after the first digit, a newline or a ``|`` included, and a number
+written as it came could end the line and forge the next (version 1 wrote it
+so; such lines are still read). Both are cleaned like a live call's
+(consentd/safe_text.py) before they reach the ledger.
 
 ``EVENT`` is ``started`` (no extra), ``voicemail`` (extra: the mailbox, base64)
 or ``ended`` (extras: ``HANGUPCAUSE``, ``VMSTATUS``); the time is UTC.
@@ -36,8 +42,11 @@ from typing import Any, BinaryIO
 import structlog
 
 from consentd.ledger import LedgerEvent
+from consentd.safe_text import clean_network_text
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+#: Version 1 lines (the dialled number as it came) are still read.
+_VERSIONS = ("1", FORMAT_VERSION)
 #: Bytes read per poll (some 10,000 lines): a long file is taken in steps.
 MAX_READ = 1 << 20
 #: Extra fields after the seven common ones, per event.
@@ -71,7 +80,7 @@ class MalformedLine(ValueError):
 def parse_line(text: str, line_no: int = 0) -> FallbackRecord:
     """One line (without its newline) as a record; raises MalformedLine."""
     fields = text.rstrip("\r").split("|")
-    if fields[0] != FORMAT_VERSION:
+    if fields[0] not in _VERSIONS:
         raise MalformedLine(line_no, f"unknown format version {fields[0][:20]!r}")
     if len(fields) < 7:
         raise MalformedLine(line_no, f"{len(fields)} fields, expected at least 7")
@@ -93,7 +102,7 @@ def parse_line(text: str, line_no: int = 0) -> FallbackRecord:
         at=at,
         uniqueid=uniqueid,
         linkedid=linkedid,
-        did=did,
+        did=did if fields[0] == "1" else _decode(did, line_no, "did"),
         caller=_decode(caller_b64, line_no, "caller"),
     )
     if event == "voicemail":
@@ -131,8 +140,8 @@ def ledger_events(record: FallbackRecord, node: str) -> list[LedgerEvent]:
         # Deliberately no channel_id: adoption finds a channel's consentd call by
         # that key, and this call is not one.
         data = {
-            "did": record.did,
-            "caller": record.caller,
+            "did": clean_network_text(record.did),
+            "caller": clean_network_text(record.caller),
             "direction": "inbound",
             "line": None,
             "policy": None,

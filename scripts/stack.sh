@@ -25,6 +25,15 @@
 # endpoint and credential in .state/stack.json (mode 0600). No secret is ever
 # put on a command line or into a log.
 set -euo pipefail
+# The daemons started here live on after this script: they must not inherit
+# its open descriptors beyond 0-2. A lock taken around this script (e.g.
+# `flock LOCK scripts/stack.sh up`) would otherwise be held by Asterisk and
+# PostgreSQL until they stop, and every other user of the lock would wait.
+for fd_path in /proc/$$/fd/*; do
+    fd=${fd_path##*/}
+    if ((fd > 2)); then eval "exec $fd>&-"; fi
+done
+unset fd_path fd
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROOT=$REPO/.cache/asterisk-root

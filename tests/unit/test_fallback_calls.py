@@ -79,7 +79,8 @@ def test_odd_caller_ids_cannot_break_a_line(caller: str) -> None:
 @pytest.mark.parametrize(
     ("line", "reason"),
     [
-        ("2|started|2026-11-29T16:00:00.000|1.1|1.1|+49|", "format version"),
+        ("3|started|2026-11-29T16:00:00.000|1.1|1.1|+49|", "format version"),
+        ("2|started|2026-11-29T16:00:00.000|1.1|1.1|+49|", "did is not base64"),
         ("1|started|2026-11-29T16:00:00.000|1.1", "fields"),
         ("1|hung|2026-11-29T16:00:00.000|1.1|1.1|+49||", "unknown event"),
         ("1|started|yesterday|1.1|1.1|+49||", "bad time"),
@@ -95,6 +96,31 @@ def test_a_malformed_line_is_refused_with_its_number(line: str, reason: str) -> 
     assert error.value.line_no == 42
     assert reason in str(error.value)
     assert str(error.value).startswith("line 42: ")
+
+
+def test_version_2_lines_carry_the_dialled_number_in_base64() -> None:
+    line = f"2|started|2026-11-29T16:00:00.250|1.1|1.1|{b64('+4930100001')}|{b64('+4915')}|"
+    record = parse_line(line)
+    assert (record.did, record.caller) == ("+4930100001", "+4915")
+    ended = f"2|ended|2026-11-29T16:00:01.000|1.1|1.1|{b64('+4930100001')}|{b64('+4915')}|16|"
+    assert parse_line(ended).did == "+4930100001"
+
+
+def test_a_hostile_dialled_number_cannot_forge_a_line_and_is_cleaned_in_the_ledger() -> None:
+    """_X. takes a newline and '|': written as it came (version 1), such a number ended the
+    line and wrote a call of the caller's choosing. In base64 it stays one field."""
+    forged = "\n1|ended|2026-11-29T16:00:00.000|1764432000.17|x|+49||16|"
+    did = "1\x1b[2J|" + forged + "9" * 100
+    caller = b64("+49\x1b]0;x\x07")
+    line = f"2|started|2026-11-29T16:00:00.250|1.2|1.2|{b64(did)}|{caller}|"
+    assert "\n" not in line
+
+    (row,) = rows_of(line)
+    assert row.call_id == "fallback:pbx1:1.2"
+    assert row.data["did"].startswith("1\\u001b[2J|\\u000a1|ended|2026-11-29T16:00:00")
+    assert row.data["did"].endswith("\u2026") and len(row.data["did"]) == 64
+    assert row.data["caller"] == "+49\\u001b]0;x\\u0007"
+    assert row.data["did"].isprintable() and len(row.data["did"]) <= 64
 
 
 # -- the ledger rows and the call details

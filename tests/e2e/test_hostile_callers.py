@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from consentd.fallback_calls import parse_line
 from consentd.safe_text import NETWORK_TEXT_LIMIT, clean_network_text
 from consentd.sipp import CallPlan, _run_sipp, speech_pcap
 from tests.e2e.harness import REPO, ROOT, Stack, consentd_calls, ledger_rows, local_stack
@@ -361,13 +362,14 @@ def test_no_file_outside_the_recording_directory(run: Run) -> None:
 def _pjproject_resolver(address: str, line: str) -> bool:
     """pjproject's DNS resolver (res_pjsip makes one for the system's name servers) binds
     one IPv4 and one IPv6 UDP socket to the wildcard address and a random port, for the
-    answers of name servers (pjlib-util/resolver.c, init_sock; no option binds them)."""
+    answers of name servers (pjlib-util/resolver.c, init_sock; no option binds them).
+    Its port may fall in the RTP range: the test allows one socket per family, where
+    media on the wildcard address would be two per call."""
     host, _, port = address.rpartition(":")
     return (
         line.startswith("udp ")
         and '(("asterisk",' in line
         and host in ("0.0.0.0", "[::]", "*")
-        and not RTP_PORTS[0] <= int(port) <= RTP_PORTS[1]
         and int(port) not in (5060, 5038, 8088)
     )
 
@@ -386,5 +388,44 @@ def test_every_socket_of_the_stack_is_bound_to_loopback(run: Run) -> None:
         if not (address.startswith("127.") or address.startswith("[::1]"))
     ]
     resolver = [line for line in exposed if _pjproject_resolver(line.split()[4], line)]
-    assert len(resolver) <= 2
+    assert len(resolver) <= 2 and len({line.split()[4][0] for line in resolver}) == len(resolver)
     assert [line for line in exposed if line not in resolver] == [], "\n".join(exposed)
+
+
+def test_a_hostile_number_while_consentd_is_away_cannot_forge_a_fallback_line(
+    run: Run, stack: Stack
+) -> None:
+    """With no consentd the dialplan writes the call to its fallback log. A dialled number
+    holding a newline and a whole line of that log must stay one field (base64), and
+    reach the ledger cleaned; the forged call must not exist."""
+    fallback_log = ROOT / "var/log/asterisk/consentd-fallback.log"
+    forged = f"x{os.getpid()}"  # short: Asterisk keeps 79 characters of a number
+    line = f"1|started|2026-11-29T16:00:00.000|{forged}|{forged}|+49||"
+    case = Hostile(
+        "fallback",
+        did=_q(f"1\x1b[2J|\n{line}\n"),
+        user=_q("+4915100000904\x1b]0;x\x07"),
+        display="fallback",
+        recording="default",
+    )
+    since = datetime.now(UTC)
+    stack.stop_daemon()
+    try:
+        code, output = asyncio.run(_place(case, len(CASES) + 1))
+    finally:
+        stack.restart_daemon()
+    assert code == 0, output[-2000:]
+
+    written = fallback_log.read_bytes().decode().splitlines()
+    assert [w for w in written if forged in w] == []
+    for number, text in enumerate(written, 1):
+        parse_line(text, number)  # every line is whole: none was broken or forged
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not found.get("ended_at"):
+        found = _find(case, consentd_calls(limit=50, since=since))
+        time.sleep(0.5)
+    assert found, [(c["phone_number"], c["caller"]) for c in consentd_calls(limit=10)]
+    assert found["consentd_unavailable"] is True
+    assert found["id"].startswith("fallback:")
+    assert not [c for c in consentd_calls(limit=200) if c["id"].endswith(f":{forged}")]

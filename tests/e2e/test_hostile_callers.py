@@ -140,7 +140,7 @@ CASES = [
     ),
     Hostile(
         "unicode_sql_and_length_in_the_dialled_number",
-        did=_q(f"1\u202e\U0001f600{SQL}" + "9" * 300),
+        did=_q(f"1\u202e\U0001f600(a),{SQL}" + "9" * 300),
         user="+4915100000903",
         display="long",
         recording="default",

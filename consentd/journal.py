@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TextIO
 
 import structlog
 
@@ -46,8 +47,9 @@ class Journal:
         self.disk_error: str | None = None
         self._log = structlog.get_logger("consentd.journal")
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if path.exists():
+                path.chmod(0o600)  # callers' numbers: the daemon's alone (older ones were 0644)
                 self._lines = self._read(path)
                 if self._lines:
                     self._log.info("journal_found", path=str(path), pending=len(self._lines))
@@ -63,7 +65,7 @@ class Journal:
         if lines and not data.endswith(b"\n"):
             torn = lines.pop()
             aside = path.with_suffix(".torn")
-            with aside.open("a", encoding="utf-8") as fh:
+            with _private(aside, "a") as fh:
                 fh.write(torn + "\n")
             self._log.warning("journal_torn_tail", path=str(path), set_aside=str(aside))
         return lines
@@ -89,7 +91,7 @@ class Journal:
         if self._path is not None:
             try:
                 new = not self._path.exists()
-                with self._path.open("a", encoding="utf-8") as fh:
+                with _private(self._path, "a") as fh:
                     fh.write("".join(line + "\n" for line in lines))
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -130,7 +132,7 @@ class Journal:
                     os.truncate(self._path, 0)
             else:
                 tmp = self._path.with_suffix(".tmp")
-                with tmp.open("w", encoding="utf-8") as fh:
+                with _private(tmp, "w") as fh:
                     fh.write("".join(line + "\n" for line in self._lines))
                     fh.flush()
                     os.fsync(fh.fileno())
@@ -139,6 +141,12 @@ class Journal:
         except OSError as exc:
             self.disk_error = str(exc)
             self._log.error("journal_write_failed", path=str(self._path), error=str(exc))
+
+
+def _private(path: Path, mode: Literal["a", "w"]) -> TextIO:
+    """Open for appending or rewriting; a file it creates is mode 0600 (the daemon's alone)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    return open(os.open(path, flags, 0o600), mode, encoding="utf-8")
 
 
 def _fsync_dir(directory: Path) -> None:

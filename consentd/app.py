@@ -31,7 +31,7 @@ from consentd.http_api import Health, init_app, register_gauges
 from consentd.http_reports import add_routes as add_report_routes
 from consentd.journal import Journal
 from consentd.ledger import LedgerWriter
-from consentd.ledger_pg import DatabaseError, PostgresLedger
+from consentd.ledger_pg import DatabaseError, PostgresLedger, SchemaBehind
 from consentd.metrics import Metrics
 from consentd.policy import PolicyBook
 from consentd.reload import PolicyReloader
@@ -49,6 +49,8 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
     try:
         await store.connect()
         await store.claim_node(settings.node)  # first: a refused daemon touches nothing
+    except SchemaBehind:
+        raise  # not a database that is away: `consentd migrate` was not run
     except DatabaseError as exc:
         log.warning("database_unavailable_at_start", error=str(exc), action="journalling")
     greetings = GreetingLibrary.install(book, settings.sounds_dir, settings.asterisk_root)

@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--policies", type=Path, help="policy YAML (default: $CONSENTD_POLICIES)")
     run.set_defaults(handler=_run)
 
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply the ledger's migrations as the schema's owner "
+        "($CONSENTD_MIGRATION_DATABASE_URL; exit 1: failed, 2: not configured)",
+    )
+    migrate.set_defaults(handler=_migrate)
+
     check = sub.add_parser("check", help="validate a policy file (and, with --pbx, its queues)")
     check.add_argument("file", type=Path)
     check.add_argument(
@@ -210,13 +217,45 @@ def _run(args: argparse.Namespace) -> int:
     if isinstance(book, int):
         return book
     from consentd.app import run  # the daemon's imports are not needed for check/calls
-    from consentd.ledger_pg import NodeInUse
+    from consentd.ledger_pg import NodeInUse, SchemaBehind
 
     try:
         run(settings, book)
-    except NodeInUse as exc:
+    except (NodeInUse, SchemaBehind) as exc:
         print(f"consentd: not starting: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Apply pending migrations with the schema owner's credentials (never the daemon's)."""
+    from consentd.ledger_pg import latest_version, migrate_database
+
+    settings = _settings("migrate")
+    if settings is None:
+        return 2
+    try:
+        settings.require("migration_database_url")
+    except MissingSecrets as exc:
+        print(
+            f"consentd migrate: {exc}; it is the schema owner's URL, not the daemon's",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        applied = asyncio.run(
+            migrate_database(
+                settings.secret("migration_database_url"),
+                settings.secret_or_none("migration_database_password"),
+            )
+        )
+    except DatabaseError as exc:
+        print(f"consentd migrate: {exc}", file=sys.stderr)
+        return 1
+    if applied:
+        print(f"applied {', '.join(applied)}; the ledger's schema is at version {latest_version()}")
+    else:
+        print(f"the ledger's schema is up to date (version {latest_version()})")
     return 0
 
 

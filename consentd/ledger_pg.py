@@ -1,12 +1,21 @@
 """The PostgreSQL ledger store and its numbered migrations.
 
 Migrations are SQL files applied in order, each in its own transaction, under
-an advisory lock so that several PBX nodes sharing one database can start at
+an advisory lock so that several PBX nodes sharing one database can migrate at
 the same time. A released migration is never edited; a change is a new file.
+
+Least privilege: the migrations run as the schema's owner (``consentd
+migrate`` with ``CONSENTD_MIGRATION_DATABASE_URL``), never as the daemon. The
+daemon's role (``consentd``) may only append to the ledger and read it: it
+checks the schema's version at connect and refuses a schema behind its
+migrations (SchemaBehind). A migration that creates a table grants role
+``consentd`` exactly what the daemon needs on it, in the same file
+(``tests/unit/test_migrations.py`` checks that every table has its grant).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -36,6 +45,10 @@ class DatabaseError(Exception):
     """A database problem explained for the operator."""
 
 
+class SchemaBehind(DatabaseError):
+    """The ledger's schema lacks migrations this consentd needs: run ``consentd migrate``."""
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every bundled migration, in order."""
     found = []
@@ -43,7 +56,61 @@ def migrations() -> list[tuple[int, str, str]]:
         if entry.name.endswith(".sql"):
             version = int(entry.name.split("_", 1)[0])
             found.append((version, entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
+    found.sort()
+    for (a, first, _), (b, second, _) in itertools.pairwise(found):
+        if a == b:  # the second would be skipped forever as "applied"
+            raise ValueError(f"migrations {first} and {second} share version {a}")
+    return found
+
+
+def latest_version() -> int:
+    """The schema version this consentd needs: its newest migration's."""
+    return max(version for version, _, _ in migrations())
+
+
+async def applied_versions(conn: asyncpg.Connection) -> set[int]:
+    """The migrations applied to the database (none without a ledger schema)."""
+    if await conn.fetchval("SELECT to_regclass('consentd_migrations')") is None:
+        return set()
+    return {r["version"] for r in await conn.fetch("SELECT version FROM consentd_migrations")}
+
+
+async def check_schema(conn: asyncpg.Connection, dsn: str) -> None:
+    """SchemaBehind when the database lacks a migration this consentd needs.
+
+    Migrations the database has and this consentd does not know (a newer node
+    applied them) are accepted: migrations only add.
+    """
+    applied = await applied_versions(conn)
+    missing = sorted({version for version, _, _ in migrations()} - applied)
+    if missing:
+        have = max(applied, default=0)
+        raise SchemaBehind(
+            f"the ledger's schema at {_redact(dsn)} lacks migration"
+            f"{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
+            f" (it is at version {have}, this consentd needs {latest_version()}):"
+            " run `consentd migrate` with CONSENTD_MIGRATION_DATABASE_URL"
+            " (the schema owner's URL) first"
+        )
+
+
+async def migrate_database(dsn: str, password: str | None = None) -> list[str]:
+    """Connect as the schema's owner and apply pending migrations; the names applied.
+
+    Raises DatabaseError with an explanation (unreachable, refused, a failed migration).
+    """
+    try:
+        conn = await asyncpg.connect(dsn, password=password, timeout=10)
+    except _CONNECTION_ERRORS as exc:
+        raise DatabaseError(f"cannot reach the database at {_redact(dsn)}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise DatabaseError(f"database at {_redact(dsn)} refused the connection: {exc}") from exc
+    try:
+        return await migrate(conn)
+    except asyncpg.PostgresError as exc:
+        raise DatabaseError(f"migrating the ledger at {_redact(dsn)} failed: {exc}") from exc
+    finally:
+        await conn.close()
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
@@ -163,19 +230,21 @@ class PostgresLedger:
         self._node_lock = conn
 
     async def connect(self) -> asyncpg.Pool:
-        """Connect and apply migrations; raises DatabaseError with an explanation."""
+        """Connect and check the schema's version (never migrate: the daemon's
+        role may not); raises DatabaseError, or SchemaBehind, with an explanation."""
         if self._pool is None:
             pool = await connect_pool(self._dsn, password=self._password)
             try:
                 async with pool.acquire() as conn:
-                    applied = await migrate(conn)
+                    await check_schema(conn, self._dsn)
             except asyncpg.PostgresError as exc:
                 await pool.close()
                 raise DatabaseError(
-                    f"migrating the ledger at {_redact(self._dsn)} failed: {exc}"
+                    f"reading the ledger's schema version at {_redact(self._dsn)} failed: {exc}"
                 ) from exc
-            if applied:
-                self._log.info("ledger_migrated", applied=applied)
+            except SchemaBehind:
+                await pool.close()
+                raise
             self._pool = pool
         return self._pool
 

@@ -53,7 +53,13 @@ class LocalStack:
 
     @property
     def database_url(self) -> str:
+        """The daemon's role (consentd): it may append to the ledger and read it."""
         return str(self.data["database_url"])
+
+    @property
+    def migration_database_url(self) -> str:
+        """The schema owner's (consentd_owner): migrations and other DDL."""
+        return str(self.data["migration_database_url"])
 
     @property
     def ari_url(self) -> str:
@@ -115,9 +121,10 @@ class LocalStack:
         }
         for name, agent in self.data.get("agents", {}).items():
             found[f"agents.{name}.password"] = str(agent["password"])
-        password = urllib.parse.urlsplit(self.database_url).password
-        if password:
-            found["database_url.password"] = urllib.parse.unquote(password)
+        for key in ("database_url", "migration_database_url"):
+            password = urllib.parse.urlsplit(str(self.data.get(key, ""))).password
+            if password:
+                found[f"{key}.password"] = urllib.parse.unquote(password)
         return found
 
     def daemon_environment(self) -> dict[str, str]:

@@ -27,7 +27,15 @@ from pydantic_settings import (
 ENV_PREFIX = "CONSENTD_"
 
 #: Settings that may come from ``CONSENTD_<NAME>_FILE`` and are never logged.
-SECRET_FIELDS = ("ari_password", "ami_secret", "database_url", "database_password", "api_token")
+SECRET_FIELDS = (
+    "ari_password",
+    "ami_secret",
+    "database_url",
+    "database_password",
+    "api_token",
+    "migration_database_url",
+    "migration_database_password",
+)
 #: What ``consentd run`` needs. A database password is optional: it may be in
 #: the URL, in a .pgpass file, or not needed (peer authentication).
 RUN_SECRETS = ("ari_password", "ami_secret", "database_url", "api_token")
@@ -123,6 +131,10 @@ class Settings(BaseSettings):
     # password may also come on its own (CONSENTD_DATABASE_PASSWORD[_FILE]).
     database_url: SecretStr | None = None
     database_password: SecretStr | None = None
+    # The schema owner's, for `consentd migrate` only: the daemon's role may
+    # append to the ledger and read it, nothing more (no DDL, so no migrations).
+    migration_database_url: SecretStr | None = None
+    migration_database_password: SecretStr | None = None
     journal_dir: Path = Path("/var/lib/consentd/journal")
 
     # The token clients of the HTTP API present.

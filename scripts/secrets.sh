@@ -15,7 +15,8 @@ NAMES=(
     ari_password      # ARI user "consentd" (ari.conf)
     ami_secret        # AMI user "consentd" (manager.conf), the daemon's
     ami_tests_secret  # AMI user "consentd-tests" (manager.conf), the e2e tests'
-    database_password # PostgreSQL role "consentd" (SCRAM over TCP)
+    database_password # PostgreSQL role "consentd", the daemon's: append and read the ledger
+    database_owner_password # role "consentd_owner": owns the schema, runs the migrations
     api_token         # consentd's HTTP API
     agent1_password agent2_password agent3_password # pjsip auth agentN-auth
 )

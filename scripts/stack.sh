@@ -24,6 +24,23 @@
 # consentd gets them through CONSENTD_*_FILE variables. "up" lists every
 # endpoint and credential in .state/stack.json (mode 0600). No secret is ever
 # put on a command line or into a log.
+#
+# Least privilege:
+#   PostgreSQL  role consentd_owner owns database consentd and its tables and
+#               runs the migrations (`consentd migrate`, before the daemon
+#               starts); role consentd, the daemon's, owns nothing and may only
+#               append to the ledger and read it (grants in the migrations).
+#               The postgres user reaches .state/pg through a bind mount under
+#               /run: no directory above the checkout is opened to it.
+#   Asterisk    runs as user asterisk (-U/-G) in its chroot, with umask 027 and
+#               a fresh procfs (hidepid=invisible, subset=pid) instead of the
+#               host's /proc. The root's asterisk ids are renumbered when the
+#               host uses them (its uid 101 was the host's postgres).
+#   Recordings  /var/spool/asterisk/{monitor,recording}: 2750 asterisk:GROUP,
+#               files 0640 (Asterisk's umask; setgid gives them GROUP).
+#               GROUP is $CONSENTD_RECORDING_GROUP (default asterisk), a group
+#               of the Asterisk root: give the PBX's playback tools that group.
+#   Journal     .state/journal 0700, the journal 0600 (consentd/journal.py).
 set -euo pipefail
 # The daemons started here live on after this script: they must not inherit
 # its open descriptors beyond 0-2. A lock taken around this script (e.g.
@@ -42,9 +59,15 @@ RUN=$STATE/run
 PG_BIN=/usr/lib/postgresql/15/bin # not PATH: /usr/local/bin may hold other binaries
 PG_DATA=$STATE/pg
 PG_PORT=55432
+CHECKOUT_ID=$(printf '%s' "$REPO" | sha256sum | cut -c1-12)
 # Unix socket paths are limited to ~107 bytes: keep the socket out of the repo.
-PG_SOCK=/tmp/consentd-pg-$(printf '%s' "$REPO" | sha256sum | cut -c1-12)
+PG_SOCK=/tmp/consentd-pg-$CHECKOUT_ID
+# $PG_DATA as the postgres user reaches it (a bind mount): a checkout below a
+# directory closed to other users (/root) needs no chmod up the tree.
+PG_MOUNT=/run/consentd-pg-$CHECKOUT_ID
 DEFAULT_DB_URL=postgresql://consentd@127.0.0.1:$PG_PORT/consentd # the password comes apart
+OWNER_DB_URL=postgresql://consentd_owner@127.0.0.1:$PG_PORT/consentd
+RECORDING_GROUP=${CONSENTD_RECORDING_GROUP:-asterisk}
 ARI_URL=http://127.0.0.1:8088/ari
 HTTP_URL=http://127.0.0.1:8090
 HEALTH_URL=$HTTP_URL/healthz
@@ -101,7 +124,9 @@ write_secret_conf() {
     local file=$ROOT/etc/asterisk/$1 text
     text=$(cat)
     if [[ -f $file && $(<"$file") == "$text" ]]; then return 1; fi
-    (umask 077 && printf '%s\n' "$text" >"$file.tmp") && mv "$file.tmp" "$file"
+    # root:asterisk 0640: Asterisk (user asterisk) reads it, nobody else.
+    (umask 077 && printf '%s\n' "$text" >"$file.tmp") &&
+        chgrp "$(root_id group asterisk)" "$file.tmp" && chmod 640 "$file.tmp" && mv "$file.tmp" "$file"
 }
 
 install_secret_confs() { # returns 0 if any of them changed
@@ -115,6 +140,68 @@ install_secret_confs() { # returns 0 if any of them changed
             "$n" "$n" "$(secret "agent${n}_password")"
     done | write_secret_conf consentd-secrets-pjsip.conf && changed=0
     return $changed
+}
+
+# root_id passwd|group NAME: NAME's id in the Asterisk root (empty if none).
+root_id() { awk -F: -v n="$2" '$1 == n { print $3 }' "$ROOT/etc/$1"; }
+
+# An id neither the host nor the root uses, as a user or as a group.
+free_id() {
+    local id
+    for ((id = 64000; id < 65000; id++)); do
+        getent passwd "$id" >/dev/null || getent group "$id" >/dev/null ||
+            awk -F: -v i="$id" '$3 == i { found = 1 } END { exit !found }' \
+                "$ROOT/etc/passwd" "$ROOT/etc/group" || { echo "$id"; return; }
+    done
+    die "no free id in 64000-64999 for the Asterisk root's user asterisk"
+}
+
+# Debian's asterisk package made user and group asterisk in the root. Their ids
+# must be none of the host's: Asterisk's processes and files would be that host
+# user's (its signals, its /proc entries, its files). Renumbered once.
+prepare_asterisk_user() {
+    local uid gid new
+    uid=$(root_id passwd asterisk)
+    gid=$(root_id group asterisk)
+    [[ -n $uid && -n $gid ]] || die "$ROOT has no user or group asterisk: run scripts/setup.sh"
+    if getent passwd "$uid" >/dev/null || getent group "$uid" >/dev/null ||
+        getent passwd "$gid" >/dev/null || getent group "$gid" >/dev/null; then
+        new=$(free_id)
+        say "Asterisk root: user and group asterisk $uid:$gid -> $new:$new (the host uses $uid/$gid)"
+        chroot "$ROOT" groupmod -g "$new" asterisk
+        chroot "$ROOT" usermod -u "$new" -g "$new" asterisk
+        find "$ROOT" -xdev -uid "$uid" -exec chown -h "$new" {} +
+        find "$ROOT" -xdev -gid "$gid" -exec chgrp -h "$new" {} +
+    fi
+}
+
+# What Asterisk (user asterisk) writes is its own; the recordings' directories are
+# 2750 asterisk:$RECORDING_GROUP and their files 0640 (older ones are fixed here).
+prepare_asterisk_dirs() {
+    local uid gid rgid dir
+    uid=$(root_id passwd asterisk)
+    gid=$(root_id group asterisk)
+    rgid=$(root_id group "$RECORDING_GROUP")
+    [[ -n $rgid ]] || die "CONSENTD_RECORDING_GROUP=$RECORDING_GROUP: no such group in $ROOT/etc/group"
+    mkdir -p "$ROOT/var/run/asterisk" "$ROOT/var/cache/asterisk" "$ROOT/var/log/asterisk" \
+        "$ROOT/var/lib/asterisk"
+    # The greetings (sounds/) stay root's: Asterisk reads them, consentd writes them.
+    find "$ROOT/var/run/asterisk" "$ROOT/var/cache/asterisk" "$ROOT/var/log/asterisk" \
+        "$ROOT/var/lib/asterisk" "$ROOT/var/spool/asterisk" \
+        \( -path "$ROOT/var/lib/asterisk/sounds" -o -path "$ROOT/var/spool/asterisk/monitor" \
+        -o -path "$ROOT/var/spool/asterisk/recording" \) -prune \
+        -o \( ! -uid "$uid" -o ! -gid "$gid" \) -exec chown -h "$uid:$gid" {} +
+    # Members of the recordings' group reach monitor/ and recording/ (and see
+    # the names of the spool's directories, nothing in them).
+    chgrp "$rgid" "$ROOT/var/spool/asterisk"
+    chmod 750 "$ROOT/var/spool/asterisk"
+    for dir in "$ROOT/var/spool/asterisk/monitor" "$ROOT/var/spool/asterisk/recording"; do
+        mkdir -p "$dir"
+        chown "$uid:$rgid" "$dir"
+        chmod 2750 "$dir"
+        find "$dir" -mindepth 1 \( ! -uid "$uid" -o ! -gid "$rgid" -o -perm /0137 \) \
+            -exec chown -h "$uid:$rgid" {} + -exec chmod 0640 {} +
+    done
 }
 
 install_asterisk_files() {
@@ -164,12 +251,20 @@ start_asterisk() {
     local stray
     stray=$(root_pids)
     [[ -z $stray ]] || die "processes already run inside $ROOT (pids: ${stray//$'\n'/ }); run 'scripts/stack.sh down' first"
+    if mountpoint -q "$ROOT/proc"; then umount "$ROOT/proc" || umount -l "$ROOT/proc"; fi
+    prepare_asterisk_user
     install_asterisk_files
-    mountpoint -q "$ROOT/proc" || mount --bind /proc "$ROOT/proc"
     : >"$ROOT/var/log/asterisk/messages"
-    say "starting Asterisk ..."
-    # chroot execs asterisk, so $! is Asterisk's own pid.
-    setsid chroot "$ROOT" /usr/sbin/asterisk -f -n >"$STATE/asterisk.console.log" 2>&1 </dev/null &
+    prepare_asterisk_dirs
+    # Not the host's /proc: a procfs of its own, where user asterisk sees only
+    # its own processes (hidepid=invisible) and no kernel files (subset=pid).
+    mount -t proc -o nosuid,nodev,noexec,hidepid=invisible,subset=pid proc "$ROOT/proc"
+    say "starting Asterisk (user asterisk) ..."
+    # The subshell, setsid and chroot each exec the next, so $! is Asterisk's
+    # own pid. umask 027: recordings come out 0640 (MixMonitor creates them 0666
+    # less the umask), in directories whose setgid bit gives them their group.
+    (umask 027 && exec setsid chroot "$ROOT" /usr/sbin/asterisk -f -n -U asterisk -G asterisk) \
+        >"$STATE/asterisk.console.log" 2>&1 </dev/null &
     echo $! >"$RUN/asterisk.pid"
     local i
     for ((i = 0; i < 120; i++)); do
@@ -208,20 +303,23 @@ stop_asterisk() {
 # --- PostgreSQL -------------------------------------------------------------
 as_pg() { runuser -u postgres -- "$@"; }
 
-# The postgres user needs search (x) permission on every directory above its
-# data directory; a checkout under a private directory lacks it.
-open_path_for_postgres() {
-    local dir=$1
-    while [[ $dir != / ]]; do
-        if ! as_pg test -x "$dir" 2>/dev/null; then
-            say "chmod o+x $dir (so the postgres user can reach $PG_DATA)"
-            chmod o+x "$dir"
-        fi
-        dir=$(dirname "$dir")
-    done
+# The postgres user would need search (x) permission on every directory above
+# $PG_DATA, which a checkout under a private directory (/root) lacks. Instead of
+# opening them, it gets the directory itself at $PG_MOUNT (a bind mount).
+mount_pg_data() {
+    mkdir -p "$PG_MOUNT"
+    mountpoint -q "$PG_MOUNT" || mount --bind "$PG_DATA" "$PG_MOUNT"
 }
 
-pg_running() { [[ -f $PG_DATA/postmaster.pid ]] && as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; }
+unmount_pg_data() {
+    if mountpoint -q "$PG_MOUNT" 2>/dev/null; then umount "$PG_MOUNT" || umount -l "$PG_MOUNT"; fi
+    rmdir "$PG_MOUNT" 2>/dev/null || true
+}
+
+pg_running() {
+    [[ -f $PG_DATA/postmaster.pid ]] && mountpoint -q "$PG_MOUNT" &&
+        as_pg "$PG_BIN/pg_ctl" -D "$PG_MOUNT" status >/dev/null 2>&1
+}
 
 start_postgres() {
     if [[ -n ${CONSENTD_DATABASE_URL:-} ]]; then
@@ -229,7 +327,6 @@ start_postgres() {
         return
     fi
     mkdir -p "$PG_DATA"
-    open_path_for_postgres "$STATE"
     chown postgres: "$PG_DATA"
     chmod 700 "$PG_DATA"
     if [[ -f $PG_DATA/PG_VERSION && ! -f $PG_AUTH_STAMP ]]; then
@@ -239,6 +336,7 @@ start_postgres() {
         stop_postgres
         find "$PG_DATA" -mindepth 1 -delete
     fi
+    mount_pg_data
     if pg_running; then
         say "PostgreSQL already running ($PG_DATA)"
     else
@@ -246,7 +344,7 @@ start_postgres() {
             say "initdb $PG_DATA"
             # Superuser postgres over the unix socket (peer: the postgres OS user
             # only, for this script); everything over TCP needs a password.
-            as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth-local=peer \
+            as_pg "$PG_BIN/initdb" -D "$PG_MOUNT" -U postgres --auth-local=peer \
                 --auth-host=scram-sha-256 >"$STATE/pg-initdb.log" 2>&1 || {
                 tail_logs "$STATE/pg-initdb.log"
                 die "initdb failed"
@@ -256,28 +354,67 @@ start_postgres() {
         mkdir -p "$PG_SOCK"
         chown postgres: "$PG_SOCK"
         say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
-        as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 30 \
+        as_pg "$PG_BIN/pg_ctl" -D "$PG_MOUNT" -l "$PG_MOUNT/server.log" -w -t 30 \
             -o "-k $PG_SOCK -p $PG_PORT -c listen_addresses=127.0.0.1" start >/dev/null || {
             tail_logs "$PG_DATA/server.log"
             die "PostgreSQL did not start (is port $PG_PORT taken by another checkout?)"
         }
     fi
-    set_role_password
+    set_role_passwords
     if [[ -z $(psql_q postgres "SELECT 1 FROM pg_database WHERE datname = 'consentd'") ]]; then
-        psql_q postgres "CREATE DATABASE consentd OWNER consentd" >/dev/null
+        psql_q postgres "CREATE DATABASE consentd OWNER consentd_owner" >/dev/null
         say "created database consentd"
     fi
+    restrict_roles
+}
+
+# Role consentd_owner owns the database and everything in it; role consentd
+# (the daemon's) owns nothing, may connect, and gets its rights on each table
+# from the migration that creates it. Idempotent: objects an older checkout
+# made as consentd pass to consentd_owner.
+restrict_roles() {
+    psql_script postgres <<'SQL' || die "could not set the database's owner and privileges"
+ALTER DATABASE consentd OWNER TO consentd_owner;
+REVOKE ALL ON DATABASE consentd FROM PUBLIC;
+GRANT CONNECT ON DATABASE consentd TO consentd;
+SQL
+    psql_script consentd <<'SQL' || die "could not pass role consentd's objects to consentd_owner"
+REASSIGN OWNED BY consentd TO consentd_owner;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+SQL
+}
+
+psql_script() { as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d "$1" >/dev/null; }
+
+# The migrations run as the schema's owner (consentd migrate), never as the
+# daemon; the daemon refuses to start on a schema behind them.
+migrate_ledger() {
+    local out
+    if [[ -n ${CONSENTD_DATABASE_URL:-} ]]; then
+        if [[ -z ${CONSENTD_MIGRATION_DATABASE_URL:-}${CONSENTD_MIGRATION_DATABASE_URL_FILE:-} ]]; then
+            say "no CONSENTD_MIGRATION_DATABASE_URL: not migrating $(redact_url "$CONSENTD_DATABASE_URL")"
+            return
+        fi
+        out=$("$REPO/.venv/bin/consentd" migrate </dev/null) || die "consentd migrate failed"
+    else
+        out=$(
+            unset CONSENTD_MIGRATION_DATABASE_URL_FILE CONSENTD_MIGRATION_DATABASE_PASSWORD
+            export CONSENTD_MIGRATION_DATABASE_URL=$OWNER_DB_URL \
+                CONSENTD_MIGRATION_DATABASE_PASSWORD_FILE=$SECRETS/database_owner_password
+            exec "$REPO/.venv/bin/consentd" migrate </dev/null
+        ) || die "consentd migrate (as role consentd_owner) failed"
+    fi
+    say "$out"
 }
 
 # Administration as the superuser postgres, over the unix socket.
 psql_q() { as_pg "$PG_BIN/psql" -X -q -t -A -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d "$1" -c "$2"; }
 
-# Role consentd logs in with this checkout's database password. The server
-# only ever sees its SCRAM verifier (computed here, sent on psql's stdin), so
-# the password reaches no command line, no statement and no server log.
-set_role_password() {
-    local verifier
-    verifier=$(python3 -c '
+# Roles consentd and consentd_owner log in with this checkout's passwords. The
+# server only ever sees their SCRAM verifiers (computed here, sent on psql's
+# stdin), so a password reaches no command line, no statement and no server log.
+scram_verifier() {
+    python3 -c '
 import base64, hashlib, hmac, os, sys
 password = open(sys.argv[1], encoding="utf-8").read().strip().encode()
 salt, rounds = os.urandom(16), 4096
@@ -286,19 +423,25 @@ client = hmac.new(salted, b"Client Key", "sha256").digest()
 server = hmac.new(salted, b"Server Key", "sha256").digest()
 b64 = lambda b: base64.b64encode(b).decode()
 print(f"SCRAM-SHA-256${rounds}:{b64(salt)}${b64(hashlib.sha256(client).digest())}:{b64(server)}")
-' "$SECRETS/database_password")
-    printf '%s\n' \
-        "SELECT 'CREATE ROLE consentd LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'consentd') \\gexec" \
-        "ALTER ROLE consentd LOGIN PASSWORD '$verifier';" |
-        as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres >/dev/null ||
-        die "could not set role consentd's password"
+' "$SECRETS/$1"
+}
+
+set_role_passwords() {
+    local role secret
+    for role in consentd_owner:database_owner_password consentd:database_password; do
+        secret=${role#*:} role=${role%%:*}
+        printf '%s\n' \
+            "SELECT 'CREATE ROLE $role' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') \\gexec" \
+            "ALTER ROLE $role LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '$(scram_verifier "$secret")';"
+    done | psql_script postgres || die "could not set the passwords of roles consentd and consentd_owner"
 }
 
 stop_postgres() {
     if pg_running; then
         say "stopping PostgreSQL"
-        as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 30 stop >/dev/null
+        as_pg "$PG_BIN/pg_ctl" -D "$PG_MOUNT" -m fast -w -t 30 stop >/dev/null
     fi
+    unmount_pg_data
     rm -rf "$PG_SOCK"
 }
 
@@ -320,12 +463,16 @@ start_consentd() {
         stop_consentd
     fi
     mkdir -p "${CONSENTD_JOURNAL_DIR:-$STATE/journal}"
+    chmod 700 "${CONSENTD_JOURNAL_DIR:-$STATE/journal}" # callers' numbers: the daemon's alone
     say "starting consentd --policies $policies"
     # The secrets go by file (CONSENTD_*_FILE), never on the command line; a
     # caller's own values for them would not fit this stack's Asterisk.
     (
         unset CONSENTD_ARI_PASSWORD CONSENTD_AMI_SECRET CONSENTD_API_TOKEN \
             CONSENTD_DATABASE_PASSWORD CONSENTD_DATABASE_PASSWORD_FILE CONSENTD_DATABASE_URL_FILE
+        # Nor the schema owner's credentials: the daemon's role is enough for it.
+        unset CONSENTD_MIGRATION_DATABASE_URL CONSENTD_MIGRATION_DATABASE_URL_FILE \
+            CONSENTD_MIGRATION_DATABASE_PASSWORD CONSENTD_MIGRATION_DATABASE_PASSWORD_FILE
         export CONSENTD_ASTERISK_ROOT=$ROOT CONSENTD_DATABASE_URL=$db_url \
             CONSENTD_JOURNAL_DIR=${CONSENTD_JOURNAL_DIR:-$STATE/journal} \
             CONSENTD_ARI_PASSWORD_FILE=$SECRETS/ari_password \
@@ -365,23 +512,28 @@ stop_consentd() {
 # Every endpoint and credential of this stack, for tests and tools (mode 0600).
 write_stack_json() {
     local db_url=$1
-    (umask 077 && STACK_DB_URL=$db_url python3 -c '
+    (umask 077 && STACK_DB_URL=$db_url STACK_OWNER_URL=$([[ $db_url == "$DEFAULT_DB_URL" ]] && echo "$OWNER_DB_URL" || echo "${CONSENTD_MIGRATION_DATABASE_URL:-}") python3 -c '
 import json, os, pathlib, sys, urllib.parse
 secrets_dir, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 db_url = os.environ["STACK_DB_URL"]  # not an argument: an external URL may hold a password
+owner_url = os.environ["STACK_OWNER_URL"] or None  # external: only when given
 def secret(name):
     return (secrets_dir / name).read_text(encoding="utf-8").strip()
-if sys.argv[3] == "local":  # our cluster: the URL gets the generated password
-    scheme, rest = db_url.split("://", 1)
+def with_password(url, name):
+    scheme, rest = url.split("://", 1)
     user, host = rest.split("@", 1)
-    password = urllib.parse.quote(secret("database_password"), safe="")
-    db_url = f"{scheme}://{user}:{password}@{host}"
+    password = urllib.parse.quote(secret(name), safe="")
+    return f"{scheme}://{user}:{password}@{host}"
+if sys.argv[3] == "local":  # our cluster: the URLs get the generated passwords
+    db_url = with_password(db_url, "database_password")
+    owner_url = with_password(owner_url, "database_owner_password")
 stack = {
     "sip": "127.0.0.1:5060",
     "ari": {"url": sys.argv[4], "user": "consentd", "password": secret("ari_password")},
     "ami": {"host": "127.0.0.1", "port": 5038, "user": "consentd", "password": secret("ami_secret")},
     "ami_tests": {"user": "consentd-tests", "password": secret("ami_tests_secret")},
-    "database_url": db_url,
+    "database_url": db_url,  # role consentd: append to the ledger, read it
+    "migration_database_url": owner_url,  # role consentd_owner: owns the schema
     "http": sys.argv[5],
     "api_token": secret("api_token"),
     "agents": {
@@ -414,6 +566,7 @@ cmd_up() {
     local db_url=${CONSENTD_DATABASE_URL:-$DEFAULT_DB_URL}
     start_asterisk
     start_postgres
+    migrate_ledger
     write_stack_json "$db_url"
     start_consentd "$policies" "$db_url"
     cat <<EOF
@@ -456,6 +609,7 @@ cmd_status() {
         echo "consentd   stopped"
     fi
     if mountpoint -q "$ROOT/proc" 2>/dev/null; then echo "mount      $ROOT/proc"; fi
+    if mountpoint -q "$PG_MOUNT" 2>/dev/null; then echo "mount      $PG_MOUNT ($PG_DATA)"; fi
     if [[ -f $STACK_JSON ]]; then echo "stack.json $STACK_JSON"; fi
 }
 

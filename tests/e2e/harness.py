@@ -36,6 +36,11 @@ def database_url() -> str:
     return os.environ.get("CONSENTD_DATABASE_URL") or local_stack().database_url
 
 
+def migration_database_url() -> str:
+    """The schema owner's URL (DDL: schemas of its own for a test), not the daemon's."""
+    return os.environ.get("CONSENTD_MIGRATION_DATABASE_URL") or local_stack().migration_database_url
+
+
 POLICIES = """\
 default: {recording: never}
 groups:

@@ -27,11 +27,11 @@ from prometheus_client import CollectorRegistry
 from consentd.export import epoch_seconds, from_epoch
 from consentd.http_api import Health, init_app
 from consentd.http_reports import add_routes
-from consentd.ledger_pg import PostgresLedger
+from consentd.ledger_pg import PostgresLedger, migrate_database
 from consentd.openapi import EXPORT_PATHS, document
 from consentd.reports_pg import LedgerReports
 from tests.api_schema import validate_response
-from tests.e2e.harness import Stack, database_url, local_stack
+from tests.e2e.harness import Stack, local_stack, migration_database_url
 
 pytestmark = pytest.mark.e2e
 
@@ -99,7 +99,8 @@ CHANGED = "test:a.changed"
 @pytest.fixture(scope="module")
 def schema_dsn(stack: Stack) -> Iterator[str]:
     schema = f"reports_test_{secrets.token_hex(4)}"
-    base = database_url()
+    # The schema owner's role: the daemon's may create no schema (least privilege).
+    base = migration_database_url()
 
     async def create() -> None:
         conn = await asyncpg.connect(base)
@@ -120,9 +121,7 @@ def schema_dsn(stack: Stack) -> Iterator[str]:
     dsn = f"{base}{separator}{urllib.parse.urlencode({'search_path': schema})}"
 
     async def fill() -> None:
-        store = PostgresLedger(dsn)
-        await store.connect()  # the migrations, into the schema
-        await store.close()
+        await migrate_database(dsn)  # the migrations, into the schema
         conn = await asyncpg.connect(dsn)
         try:
             rows = [

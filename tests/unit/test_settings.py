@@ -234,7 +234,7 @@ def test_secrets_are_generated_once_private_and_distinct(tmp_path: Path) -> None
     assert again.stdout == ""  # nothing generated the second time
     assert set(first) == {
         "ari_password", "ami_secret", "ami_tests_secret", "database_password", "api_token",
-        "agent1_password", "agent2_password", "agent3_password",
+        "database_owner_password", "agent1_password", "agent2_password", "agent3_password",
     }  # fmt: skip
     for name, value in first.items():
         assert _mode(target / name) == 0o600, name

@@ -233,8 +233,11 @@ def _paused(ordered: list[LedgerEvent], until: datetime) -> list[tuple[datetime,
 def _without(
     spans: list[tuple[datetime, datetime]], holes: list[tuple[datetime, datetime]]
 ) -> list[tuple[datetime, datetime]]:
-    """``spans`` with every ``holes`` interval cut out."""
+    """``spans`` with every ``holes`` interval cut out; a hole that ends before it starts
+    (a resume stamped by a clock a little behind the pause's) cuts nothing."""
     for hole_start, hole_end in holes:
+        if hole_end <= hole_start:
+            continue
         kept = []
         for begin, stop in spans:
             if stop <= hole_start or begin >= hole_end:

@@ -689,3 +689,17 @@ def test_the_document_refuses_spans_outside_the_contract(span: dict[str, Any]) -
 
     with pytest.raises(ValidationError):
         validate_response(DOC, "/api/calls/{id}", "GET", 200, body)
+
+
+def test_a_resume_stamped_before_its_pause_cuts_nothing_and_overlaps_nothing() -> None:
+    """Found by hypothesis: two clocks a millisecond apart made recorded spans overlap."""
+    events = rows(
+        (0, "voicemail_started", {"path": "/root/vm.wav"}),
+        (0.002, "recording_paused", {}),
+        (0.001, "recording_resumed", {}),
+        (3, "call_ended", {"cause": "hangup"}),
+    )
+
+    spans = check_invariants(events, D0)
+
+    assert lane(spans, "recording") == [("recorded", 0, 3)]

@@ -1,8 +1,12 @@
 """make demo: bring the stack up, place one real SIP call per policy (with and
-without key 3), print the call details, and bring the stack down again."""
+without key 3), print the call details, and bring the stack down again.
+
+make demo KEEP=1 (``--keep``): leave the stack up afterwards and say where the
+dashboard is and where its token is kept (never the token itself)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import subprocess
 import sys
@@ -13,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from consentd.cli import render_table
+from consentd.local_stack import LocalStack, stack_file
 from consentd.sipp import AgentResult, CallPlan, CallResult, place_calls, run_agent
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +102,20 @@ def fetch_calls() -> list[dict[str, object]]:
     return calls
 
 
-def main() -> int:
+def dashboard_notice() -> str:
+    """Where the dashboard is, and where its token is: the token itself is never printed."""
+    stack_json = stack_file()
+    return (
+        f"==> the stack stays up (make down stops it)\n"
+        f"    dashboard: {LocalStack.load().http}/\n"
+        f"    its token: api_token in {stack_json} (jq -r .api_token {stack_json})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="leave the stack up afterwards")
+    keep = parser.parse_args(argv).keep
     started = time.monotonic()
     stack("up", str(POLICIES))
     try:
@@ -145,9 +163,12 @@ def main() -> int:
             print(f"demo: {problem}", file=sys.stderr)
         verdict = "as expected" if not problems else f"{len(problems)} problem(s)"
         print(f"==> {len(cases)} calls, {verdict}, in {time.monotonic() - started:.0f} s")
+        if keep:
+            print(dashboard_notice())
         return 1 if problems else 0
     finally:
-        stack("down")
+        if not keep:
+            stack("down")
 
 
 if __name__ == "__main__":

@@ -38,11 +38,14 @@ from consentd.reload import PolicyReloader
 from consentd.reports_pg import LedgerReports
 from consentd.runner import Ports, utc_now
 from consentd.settings import RUN_SECRETS, Settings
+from consentd.webhook_sender import Outbox, WebhookSender
+from consentd.webhooks import webhook_config
 
 
 async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: float = 5.0) -> None:
     log = structlog.get_logger("consentd")
     settings.require(*RUN_SECRETS)
+    webhooks = webhook_config(settings)  # checked by `consentd run` before
     store = PostgresLedger(
         settings.secret("database_url"), settings.secret_or_none("database_password")
     )
@@ -167,7 +170,8 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
             control=dispatcher.control,
             api_token=settings.secret("api_token"),
         )
-        add_report_routes(api, LedgerReports(store), clock=utc_now)
+        reports = LedgerReports(store)
+        add_report_routes(api, reports, clock=utc_now)
         http = web.AppRunner(api)
         await http.setup()
         await web.TCPSite(http, settings.http_host, settings.http_port).start()
@@ -183,6 +187,13 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
             interval=settings.fallback_poll_seconds,
         )
         fallback_task = tg.create_task(fallback.run(), name="fallback-calls")
+        # Webhooks from the ledger's outbox; none configured, nothing runs.
+        webhook_task = None
+        if webhooks is not None:
+            for problem in webhooks.warnings:
+                log.warning("webhook_warning", problem=problem)
+            sender = WebhookSender(webhooks, Outbox(store), reports)
+            webhook_task = tg.create_task(sender.run(), name="webhooks")
         log.info(
             "consentd_started",
             node=settings.node,
@@ -207,6 +218,8 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
             await asyncio.wait(set(call_tasks), timeout=shutdown_grace)
         events_task.cancel()
         fallback_task.cancel()  # what it submitted is in the writer's queue, stored below
+        if webhook_task is not None:
+            webhook_task.cancel()  # unsent rows stay in the outbox for the next start
         for task in list(call_tasks):
             task.cancel()
         await writer.close()

@@ -25,6 +25,7 @@ from consentd.policy import PolicyBook, PolicyError, load_policies
 from consentd.runner import utc_now
 from consentd.safe_text import SafeStream, escape_controls
 from consentd.settings import RUN_SECRETS, MissingSecrets, Settings, SettingsProblem
+from consentd.webhooks import webhook_config
 
 EXPORT_PATH = EXPORT_PATHS[1]
 
@@ -209,6 +210,7 @@ def _run(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
         settings.require_token_if_exposed()
         settings.require(*RUN_SECRETS)
+        webhook_config(settings)
     except SettingsProblem as exc:
         print(f"consentd: not starting: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ SECRET_FIELDS = (
     "database_url",
     "database_password",
     "api_token",
+    "webhook_secret",
     "migration_database_url",
     "migration_database_password",
 )
@@ -163,6 +164,14 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8090
+
+    # Webhooks (consentd/webhooks.py): comma-separated URLs, the HMAC secret, and
+    # the delivery's timeout, longest retry interval and age at which a row expires.
+    webhook_urls: str = ""
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: float = 10.0
+    webhook_retry_max_seconds: float = 300.0
+    webhook_max_age_seconds: float = 259_200.0
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"

@@ -1,10 +1,12 @@
 """A fuzz of the policy loader (issue 11, point 5): whatever a file holds, loading it
 raises nothing but PolicyError, and takes well under a second.
 
-Three kinds of input: arbitrary bytes; "YAML-ish" text built from the pieces
+Four kinds of input: arbitrary bytes; "YAML-ish" text built from the pieces
 hostile files are made of (anchors, aliases, merge keys, tags, brackets, dates,
-long numbers, control characters) between the policy file's own keys; and
-policy-shaped data dumped as YAML with anchors and aliases. Each example runs
+long numbers, control characters) between the policy file's own keys;
+policy-shaped data dumped as YAML with anchors and aliases; and valid policy
+files with a few pieces inserted, spans deleted or repeated, which reach the
+validators behind the parser. Each example runs
 under a hard time bound (SIGALRM) besides hypothesis's deadline, so a hang
 fails the test instead of stalling `make test`.
 """
@@ -27,6 +29,32 @@ from hypothesis import strategies as st
 
 from consentd.greeting_files import GreetingPlaces
 from consentd.policy import PolicyError, load_policies
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Valid files to mutate: the example, and one with greetings, groups, menus and agents.
+SEEDS = [
+    (REPO / "examples" / "policies.yaml").read_text(encoding="utf-8"),
+    """\
+default: &base {recording: never}
+numbers:
+  "+4930100001": {<<: *base, recording: always, outbound_announcement: true}
+  "+4930100002": {recording: opt_in, language: it, greetings: {opt_in: greetings/it.wav}}
+  "+4930100003": {recording: opt_out, routing: {ivr: main}, pause_gap: skip}
+  "+4930100004": {recording: opt_in, allow_withdrawal: true, routing: {group: support}}
+groups:
+  support: {queue: support, timeout: 20, no_answer: voicemail, voicemail_max_seconds: 60}
+ivr:
+  main:
+    greeting: {file: ../outside.wav, category: ivr}
+    options: {"1": {group: support}, "2": {voicemail: true}, "9": {ivr: main}}
+    default: {dialplan: {context: pbx-extensions, extension: "200", priority: 1}}
+agents:
+  agent1: {outbound_number: "+4930100001"}
+agent_controls: {pause: "*1", resume: "*2"}
+max_greeting_seconds: 30
+""",
+]
 
 #: Per example: hypothesis reports slower ones; the alarm stops a hang outright.
 DEADLINE = timedelta(seconds=1)
@@ -188,6 +216,24 @@ policy_like = st.recursive(
 )
 
 
+@st.composite
+def mutated(draw: st.DrawFn) -> str:
+    """A valid file with up to six pieces inserted, spans deleted or repeated."""
+    text: str = draw(st.sampled_from(SEEDS))
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(text)))
+        change = draw(st.sampled_from(["insert", "delete", "repeat"]))
+        if change == "insert":
+            text = text[:at] + draw(st.sampled_from(PIECES)) + text[at:]
+        elif change == "delete":
+            end = draw(st.integers(at, min(len(text), at + 20)))
+            text = text[:at] + text[end:]
+        else:
+            end = draw(st.integers(at, min(len(text), at + 200)))
+            text = text[:end] + text[at:end] + text[end:]
+    return text
+
+
 @contextmanager
 def hard_limit(seconds: float) -> Iterator[None]:
     def expired(signum: int, frame: Any) -> None:
@@ -261,3 +307,9 @@ def test_policy_shaped_yaml_with_aliases_only_ever_raises_policy_error(
         data = {**data, "numbers": {"+4930100001": data["default"], "+4930100002": data["default"]}}
     text = yaml.dump(data, Dumper=yaml.SafeDumper, allow_unicode=True)
     load_only_policy_error(workdir, text.encode("utf-8", "surrogatepass"))
+
+
+@FUZZ
+@given(text=mutated())
+def test_mutated_valid_files_only_ever_raise_policy_error(workdir: Path, text: str) -> None:
+    load_only_policy_error(workdir, text.encode("utf-8"))

@@ -23,10 +23,12 @@ down:
 status:
 	scripts/stack.sh status
 
-# Lint first (seconds), then every unit and end-to-end test against the real
-# stack. CONSENTD_REQUIRE_E2E=1 fails the run if an e2e test is skipped or
-# none ran; pytest's own exit 5 (nothing collected) fails make as well.
-test: setup lint
+# Lint first (seconds), the images, then every unit and end-to-end test against
+# the real stack, and last the container suite (tests/containers: Asterisk and
+# consentd from the images, after the chroot stack is down).
+# CONSENTD_REQUIRE_E2E=1 fails the run if an e2e or container test is skipped
+# or none ran; pytest's own exit 5 (nothing collected) fails make as well.
+test: setup lint images
 	CONSENTD_REQUIRE_E2E=1 $(VENV)/python -m pytest tests -p no:cacheprovider
 
 # Quicker subsets while working. Only `make test` is the whole truth.
@@ -38,6 +40,9 @@ test-e2e: setup
 
 test-faults: setup
 	$(VENV)/python -m pytest tests/faults -p no:cacheprovider -s
+
+test-containers: images
+	CONSENTD_REQUIRE_CONTAINERS=1 $(VENV)/python -m pytest tests/containers -p no:cacheprovider
 
 test-bench: setup
 	$(VENV)/python -m pytest tests/e2e -m bench -p no:cacheprovider -s

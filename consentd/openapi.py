@@ -242,7 +242,8 @@ def document() -> dict[str, Any]:
             "title": "consentd",
             "version": "1",
             "description": "Call-recording consent for Asterisk: health, metrics, calls, "
-            "reports and agents' recording controls. Every route but /healthz needs "
+            "reports, agents' recording controls and the dashboard. Every route but /healthz "
+            "and the dashboard's page (/, /dashboard/app.js, /dashboard/app.css) needs "
             "`Authorization: Bearer <api_token>`.",
         },
         "security": [{"bearer": []}],

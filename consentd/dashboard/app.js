@@ -207,7 +207,7 @@ function drawTimeline(view, until) {
   }
   const rows = $("spans").tBodies[0];
   rows.replaceChildren(
-    ...spans.map((s) =>
+    ...spans.filter((s) => s.end_s - s.start_s >= 0.05).map((s) =>
       el(
         "tr",
         { "data-lane": s.lane, "data-kind": s.kind },
@@ -247,11 +247,11 @@ function drawCalls(calls) {
         "data-outcome": outcome,
       },
       el("td", { text: clock(call.started_at) }),
-      el("td", { class: "number", text: call.phone_number || "" }),
-      el("td", { class: "caller", text: call.caller || "" }),
+      el("td", { class: "number", text: call.phone_number || "", title: call.phone_number }),
+      el("td", { class: "caller", text: call.caller || "", title: call.caller }),
       el("td", { class: "policy", text: call.call_recording_consent || "" }),
       el("td", {}, el("span", { class: `outcome ${outcome}`, text: OUTCOME_LABELS[outcome] })),
-      el("td", { class: "agent", text: agentOf(call) || "" }),
+      el("td", { class: "agent", text: agentOf(call) || "", title: agentOf(call) }),
       el("td", { class: "num", text: call.duration === null ? "" : `${call.duration} s` }),
       el("td", { class: "num recorded", text: `${call.recording_time} s` }),
       el("td", { class: "num", text: `${call.not_recording_time} s` }),

@@ -250,7 +250,7 @@ class WebhookSender:
         self._in_flight.discard(row.id)
 
     async def _deliver(self, session: aiohttp.ClientSession, row: OutboxRow, now: datetime) -> None:
-        log = self._log.bind(delivery=row.delivery_id, event=row.event_type, call_id=row.call_id)
+        log = self._log.bind(delivery=row.delivery_id, type=row.event_type, call_id=row.call_id)
         if (now - row.created_at).total_seconds() > self._config.max_age:
             await self._outbox.finish(row, "expired", "older than CONSENTD_WEBHOOK_MAX_AGE_SECONDS")
             log.warning("webhook_expired", attempts=row.attempts)

@@ -25,10 +25,11 @@ ROOT_INCLUDE=asterisk,asterisk-core-sounds-en-gsm
 ROOT_SPEC="v1 sid minbase $ROOT_INCLUDE nodoc"
 
 # libsox-fmt-mp3: operators' MP3 greetings are converted with sox.
+# chromium: the dashboard's browser test (Playwright drives it; no browser download).
 # podman, runc: make images and the container suite; systemd: systemd-analyze
 # verify of deploy/systemd in make test.
 HOST_PACKAGES=(mmdebstrap sip-tester sox libsox-fmt-mp3 espeak-ng postgresql python3-venv curl util-linux
-    podman runc systemd)
+    chromium podman runc systemd)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -187,7 +187,11 @@ def prepare_greeting(source: Path, *, max_seconds: float, cache_dir: Path) -> Pr
     readable, not .wav/.mp3, empty, corrupt or unsupported, or longer than
     ``max_seconds``.
     """
-    digest = _source_digest(source)
+    try:
+        digest = _source_digest(source)
+    except OSError as exc:  # a name longer than the file system takes, an I/O error
+        reason = f"cannot be read ({exc.strerror or exc})"
+        raise GreetingFileError(source, Problem.NOT_READABLE, reason) from None
     cached = cache_dir / cache_name(digest)
     duration = _playable_duration(cached)
     if duration is None:

@@ -763,3 +763,19 @@ def test_loading_never_raises_anything_but_policy_error_on_these(tmp_path: Path)
         path = write(tmp_path, text)
         with within(5), pytest.raises(PolicyError):
             load_policies(path)
+
+
+def test_a_greeting_name_longer_than_the_file_system_takes_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the fuzz: stat() of a 3,000-character name raised ENAMETOOLONG."""
+    name = "1" * 3000 + ".wav"
+    file = tmp_path / "policies.yaml"
+    file.write_text(f"default: {{recording: opt_in, greetings: {{opt_in: {name}}}}}\n")
+
+    with pytest.raises(PolicyError) as caught:
+        load_policies(file, cache_dir=tmp_path / "cache")
+    (problem,) = caught.value.problems
+    assert "cannot be read (File name too long)" in str(problem)
+    assert main(["check", str(file)]) == 1
+    assert "Traceback" not in capsys.readouterr().err

@@ -15,9 +15,10 @@ migrations (SchemaBehind). A migration that creates a table grants role
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -248,6 +249,17 @@ class PostgresLedger:
             self._pool = pool
         return self._pool
 
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for a read or a small update (reports, the outbox);
+        any database failure comes out as LedgerUnavailable."""
+        try:
+            pool = await self.connect()
+            async with pool.acquire(timeout=5) as conn:
+                yield conn
+        except (DatabaseError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
     async def close(self) -> None:
         if self._node_lock is not None:
             await self._node_lock.close()
@@ -328,16 +340,12 @@ class PostgresLedger:
 
     async def _events_where(self, condition: str, *args: Any) -> list[LedgerEvent]:
         """Rows matching ``condition``, by call and seq; any failure is LedgerUnavailable."""
-        try:
-            pool = await self.connect()
-            async with pool.acquire(timeout=5) as conn:
-                rows = await conn.fetch(
-                    "SELECT event_key, call_id, node, seq, kind, occurred_at, data"
-                    f" FROM call_events WHERE {condition} ORDER BY call_id, seq, id",
-                    *args,
-                )
-        except (DatabaseError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
-            raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT event_key, call_id, node, seq, kind, occurred_at, data"
+                f" FROM call_events WHERE {condition} ORDER BY call_id, seq, id",
+                *args,
+            )
         return [_event(r) for r in rows]
 
     async def events_of(self, call_ids: Sequence[str]) -> list[LedgerEvent]:

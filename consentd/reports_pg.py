@@ -17,13 +17,10 @@ ends: that only delays the export, it never loses a call.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-import asyncpg
 
 from consentd.call_details import summarize
 from consentd.export import (
@@ -32,8 +29,8 @@ from consentd.export import (
     epoch_seconds,
     from_epoch,
 )
-from consentd.ledger import LedgerEvent, LedgerUnavailable
-from consentd.ledger_pg import DatabaseError, PostgresLedger
+from consentd.ledger import LedgerEvent
+from consentd.ledger_pg import PostgresLedger
 from consentd.timeline import timeline
 
 
@@ -112,18 +109,8 @@ class LedgerReports:
     def __init__(self, store: PostgresLedger) -> None:
         self._store = store
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; any database failure comes out as LedgerUnavailable."""
-        try:
-            pool = await self._store.connect()
-            async with pool.acquire(timeout=5) as conn:
-                yield conn
-        except (DatabaseError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
-            raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
     async def horizon(self) -> datetime:
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             value: datetime = await conn.fetchval(_HORIZON)
         return value
 
@@ -132,7 +119,7 @@ class LedgerReports:
         horizon = epoch_seconds(await self.horizon())  # first: see the module's docstring
         if start_time >= horizon:
             return ExportPage([], max(start_time, horizon), True)
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             keys = await conn.fetch(
                 _KEYS + " LIMIT $3", from_epoch(start_time), from_epoch(horizon), per_page + 1
             )
@@ -159,7 +146,7 @@ class LedgerReports:
 
     async def call(self, key: str, now: datetime) -> CallView | None:
         """One call by its id in the ledger (``node:channel``) or its integer ``id``."""
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             if key.isascii() and key.isdigit():
                 call_id = await conn.fetchval(
                     "SELECT call_id FROM call_events WHERE id = $1 AND kind = 'call_started'",
@@ -197,7 +184,7 @@ class LedgerReports:
         self, start: datetime, end: datetime, now: datetime
     ) -> list[dict[str, Any]]:
         """Details of every call started in ``[start, end)``."""
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             ids = await conn.fetch(
                 "SELECT DISTINCT call_id FROM call_events WHERE kind = 'call_started'"
                 " AND occurred_at >= $1 AND occurred_at < $2",
@@ -221,7 +208,7 @@ class LedgerReports:
     ) -> list[dict[str, Any]]:
         """The export records of the ``limit`` most recently started calls that match,
         newest first; calls in progress included (``ended_at`` null)."""
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             ids = await conn.fetch(_RECENT, limit, number, outcome, agent)
             rows = await conn.fetch(_ROWS, [r["call_id"] for r in ids])
         by_call = _by_call(rows)
@@ -244,7 +231,7 @@ class LedgerReports:
 
     async def changes(self, after: datetime | None) -> tuple[datetime | None, int]:
         """(the latest ``stored_at`` of any row, how many rows were stored after ``after``)."""
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             row = await conn.fetchrow(_CHANGES, after)
         return row[0], int(row[1])
 

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import asyncpg
 import structlog
 
 from consentd.ledger import LedgerEvent, LedgerUnavailable
-from consentd.ledger_pg import DatabaseError, PostgresLedger
+from consentd.ledger_pg import PostgresLedger
 from consentd.reports_pg import LedgerReports
 from consentd.webhooks import (
     WebhookConfig,
@@ -74,18 +73,9 @@ class Outbox:
     def __init__(self, store: PostgresLedger) -> None:
         self._store = store
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        try:
-            pool = await self._store.connect()
-            async with pool.acquire(timeout=5) as conn:
-                yield conn
-        except (DatabaseError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
-            raise LedgerUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
     async def claim(self, limit: int, lease: float) -> tuple[list[OutboxRow], datetime | None]:
         """Up to ``limit`` due rows, leased for ``lease`` seconds; and the database's clock."""
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             rows = await conn.fetch(_CLAIM, limit, lease, timeout=10)
         claimed = [
             OutboxRow(
@@ -112,7 +102,7 @@ class Outbox:
         retry_after: float,
     ) -> None:
         """One attempt's outcome: who acknowledged it, and either done or when to retry."""
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             await conn.execute(
                 "UPDATE webhook_outbox SET attempts = attempts + 1,"
                 " last_attempt_at = now(), last_error = $2,"
@@ -133,7 +123,7 @@ class Outbox:
 
     async def finish(self, row: OutboxRow, outcome: str, reason: str) -> None:
         """Done without a delivery: ``skipped`` (nothing to send) or ``expired`` (too old)."""
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             await conn.execute(
                 "UPDATE webhook_outbox SET done_at = now(), outcome = $2, last_error = $3"
                 " WHERE id = $1 AND done_at IS NULL",
@@ -145,7 +135,7 @@ class Outbox:
 
     async def expire(self, max_age: float) -> int:
         """Mark every undelivered row older than ``max_age`` seconds ``expired``; how many."""
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             status = await conn.execute(
                 "UPDATE webhook_outbox SET done_at = now(), outcome = 'expired',"
                 " last_error = coalesce(last_error || '; ', '')"
@@ -158,7 +148,7 @@ class Outbox:
 
     async def release(self, ids: Sequence[int]) -> None:
         """Rows claimed but not attempted (the daemon is stopping): due again now."""
-        async with self._connection() as conn:
+        async with self._store.connection() as conn:
             await conn.execute(
                 "UPDATE webhook_outbox SET next_attempt_at = now()"
                 " WHERE id = ANY($1::bigint[]) AND done_at IS NULL",

@@ -346,7 +346,7 @@ class PostgresLedger:
                 f" FROM call_events WHERE {condition} ORDER BY call_id, seq, id",
                 *args,
             )
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def events_of(self, call_ids: Sequence[str]) -> list[LedgerEvent]:
         pool = await self.connect()
@@ -356,14 +356,15 @@ class PostgresLedger:
                 " FROM call_events WHERE call_id = ANY($1::text[]) ORDER BY call_id, seq, id",
                 list(call_ids),
             )
-        return [_event(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
 
 def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _event(row: Any) -> LedgerEvent:
+def event_from_row(row: Any) -> LedgerEvent:
+    """A ``call_events`` row (any row with its columns) as a LedgerEvent."""
     return LedgerEvent(
         event_key=row["event_key"],
         call_id=row["call_id"],

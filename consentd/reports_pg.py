@@ -29,8 +29,7 @@ from consentd.export import (
     epoch_seconds,
     from_epoch,
 )
-from consentd.ledger import LedgerEvent
-from consentd.ledger_pg import PostgresLedger
+from consentd.ledger_pg import PostgresLedger, event_from_row
 from consentd.timeline import timeline
 
 
@@ -136,7 +135,7 @@ class LedgerReports:
         now = datetime.now(tz=UTC)
         calls = []
         for key in keys:
-            events = [_event(r) for r in by_call.get(key["call_id"], [])]
+            events = [event_from_row(r) for r in by_call.get(key["call_id"], [])]
             details = summarize(events, now)
             if details is not None:
                 calls.append(
@@ -157,7 +156,7 @@ class LedgerReports:
             else:
                 call_id = key
             rows = await conn.fetch(_ROWS, [call_id])
-        events = [_event(r) for r in rows]
+        events = [event_from_row(r) for r in rows]
         details = summarize(events, now)
         if details is None:
             return None
@@ -193,7 +192,8 @@ class LedgerReports:
             )
             rows = await conn.fetch(_ROWS, [r["call_id"] for r in ids])
         details = (
-            summarize([_event(r) for r in call_rows], now) for call_rows in _by_call(rows).values()
+            summarize([event_from_row(r) for r in call_rows], now)
+            for call_rows in _by_call(rows).values()
         )
         return [d for d in details if d is not None]
 
@@ -215,7 +215,7 @@ class LedgerReports:
         calls = []
         for key in ids:
             call_rows = by_call.get(key["call_id"], [])
-            events = [_event(r) for r in call_rows]
+            events = [event_from_row(r) for r in call_rows]
             details = summarize(events, now)
             if details is None:
                 continue
@@ -241,15 +241,3 @@ def _by_call(rows: Sequence[Any]) -> dict[str, list[Any]]:
     for row in rows:
         by_call.setdefault(row["call_id"], []).append(row)
     return by_call
-
-
-def _event(row: Any) -> LedgerEvent:
-    return LedgerEvent(
-        event_key=row["event_key"],
-        call_id=row["call_id"],
-        node=row["node"],
-        seq=row["seq"],
-        kind=row["kind"],
-        occurred_at=row["occurred_at"],
-        data=row["data"],
-    )

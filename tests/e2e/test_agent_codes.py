@@ -20,7 +20,6 @@ captured and searched for it.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from tests.e2e.harness import (
 )
 from tests.e2e.rtp_capture import RtpCapture, bursts, tone_times
 from tests.e2e.test_agent_controls import silent_span
+from tests.e2e.test_outbound import agent_password
 
 AGENT_PHONE = REPO / "sipp-scenarios" / "agent.xml"
 AGENT_CALL = REPO / "sipp-scenarios" / "agent-call.xml"
@@ -191,11 +191,6 @@ def test_a_queue_agent_pauses_and_resumes_by_code_and_the_caller_hears_no_code(
     assert abs(details["recording_time"] + details["not_recording_time"] - ended) <= 1.0
 
 
-def _agent_password(agent: str) -> str:
-    stack_file = json.loads((REPO / ".state" / "stack.json").read_text())
-    return str(stack_file["agents"][agent]["password"])
-
-
 def test_an_outbound_agent_pauses_by_code_and_skip_mode_leaves_the_gap_out(
     stack: Stack,
 ) -> None:
@@ -209,7 +204,7 @@ def test_an_outbound_agent_pauses_by_code_and_skip_mode_leaves_the_gap_out(
         agent = await place_agent_call(
             AGENT_CALL,
             agent="agent1",
-            password=_agent_password("agent1"),
+            password=agent_password("agent1"),
             number=CALLEE,
             port=5071,
             media_port=16610,

@@ -28,8 +28,10 @@ ROOT_SPEC="v1 sid minbase $ROOT_INCLUDE nodoc"
 # chromium: the dashboard's browser test (Playwright drives it; no browser download).
 # podman, runc: make images and the container suite; systemd: systemd-analyze
 # verify of deploy/systemd in make test.
+# kamailio: the SIP proxy of the two-node cluster (scripts/cluster.sh); its
+# system service is never started (see the install below).
 HOST_PACKAGES=(mmdebstrap sip-tester sox libsox-fmt-mp3 espeak-ng postgresql python3-venv curl util-linux
-    chromium podman runc systemd)
+    chromium podman runc systemd kamailio)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -57,8 +59,21 @@ if ((${#missing[@]})); then
     say "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-        die "apt-get install ${missing[*]} failed"
+    # No package may start its service: a system Kamailio would take port 5060
+    # from the stack's Asterisk (scripts/cluster.sh runs its own Kamailio).
+    # policy-rc.d answering 101 ("action forbidden") stops invoke-rc.d and
+    # deb-systemd-invoke; one that was already there is left alone.
+    policy_rc_d=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [[ ! -e $policy_rc_d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy_rc_d"
+        chmod 755 "$policy_rc_d"
+        own_policy=1
+    fi
+    status=0
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+    if ((own_policy)); then rm -f "$policy_rc_d"; fi
+    ((status == 0)) || die "apt-get install ${missing[*]} failed"
 else
     say "host packages present"
 fi

@@ -26,7 +26,7 @@ from consentd.ari import AriClient
 from consentd.call_details import recent_calls
 from consentd.dispatcher import Dispatcher, NodeConfig
 from consentd.fallback_calls import FallbackReconciler
-from consentd.greetings import GreetingLibrary
+from consentd.greetings import CUSTOM_DIR, GreetingLibrary
 from consentd.http_api import Health, init_app, register_gauges
 from consentd.http_reports import add_routes as add_report_routes
 from consentd.journal import Journal
@@ -34,6 +34,7 @@ from consentd.ledger import LedgerWriter
 from consentd.ledger_pg import DatabaseError, PostgresLedger, SchemaBehind
 from consentd.metrics import Metrics
 from consentd.policy import PolicyBook
+from consentd.recording_store import AriStore, FileStore, RecordingStore
 from consentd.reload import PolicyReloader
 from consentd.reports_pg import LedgerReports
 from consentd.runner import Ports, utc_now
@@ -56,7 +57,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         raise  # not a database that is away: `consentd migrate` was not run
     except DatabaseError as exc:
         log.warning("database_unavailable_at_start", error=str(exc), action="journalling")
-    greetings = GreetingLibrary.install(book, settings.sounds_dir, settings.asterisk_root)
+    greetings = install_greetings(settings, book)
     journal = Journal(settings.journal_dir / f"{settings.node}.jsonl")
     registry = CollectorRegistry()
     metrics = Metrics(registry)
@@ -77,6 +78,13 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
     feature_codes = FeatureCodes(
         settings.asterisk_root / config_dir.lstrip("/") if config_dir else None, ami
     )
+    if not config_dir:
+        log.info(
+            "agent_controls_not_installed",
+            reason="CONSENTD_ASTERISK_CONFIG_DIR is empty",
+            action="install the output of `consentd features POLICY_FILE` as "
+            "consentd-features.conf on the PBX and reload its features after each change",
+        )
     feature_codes.apply(book.config.agent_controls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,10 +102,16 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         asyncio.TaskGroup() as tg,
     ):
         ari = AriClient(session, settings.ari_url, settings.ari_app)
+        recordings: RecordingStore = (
+            AriStore(ari)
+            if settings.recording_store == "ari"
+            else FileStore(settings.asterisk_root)
+        )
         ports = Ports(
             ari=ari,
             recorder=Recorder(ami),
             ledger=writer,
+            recordings=recordings,
             recording_changed=metrics.recording_changed,
         )
         config = NodeConfig(
@@ -136,9 +150,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         # Live reload (consentd reload, SIGHUP): new calls get the new file's policies.
         reloader = PolicyReloader(
             book,
-            install=lambda b: GreetingLibrary.install(
-                b, settings.sounds_dir, settings.asterisk_root
-            ),
+            install=lambda b: install_greetings(settings, b),
             apply=apply_policies,
             submit=writer.submit,
             clock=utc_now,
@@ -180,13 +192,22 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         writer_task = tg.create_task(writer.run(), name="ledger-writer")
         events_task = tg.create_task(_consume(ari, dispatcher), name="ari-events")
         # Calls the dialplan handled while no consentd was connected, into the ledger.
-        fallback = FallbackReconciler(
-            settings.asterisk_root / settings.fallback_log.lstrip("/"),
-            settings.node,
-            writer.submit,
-            interval=settings.fallback_poll_seconds,
-        )
-        fallback_task = tg.create_task(fallback.run(), name="fallback-calls")
+        fallback_task = None
+        if settings.fallback_log.strip():
+            fallback = FallbackReconciler(
+                settings.asterisk_root / settings.fallback_log.strip().lstrip("/"),
+                settings.node,
+                writer.submit,
+                interval=settings.fallback_poll_seconds,
+            )
+            fallback_task = tg.create_task(fallback.run(), name="fallback-calls")
+        else:
+            log.info(
+                "fallback_log_not_read",
+                reason="CONSENTD_FALLBACK_LOG is empty",
+                consequence="calls the dialplan carries while consentd is away are not in "
+                "the ledger; Asterisk's log consentd-fallback.log on the PBX keeps them",
+            )
         # Webhooks from the ledger's outbox; none configured, nothing runs.
         webhook_task = None
         if webhooks is not None:
@@ -200,6 +221,8 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
             policies=str(book.file),
             numbers=len(book.config.numbers),
             http=f"{settings.http_host}:{settings.http_port}",
+            recording_store=recordings.kind,
+            recording_dir=settings.recording_dir,
         )
         for warning in book.warnings:
             log.warning("policy_warning", problem=str(warning))
@@ -217,7 +240,8 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         if call_tasks:
             await asyncio.wait(set(call_tasks), timeout=shutdown_grace)
         events_task.cancel()
-        fallback_task.cancel()  # what it submitted is in the writer's queue, stored below
+        if fallback_task is not None:
+            fallback_task.cancel()  # what it submitted is in the writer's queue, stored below
         if webhook_task is not None:
             webhook_task.cancel()  # unsent rows stay in the outbox for the next start
         for task in list(call_tasks):
@@ -228,6 +252,23 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         await http.cleanup()
     await store.close()
     log.info("consentd_stopped", stored=writer.stored, journalled=writer.journalled)
+
+
+def install_greetings(settings: Settings, book: PolicyBook) -> GreetingLibrary:
+    """The operators' greetings where Asterisk plays them; with CONSENTD_INSTALL_GREETINGS
+    false consentd copies nothing and names the sounds Asterisk must hold already."""
+    library = GreetingLibrary.install(
+        book, settings.sounds_dir, settings.asterisk_root, copy=settings.install_greetings
+    )
+    if not settings.install_greetings and library.uris():
+        structlog.get_logger("consentd").info(
+            "greetings_not_installed",
+            reason="CONSENTD_INSTALL_GREETINGS is false",
+            expected_on_asterisk=library.uris(),
+            action="copy the files `consentd greetings POLICY_FILE --export DIR` writes to "
+            f"{settings.sounds_dir}/{CUSTOM_DIR}/ on the PBX",
+        )
+    return library
 
 
 async def _consume(ari: AriClient, dispatcher: Dispatcher) -> None:

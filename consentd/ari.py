@@ -273,6 +273,52 @@ class AriClient:
             },
         )
 
+    # ------------------------------------------------------------ stored recordings
+    # Names are relative to Asterisk's recording directory, without the extension
+    # (res/stasis_recording/stored.c), and already URL-escaped by the caller.
+
+    async def delete_stored_recording(self, name: str) -> bool:
+        """Asterisk deletes the file; False when there was none (404)."""
+        try:
+            await self.request("DELETE", f"/recordings/stored/{name}")
+        except AriNotFound:
+            return False
+        return True
+
+    async def stored_recording_size(self, name: str, limit: int) -> int | None:
+        """The stored file's size, capped at ``limit``; None when there is no such file.
+
+        Plain HTTP, never the websocket (whose reply would carry the whole file):
+        the Content-Length when Asterisk sends one, else at most ``limit`` bytes
+        are read, and the connection is closed rather than drained.
+        """
+        path = f"/recordings/stored/{name}/file"
+        try:
+            async with self._session.get(f"{self._base}{path}", timeout=self._timeout) as resp:
+                try:
+                    if resp.status == 404:
+                        return None
+                    if resp.status >= 400:
+                        body = (await resp.content.read(500)).decode("utf-8", "replace")
+                        raise AriError(
+                            f"GET {path}: HTTP {resp.status} {body.strip()}", resp.status
+                        )
+                    if resp.content_length is not None:
+                        return min(resp.content_length, limit)
+                    read = 0
+                    while read < limit:
+                        chunk = await resp.content.read(limit - read)
+                        if not chunk:
+                            break
+                        read += len(chunk)
+                    return read
+                finally:
+                    resp.close()
+        except aiohttp.ClientConnectorError as exc:
+            raise AriNotSent(f"GET {path}: {type(exc).__name__} {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AriUnavailable(f"GET {path}: {type(exc).__name__} {exc}") from exc
+
     async def filter_events(self, types: tuple[str, ...]) -> None:
         """Ask Asterisk to send this app only these event types.
 

@@ -209,6 +209,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
         settings.require_token_if_exposed()
+        settings.require_reachable_recordings()
         settings.require(*RUN_SECRETS)
         webhook_config(settings)
     except SettingsProblem as exc:

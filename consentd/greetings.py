@@ -30,27 +30,21 @@ class GreetingLibrary:
         self._menus: dict[tuple[int, str], dict[str, MenuPlan]] = {}
 
     @classmethod
-    def install(cls, book: PolicyBook, sounds_dir: str, asterisk_root: Path) -> GreetingLibrary:
+    def install(
+        cls, book: PolicyBook, sounds_dir: str, asterisk_root: Path, *, copy: bool = True
+    ) -> GreetingLibrary:
         """Copy every operator greeting of ``book`` (converted at load) where Asterisk plays it.
 
+        With ``copy`` False nothing is written: the files are expected on Asterisk
+        already, under the same names (``export`` makes them; consentd on another host).
         Raises OSError when the sounds directory cannot be written.
         """
         target_dir = asterisk_root / sounds_dir.lstrip("/") / CUSTOM_DIR
         custom: dict[Path, Media] = {}
-        for source in sorted(book.custom_greeting_files()):
-            prepared = book.prepared.get(source)
-            if prepared is None:  # a book built without load_policies (tests)
-                digest = hashlib.sha256(source.read_bytes()).hexdigest()
-                converted = source
-            else:
-                digest, converted = prepared.sha256, prepared.path
+        for source, digest, converted in _custom_files(book):
             name = digest[:24]
-            target = target_dir / f"{name}.wav"
-            if not target.exists():
-                target_dir.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".tmp")
-                shutil.copyfile(converted, tmp)
-                tmp.replace(target)
+            if copy:
+                _copy_once(converted, target_dir / f"{name}.wav")
             custom[source] = Media(
                 uri=f"sound:{PurePosixPath(sounds_dir, CUSTOM_DIR, name)}",
                 language="",
@@ -58,6 +52,21 @@ class GreetingLibrary:
                 sha256=digest,
             )
         return cls(sounds_dir, custom)
+
+    @staticmethod
+    def export(book: PolicyBook, directory: Path) -> list[Path]:
+        """Write every operator greeting of ``book`` into ``directory`` as Asterisk must
+        hold it (``<sounds_dir>/consentd-custom/NAME.wav``); the files written or found."""
+        written = []
+        for _, digest, converted in _custom_files(book):
+            target = directory / f"{digest[:24]}.wav"
+            _copy_once(converted, target)
+            written.append(target)
+        return written
+
+    def uris(self) -> list[str]:
+        """The sound names of the operators' greetings, as Asterisk must find them."""
+        return sorted({m.uri for m in self._custom.values()})
 
     def consent_greeting(self, policy: NumberPolicy) -> Media | None:
         kind = policy.greeting_kind
@@ -106,6 +115,28 @@ class GreetingLibrary:
         return self.media(policy, GreetingKind.AVAILABLE), self.media(
             policy, GreetingKind.VOICEMAIL
         )
+
+
+def _custom_files(book: PolicyBook) -> list[tuple[Path, str, Path]]:
+    """(source, SHA-256 of the source, the file to play) of every operator greeting."""
+    found = []
+    for source in sorted(book.custom_greeting_files()):
+        prepared = book.prepared.get(source)
+        if prepared is None:  # a book built without load_policies (tests)
+            found.append((source, hashlib.sha256(source.read_bytes()).hexdigest(), source))
+        else:
+            found.append((source, prepared.sha256, prepared.path))
+    return found
+
+
+def _copy_once(converted: Path, target: Path) -> None:
+    """The name is the content's hash: a file already there is the same greeting."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(converted, tmp)
+    tmp.replace(target)
 
 
 def _file(greeting: GreetingFile | None) -> Path | None:

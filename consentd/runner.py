@@ -1,4 +1,4 @@
-"""Carries out one call's commands over ARI, AMI, the file system and the ledger.
+"""Carries out one call's commands over ARI, AMI, the recording store and the ledger.
 
 Each call has its own runner task and inbox, so a slow Asterisk answer on one
 call never delays another. Outcomes of commands (a recording really started,
@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -55,6 +54,7 @@ from consentd.call_model import (
     WriteLedger,
 )
 from consentd.ledger import LedgerEvent, LedgerWriter
+from consentd.recording_store import RecordingStore, RecordingStoreError, wait_and_delete
 
 #: The dialplan context that dials agents' outbound calls to the trunk.
 OUTBOUND_CONTEXT = "consentd-outbound"
@@ -64,8 +64,8 @@ BEEP_MEDIA = "sound:consentd/beep"
 #: Plays tried, 20 ms apart, while a new snoop channel is not in Stasis yet.
 WHISPER_READY_TRIES = 25
 
-#: A WAV file this small holds its header and no audio.
-WAV_HEADER_BYTES = 44
+#: Checks, ``delete_grace`` apart, that deleted audio stayed deleted after the hangup.
+PURGE_CHECKS = 3
 
 
 def utc_now() -> datetime:
@@ -79,6 +79,8 @@ class Ports:
     ari: AriClient
     recorder: Recorder
     ledger: LedgerWriter
+    #: Where recordings live: deletes and checks go through it (files or ARI).
+    recordings: RecordingStore
     clock: Callable[[], datetime] = utc_now
     #: How long to wait for MixMonitor to create a file before deleting it.
     delete_grace: float = 1.0
@@ -94,7 +96,7 @@ class CallRunner:
         self.call = call
         self._ports = ports
         self._inbox: asyncio.Queue[Event] = asyncio.Queue()
-        self._purged: list[Path] = []
+        self._purged: list[str] = []
         self._pending_requests: set[asyncio.Task[None]] = set()
         self._beeps = 0
         facts = call.facts
@@ -224,18 +226,27 @@ class CallRunner:
                     await recorder.stop(facts.channel_id, command.mixmonitor_id)
                     return RecordingStopped(command.segment, self._ports.clock())
                 case DeleteIfEmpty():
-                    if await self._delete_if_empty(Path(facts.host_path(command.file))):
+                    if await self._delete_if_empty(command.file):
                         return EmptyFileRemoved(command.file, self._ports.clock())
                 case DeleteRecording():
-                    await self._delete(Path(facts.host_path(command.file)))
+                    await self._delete(command.file)
                     return RecordingDeleted(command.segment, self._ports.clock())
-        except (AriError, AmiError, OSError) as exc:
+        except (AriError, AmiError, OSError, RecordingStoreError) as exc:
             unknown = isinstance(exc, AriUnavailable | AmiUnavailable) and not isinstance(
                 exc, AriNotSent | AmiNotSent
             )
             self.log.warning(
                 "command_failed", command=type(command).__name__, error=str(exc), unknown=unknown
             )
+            if isinstance(command, DeleteRecording):
+                # Never silent: the ledger gets command_failed and no recording_deleted.
+                self.log.error(
+                    "refused_audio_not_deleted",
+                    file=command.file,
+                    store=self._ports.recordings.kind,
+                    error=str(exc),
+                    action="delete it on the PBX by hand",
+                )
             return CommandFailed(command, str(exc), self._ports.clock(), unknown=unknown)
         return None
 
@@ -325,32 +336,42 @@ class CallRunner:
         # a line per ledger event cost more CPU than the call control itself.
         self.log.debug(command.kind, **{k: v for k, v in command.data.items() if v is not None})
 
-    async def _delete(self, path: Path) -> None:
+    async def _delete(self, file: str) -> None:
         """Delete captured audio; MixMonitor may create the file a moment after it starts."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._ports.delete_grace
-        while not path.exists() and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        path.unlink(missing_ok=True)
-        self._purged.append(path)
+        await wait_and_delete(self._ports.recordings, file, self._ports.delete_grace)
+        self._purged.append(file)
 
-    async def _delete_if_empty(self, path: Path) -> bool:
+    async def _delete_if_empty(self, file: str) -> bool:
         """A WAV of 44 bytes or less is a header alone; give the writer time to close it."""
         await asyncio.sleep(self._ports.delete_grace)
-        try:
-            if path.stat().st_size > WAV_HEADER_BYTES:
-                return False
-            path.unlink()
-        except FileNotFoundError:
+        if not await self._ports.recordings.holds_no_audio(file):
             return False
-        return True
+        return await self._ports.recordings.delete(file)
 
     async def _confirm_purged(self) -> None:
-        """After hangup MixMonitor has closed its files; make sure deleted audio stayed deleted."""
+        """After hangup MixMonitor has closed its files; make sure deleted audio stayed deleted.
+
+        Runs after the call's last event, so a failure cannot go into the flow:
+        it is tried ``PURGE_CHECKS`` times and then logged as an error, never raised
+        (an exception here would end the daemon's task group)."""
         if not self._purged:
             return
-        await asyncio.sleep(self._ports.delete_grace)
-        for path in self._purged:
-            if path.exists():
-                path.unlink(missing_ok=True)
-                self.log.warning("recording_deleted_again", path=str(path))
+        store = self._ports.recordings
+        for file in self._purged:
+            error = ""
+            for _ in range(PURGE_CHECKS):
+                await asyncio.sleep(self._ports.delete_grace)
+                try:
+                    if await store.delete(file):
+                        self.log.warning("recording_deleted_again", file=file, store=store.kind)
+                    break
+                except (AriError, OSError, RecordingStoreError) as exc:
+                    error = str(exc)
+            else:
+                self.log.error(
+                    "recording_purge_unconfirmed",
+                    file=file,
+                    store=store.kind,
+                    error=error,
+                    action="check on the PBX that the file is gone",
+                )

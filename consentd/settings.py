@@ -13,10 +13,10 @@ import ipaddress
 import os
 import socket
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -25,6 +25,13 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "CONSENTD_"
+
+#: Where MixMonitor writes by default: beside Asterisk's disk (files), or under
+#: Asterisk's recording directory, where ARI's stored recordings reach (ari).
+DEFAULT_RECORDING_DIRS = {
+    "files": "/var/spool/asterisk/monitor",
+    "ari": "/var/spool/asterisk/recording",
+}
 
 #: Settings that may come from ``CONSENTD_<NAME>_FILE`` and are never logged.
 SECRET_FIELDS = (
@@ -143,14 +150,23 @@ class Settings(BaseSettings):
 
     # Where Asterisk's file system appears on this host ("/" unless Asterisk is chrooted).
     asterisk_root: Path = Path("/")
-    # Paths as Asterisk sees them.
-    recording_dir: str = "/var/spool/asterisk/monitor"
+    # How refused audio is deleted and empty files removed (consentd/recording_store.py):
+    # "files" through the file system under asterisk_root (a shared disk), "ari" by
+    # Asterisk itself over ARI's stored recordings (consentd on another host).
+    recording_store: Literal["files", "ari"] = "files"
+    # Paths as Asterisk sees them. The recording directory's default follows the
+    # store (DEFAULT_RECORDING_DIRS); with "ari" it must lie under Asterisk's own.
+    recording_dir: str = DEFAULT_RECORDING_DIRS["files"]
     sounds_dir: str = "/var/lib/asterisk/sounds"
+    # Copy operators' greetings into sounds_dir (under asterisk_root). False: they
+    # are expected there already (`consentd greetings --export DIR` makes the files).
+    install_greetings: bool = True
     # consentd writes the agents' pause/resume codes here (consentd-features.conf,
     # included by features.conf); empty: the operator installs that file.
     asterisk_config_dir: str = "/etc/asterisk"
     # The dialplan's log of calls handled while consentd was away (extensions.conf,
     # [consentd-fallback-log]); read into the ledger by consentd/fallback_calls.py.
+    # Empty: not read (consentd cannot reach Asterisk's log directory).
     fallback_log: str = "/var/log/asterisk/consentd-fallback.log"
     fallback_poll_seconds: float = 3.0
 
@@ -175,6 +191,16 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recording_dir_of_store(cls, data: Any) -> Any:
+        """CONSENTD_RECORDING_DIR unset: the store's directory (DEFAULT_RECORDING_DIRS)."""
+        if isinstance(data, dict) and not data.get("recording_dir"):
+            store = str(data.get("recording_store") or "files")
+            if store in DEFAULT_RECORDING_DIRS:
+                data = {**data, "recording_dir": DEFAULT_RECORDING_DIRS[store]}
+        return data
 
     @classmethod
     def settings_customise_sources(
@@ -206,6 +232,21 @@ class Settings(BaseSettings):
             raise SettingsProblem(
                 f"{exposed}: the API token has {len(token)} characters, fewer than "
                 f"{MIN_EXPOSED_TOKEN} (scripts/secrets.sh makes tokens of 48)"
+            )
+
+    def require_reachable_recordings(self) -> None:
+        """With ``recording_store`` "ari", MixMonitor must write where ARI's stored
+        recordings are: under Asterisk's recording directory."""
+        if self.recording_store != "ari":
+            return
+        base = PurePosixPath(DEFAULT_RECORDING_DIRS["ari"])
+        wanted = PurePosixPath(self.recording_dir)
+        if ".." in wanted.parts or not wanted.is_relative_to(base):
+            raise SettingsProblem(
+                f"CONSENTD_RECORDING_DIR={self.recording_dir} is not under Asterisk's "
+                f"recording directory {base}, where ARI's stored recordings are "
+                "(CONSENTD_RECORDING_STORE=ari deletes through them); leave it unset or "
+                "set a directory under it"
             )
 
     def missing(self, *fields: str) -> list[str]:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import unquote
 
 import pytest
 
@@ -20,6 +21,7 @@ from consentd.greetings import GreetingLibrary
 from consentd.journal import Journal
 from consentd.ledger import LedgerEvent, LedgerWriter, MemoryLedger
 from consentd.policy import Group, NoAnswer, PolicyBook, load_policies
+from consentd.recording_store import ASTERISK_RECORDING_DIR, AriStore, FileStore, RecordingStore
 from consentd.runner import Ports
 
 POLICIES = """\
@@ -124,9 +126,14 @@ def stasis_end(channel_id: str, timestamp: str = "2026-11-29T16:00:30.000+0000")
 
 
 class FakeAri:
-    """Records what consentd asks of Asterisk over ARI."""
+    """Records what consentd asks of Asterisk over ARI.
 
-    def __init__(self) -> None:
+    Stored recordings are files under ``root``'s /var/spool/asterisk/recording,
+    found by name without the extension, as Asterisk finds them.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
         self.requests: list[tuple[str, ...]] = []
         self.live_channels: list[dict[str, Any]] = []
         self.playbacks: set[str] = set()
@@ -203,6 +210,25 @@ class FakeAri:
     async def whisper(self, channel_id: str, snoop_id: str) -> None:
         self._record("whisper", channel_id, snoop_id)
 
+    def _stored(self, name: str) -> Path | None:
+        assert self.root is not None, "FakeAri(root) holds stored recordings"
+        base = self.root / ASTERISK_RECORDING_DIR.lstrip("/") / unquote(name)
+        found = sorted(base.parent.glob(f"{base.name}.*"))
+        return found[0] if found else None
+
+    async def delete_stored_recording(self, name: str) -> bool:
+        self._record("delete_stored_recording", name)
+        path = self._stored(name)
+        if path is None:
+            return False
+        path.unlink()
+        return True
+
+    async def stored_recording_size(self, name: str, limit: int) -> int | None:
+        self._record("stored_recording_size", name, str(limit))
+        path = self._stored(name)
+        return None if path is None else min(path.stat().st_size, limit)
+
     async def channel(self, channel_id: str) -> dict[str, Any] | None:
         self._record("channel", channel_id)
         found = [c for c in self.live_channels if c["id"] == channel_id]
@@ -241,10 +267,17 @@ class FakeRecorder:
 class Node:
     """One PBX node: a dispatcher wired to fakes, a memory ledger and a fake clock."""
 
-    def __init__(self, root: Path, book: PolicyBook) -> None:
+    def __init__(self, root: Path, book: PolicyBook, recording_store: str = "files") -> None:
         self.root = root
-        self.ari = FakeAri()
+        self.ari = FakeAri(root)
         self.recorder = FakeRecorder(root)
+        #: "files": consentd deletes under the Asterisk root; "ari": the fake Asterisk does.
+        self.recording_dir = MONITOR if recording_store == "files" else ASTERISK_RECORDING_DIR
+        self.store_of_recordings: RecordingStore = (
+            FileStore(root)
+            if recording_store == "files"
+            else AriStore(cast(AriClient, self.ari), retry_seconds=0.3)
+        )
         self.store = MemoryLedger()
         self.writer = LedgerWriter(self.store, Journal(None), retry_seconds=0.05, linger_seconds=0)
         self.greetings = GreetingLibrary.install(book, SOUNDS, root)
@@ -254,6 +287,7 @@ class Node:
             ari=cast(AriClient, self.ari),
             recorder=cast(Recorder, self.recorder),
             ledger=self.writer,
+            recordings=self.store_of_recordings,
             clock=lambda: T0,
             delete_grace=0.05,
             beep_seconds=0.01,
@@ -261,7 +295,7 @@ class Node:
         config = NodeConfig(
             node="pbx1",
             app="consentd",
-            recording_dir=MONITOR,
+            recording_dir=self.recording_dir,
             asterisk_root=str(root),
             boot_id="b007",
         )
@@ -310,12 +344,14 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         yield pbx
 
 
-async def running_node(tmp_path: Path, policies: str) -> AsyncIterator[Node]:
+async def running_node(
+    tmp_path: Path, policies: str, recording_store: str = "files"
+) -> AsyncIterator[Node]:
     """A node on ``policies`` with its ledger writer running; stopped cleanly after."""
     policy_file = tmp_path / "etc" / "policies.yaml"
     policy_file.parent.mkdir()
     policy_file.write_text(policies)
-    pbx = Node(tmp_path / "asterisk", load_policies(policy_file))
+    pbx = Node(tmp_path / "asterisk", load_policies(policy_file), recording_store)
     writer = asyncio.create_task(pbx.writer.run())
     try:
         yield pbx

@@ -26,6 +26,7 @@ from consentd.journal import Journal
 from consentd.ledger import LedgerEvent, LedgerWriter, MemoryLedger
 from consentd.metrics import Metrics
 from consentd.policy import load_policies
+from consentd.recording_store import FileStore
 from consentd.runner import Ports
 from tests.unit.conftest import CallScript, FakeClock, make_facts
 from tests.unit.test_dispatcher import (
@@ -134,6 +135,7 @@ async def node(tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, Clock, Collect
         ari=cast(AriClient, FakeAri()),
         recorder=cast(Recorder, FakeRecorder(root)),
         ledger=writer,
+        recordings=FileStore(root),
         clock=clock,
         delete_grace=0.01,
         recording_changed=metrics.recording_changed,

@@ -105,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
         help="bundled sounds on this host (default: Asterisk's sounds directory under "
         "$CONSENTD_ASTERISK_ROOT if it has them, else this checkout's .cache/sounds)",
     )
+    greetings.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="write the operators' greetings into DIR under the names consentd plays "
+        "(copy them to Asterisk's sounds directory, consentd-custom/, on a PBX consentd "
+        "cannot write to: CONSENTD_INSTALL_GREETINGS=false)",
+    )
     greetings.set_defaults(handler=_greetings)
 
     features = sub.add_parser(
@@ -357,6 +365,22 @@ def _greetings(args: argparse.Namespace) -> int:
     book = _load_policy_file(args.file or settings.policies)
     if isinstance(book, int):
         return book
+    if args.export is not None:
+        from consentd.greetings import CUSTOM_DIR, GreetingLibrary
+
+        try:
+            written = GreetingLibrary.export(book, args.export)
+        except OSError as exc:
+            print(f"consentd greetings: {args.export}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        for path in written:
+            print(path)
+        print(
+            f"{len(written)} greeting file(s); copy them to "
+            f"{settings.sounds_dir}/{CUSTOM_DIR}/ on the PBX",
+            file=sys.stderr,
+        )
+        return 0
     sounds = args.sounds
     if sounds is None:
         sounds = settings.asterisk_root / settings.sounds_dir.lstrip("/")

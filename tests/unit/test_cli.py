@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +127,24 @@ def test_database_error_never_prints_the_password(capsys: pytest.CaptureFixture[
     assert code == 1
     assert "hunter2" not in err
     assert "postgresql://x:***@127.0.0.1:1/x" in err
+
+
+def test_greetings_export_writes_the_files_a_remote_asterisk_must_hold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], wav: Callable[..., Path]
+) -> None:
+    wav(tmp_path / "mine.wav", seconds=0.3)
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(
+        'default: {recording: never}\nnumbers:\n  "+4930100003":\n'
+        "    {recording: opt_out, greetings: {opt_out: mine.wav}}\n"
+    )
+
+    assert main(["greetings", str(policies), "--export", str(tmp_path / "out")]) == 0
+
+    out, err = capsys.readouterr()
+    (written,) = [Path(line) for line in out.splitlines()]
+    assert written.parent == tmp_path / "out" and written.suffix == ".wav"
+    assert len(written.stem) == 24 and written.stat().st_size > 44
+    assert "copy them to /var/lib/asterisk/sounds/consentd-custom/ on the PBX" in err
+    (tmp_path / "blocked").write_text("a file, not a directory")
+    assert main(["greetings", str(policies), "--export", str(tmp_path / "blocked")]) == 2

@@ -44,7 +44,7 @@ from consentd.call_model import (
 )
 from consentd.greetings import GreetingLibrary
 from consentd.policy import GreetingKind, PolicyBook
-from consentd.runner import CallRunner, Ports
+from consentd.runner import MIXMONITOR_ID_PREFIX, CallRunner, Ports
 from consentd.safe_text import clean_network_text
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
@@ -82,6 +82,9 @@ HANDLED_EVENTS = (
     # is "talking" then). Published on the caller's channel topic, so the
     # channel subscription brings it; bridge events would need a bridge's.
     "Dial",
+    # MixMonitor's id variable: the moment a recording really began, on
+    # Asterisk's clock (consentd's ledger time for recording_started).
+    "ChannelVarset",
 )
 
 
@@ -180,6 +183,13 @@ class Dispatcher:
             return
         if kind == "ChannelDtmfReceived":
             self._press(runner, str(event.get("digit", "")), at, event.get("duration_ms"))
+        elif kind == "ChannelVarset":
+            name = str(event.get("variable", ""))
+            if (
+                name.startswith(MIXMONITOR_ID_PREFIX)
+                and name[len(MIXMONITOR_ID_PREFIX) :].isdigit()
+            ):
+                runner.recording_began(int(name[len(MIXMONITOR_ID_PREFIX) :]), at)
         elif kind == "StasisEnd":
             runner.post(LeftStasis(at))
         elif kind == "ChannelDestroyed":

@@ -64,6 +64,10 @@ BEEP_MEDIA = "sound:consentd/beep"
 #: Plays tried, 20 ms apart, while a new snoop channel is not in Stasis yet.
 WHISPER_READY_TRIES = 25
 
+#: MixMonitor's ``i(VAR)`` option sets this variable (suffix: the segment) the
+#: instant before it attaches to the channel.
+MIXMONITOR_ID_PREFIX = "CONSENTD_MIXMONITOR_"
+
 #: Checks, ``delete_grace`` apart, that deleted audio stayed deleted after the hangup.
 PURGE_CHECKS = 3
 
@@ -89,6 +93,10 @@ class Ports:
     #: Hears ("started" or "stopped", seconds) when a deciding keypress changed the
     #: recording: from the keypress's time to the change confirmed (consentd/metrics.py).
     recording_changed: Callable[[str, float], None] | None = None
+    #: How long a started recording waits for Asterisk's own start time (the
+    #: ChannelVarset of MixMonitor's id variable) after the AMI answer, before
+    #: the ledger falls back to the time the answer arrived.
+    start_time_wait: float = 1.0
 
 
 class CallRunner:
@@ -99,6 +107,8 @@ class CallRunner:
         self._purged: list[str] = []
         self._pending_requests: set[asyncio.Task[None]] = set()
         self._beeps = 0
+        #: Asterisk's start time of each segment's MixMonitor, from ARI.
+        self._began: dict[int, asyncio.Future[datetime]] = {}
         facts = call.facts
         self.log = structlog.get_logger("consentd.call").bind(
             call_id=facts.call_id, channel_id=facts.channel_id, did=facts.did
@@ -106,6 +116,28 @@ class CallRunner:
 
     def post(self, event: Event) -> None:
         self._inbox.put_nowait(event)
+
+    def recording_began(self, segment: int, at: datetime) -> None:
+        """Asterisk set a MixMonitor's id variable: the recording began at ``at``.
+
+        The ledger takes its start time from here, not from the AMI answer: under
+        load that answer reaches consentd up to seconds later, and a span that
+        starts late would claim less audio than the file holds.
+        """
+        began = self._began.setdefault(segment, asyncio.get_running_loop().create_future())
+        if not began.done():
+            began.set_result(at)
+
+    async def _start_time(self, segment: int) -> datetime:
+        """Asterisk's start time of the segment, or now if it does not come in time."""
+        began = self._began.setdefault(segment, asyncio.get_running_loop().create_future())
+        try:
+            return await asyncio.wait_for(asyncio.shield(began), self._ports.start_time_wait)
+        except TimeoutError:
+            self.log.warning("recording_start_time_missing", segment=segment)
+            return self._ports.clock()
+        finally:
+            self._began.pop(segment, None)
 
     async def run(self) -> Call:
         """Process events until the call has ended; returns the final state.
@@ -188,9 +220,10 @@ class CallRunner:
                         facts.channel_id,
                         command.file,
                         options,
-                        id_variable=f"CONSENTD_MIXMONITOR_{command.segment}",
+                        id_variable=f"{MIXMONITOR_ID_PREFIX}{command.segment}",
                     )
-                    return RecordingStarted(command.segment, self._ports.clock(), mixmonitor_id)
+                    at = await self._start_time(command.segment)
+                    return RecordingStarted(command.segment, at, mixmonitor_id)
                 case ContinueToQueue():
                     await ari.continue_to_queue(
                         facts.channel_id, facts.did, command.queue, command.timeout

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
 import pytest
+import structlog
+import structlog.testing
 
 from consentd.ami import AmiNotSent, Recorder
 from consentd.ari import CONNECTED, AriClient, AriNotFound
@@ -242,6 +244,8 @@ class FakeRecorder:
         self.root = asterisk_root
         self.requests: list[tuple[str, ...]] = []
         self.failing: Exception | None = None
+        #: Asterisk's ChannelVarset of the id variable, sent before the AMI answer.
+        self.began: Callable[[str, str, str], Awaitable[None]] | None = None
 
     def host_path(self, file: str) -> Path:
         return self.root / file.lstrip("/")
@@ -255,6 +259,8 @@ class FakeRecorder:
         path = self.host_path(file)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"RIFF....WAVE")
+        if self.began is not None and id_variable is not None:
+            await self.began(channel, id_variable, f"mm-{path.name}")
         return f"mm-{path.name}"
 
     async def stop(self, channel: str, mixmonitor_id: str | None = None) -> None:
@@ -291,6 +297,7 @@ class Node:
             clock=lambda: T0,
             delete_grace=0.05,
             beep_seconds=0.01,
+            start_time_wait=0.2,
         )
         config = NodeConfig(
             node="pbx1",
@@ -300,6 +307,20 @@ class Node:
             boot_id="b007",
         )
         self.dispatcher = Dispatcher(config, book, self.greetings, ports, self._spawn)
+        #: When Asterisk says a MixMonitor began (its ChannelVarset's timestamp).
+        self.mixmonitor_began_at = "2026-11-29T16:00:08.400+0000"
+        self.recorder.began = self._mixmonitor_began
+
+    async def _mixmonitor_began(self, channel_id: str, variable: str, value: str) -> None:
+        await self.dispatcher.handle(
+            {
+                "type": "ChannelVarset",
+                "timestamp": self.mixmonitor_began_at,
+                "channel": {"id": channel_id},
+                "variable": variable,
+                "value": value,
+            }
+        )
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -398,6 +419,71 @@ async def test_opt_in_press_3_stops_the_greeting_and_starts_mixmonitor(node: Nod
     decided = by_kind(await node.ledger(), "consent_decided")
     assert [e.data["action"] for e in decided] == ["caller_opted_in"]
     assert decided[0].occurred_at == datetime(2026, 11, 29, 16, 0, 1, 500000, tzinfo=UTC)
+
+
+async def test_recording_started_is_stamped_with_asterisks_start_time_not_the_amis_answer(
+    node: Node,
+) -> None:
+    """Under load the AMI answer lags; the id variable's ChannelVarset has Asterisk's time."""
+    await node.feed(stasis_start("1764432000.1", "+4930100002"), dtmf("1764432000.1", "3"))
+
+    (started,) = by_kind(await node.ledger(), "recording_started")
+    assert started.occurred_at == datetime(2026, 11, 29, 16, 0, 8, 400000, tzinfo=UTC)
+    assert started.data["mixmonitor_id"] == "mm-consentd-pbx1_1764432000.1-1.wav"
+
+
+async def test_a_start_time_that_comes_after_the_amis_answer_is_waited_for(node: Node) -> None:
+    async def late(channel_id: str, variable: str, value: str) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(
+            0.05, asyncio.ensure_future, node._mixmonitor_began(channel_id, variable, value)
+        )
+
+    node.recorder.began = late
+    await node.feed(stasis_start("1764432000.1", "+4930100002"), dtmf("1764432000.1", "3"))
+
+    await until(lambda: node.writer.backlog == 0 and bool(node.store.events))
+    await asyncio.sleep(0.1)
+    (started,) = by_kind(await node.ledger(), "recording_started")
+    assert started.occurred_at == datetime(2026, 11, 29, 16, 0, 8, 400000, tzinfo=UTC)
+
+
+async def test_without_asterisks_start_time_the_answer_time_is_used_and_logged(
+    node: Node,
+) -> None:
+    node.recorder.began = None  # an Asterisk that sent no ChannelVarset
+    with structlog.testing.capture_logs() as logs:
+        await node.feed(stasis_start("1764432000.1", "+4930100002"), dtmf("1764432000.1", "3"))
+        await asyncio.sleep(0.3)  # past start_time_wait (0.2 s)
+        (started,) = by_kind(await node.ledger(), "recording_started")
+
+    assert started.occurred_at == T0  # the fake clock: when the answer arrived
+    assert [e["segment"] for e in logs if e["event"] == "recording_start_time_missing"] == [1]
+
+
+async def test_other_variables_and_foreign_channels_set_no_start_time(node: Node) -> None:
+    async def confusing(channel_id: str, variable: str, value: str) -> None:
+        for name, chan in (
+            ("CONSENTD_MIXMONITOR_x", channel_id),
+            ("MIXMONITOR_FILENAME", channel_id),
+            (variable, "1764432000.99"),
+        ):
+            await node.dispatcher.handle(
+                {
+                    "type": "ChannelVarset",
+                    "timestamp": "2026-11-29T16:00:09.000+0000",
+                    "channel": {"id": chan},
+                    "variable": name,
+                    "value": value,
+                }
+            )
+
+    node.recorder.began = confusing
+    await node.feed(stasis_start("1764432000.1", "+4930100002"), dtmf("1764432000.1", "3"))
+    await asyncio.sleep(0.3)
+
+    (started,) = by_kind(await node.ledger(), "recording_started")
+    assert started.occurred_at == T0
 
 
 async def test_opt_out_number_starts_mixmonitor_when_its_greeting_ends(node: Node) -> None:
@@ -1001,7 +1087,7 @@ async def test_on_connect_asterisk_is_asked_for_only_the_events_consentd_handles
     assert set(request[1:]) == {
         "StasisStart", "StasisEnd", "ChannelDestroyed", "ChannelDtmfReceived",
         "PlaybackFinished", "RecordingStarted", "RecordingFinished", "RecordingFailed",
-        "Dial",
+        "Dial", "ChannelVarset",
     }  # fmt: skip
     assert node.ari.of("channels")  # and the resync still runs
 

@@ -131,9 +131,10 @@ async def node(tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, Clock, Collect
     metrics = Metrics(registry)
     writer = LedgerWriter(MemoryLedger(), Journal(None), linger_seconds=0)
     clock = Clock()
+    recorder = FakeRecorder(root)
     ports = Ports(
         ari=cast(AriClient, FakeAri()),
-        recorder=cast(Recorder, FakeRecorder(root)),
+        recorder=cast(Recorder, recorder),
         ledger=writer,
         recordings=FileStore(root),
         clock=clock,
@@ -155,6 +156,21 @@ async def node(tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, Clock, Collect
         spawn,
         call_finished=metrics.call_finished,
     )
+
+    async def began(channel_id: str, variable: str, value: str) -> None:
+        """Asterisk's ChannelVarset of MixMonitor's id: it began at the clock's time."""
+        stamp = clock.now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
+        await dispatcher.handle(
+            {
+                "type": "ChannelVarset",
+                "timestamp": stamp,
+                "channel": {"id": channel_id},
+                "variable": variable,
+                "value": value,
+            }
+        )
+
+    recorder.began = began
     writer_task = asyncio.create_task(writer.run())
     try:
         yield dispatcher, clock, registry

@@ -17,9 +17,16 @@ from consentd.ledger import LedgerEvent, LedgerStore
 _SEGMENT_KINDS = ("recording_started", "recording_stopped", "recording_deleted")
 
 
+def location(node: str, file: str) -> str:
+    """Where a recording lives, whichever host consentd runs on: the node (the PBX
+    whose Asterisk wrote it) and the path as that Asterisk sees it."""
+    return f"asterisk://{node}/{file.lstrip('/')}"
+
+
 @dataclass
 class _SegmentSpan:
     number: int
+    #: As Asterisk names it, and where consentd saw it (under CONSENTD_ASTERISK_ROOT).
     file: str
     path: str
     started_at: datetime | None = None
@@ -80,6 +87,11 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         ),
         "recordings": [s.path for s in sorted(kept, key=lambda s: s.number)]
         + ([voicemail[0]] if voicemail else []),
+        # The same files, in the same order, as asterisk://NODE/PATH-ON-ASTERISK.
+        "recording_locations": [
+            location(start.node, s.file) for s in sorted(kept, key=lambda s: s.number)
+        ]
+        + ([location(start.node, voicemail[2])] if voicemail else []),
         "group": facts.get("group"),
         "queue": facts.get("queue"),
         "agent": connected.data["agent"] if connected else facts.get("agent"),
@@ -95,6 +107,7 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
             {
                 "segment": s.number,
                 "file": s.path,
+                "location": location(start.node, s.file),
                 "started_at": _iso(s.started_at),
                 "stopped_at": _iso(s.stopped_at),
                 "kept": not s.deleted,
@@ -159,7 +172,7 @@ def _segments(ordered: list[LedgerEvent]) -> dict[int, _SegmentSpan]:
 def _recorded(
     segments: dict[int, _SegmentSpan],
     bridge: Span | None,
-    voicemail: tuple[str, Span] | None,
+    voicemail: tuple[str, Span, str] | None,
     pauses: list[Span],
     start: datetime,
     until: datetime,
@@ -297,14 +310,16 @@ def _wait_and_talk(
 
 def _voicemail(
     ordered: list[LedgerEvent], until: datetime
-) -> tuple[str, tuple[datetime, datetime]] | None:
-    """(host path, (start, end)) of the voicemail message, if the caller left one."""
+) -> tuple[str, tuple[datetime, datetime], str] | None:
+    """(host path, (start, end), path on Asterisk) of the voicemail message, if the
+    caller left one."""
     started = next((e for e in ordered if e.kind == "voicemail_started"), None)
     if started is None:
         return None
     finished = next((e for e in ordered if e.kind == "voicemail_finished"), None)
     stop = finished.occurred_at if finished else until
-    return started.data["path"], (started.occurred_at, max(stop, started.occurred_at))
+    span = (started.occurred_at, max(stop, started.occurred_at))
+    return started.data["path"], span, str(started.data.get("file") or started.data["path"])
 
 
 def _iso(value: datetime | None) -> str | None:

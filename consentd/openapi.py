@@ -112,6 +112,52 @@ _CALL_PROPERTIES: dict[str, Any] = {
 }
 assert tuple(_CALL_PROPERTIES) == CALL_FIELDS
 
+#: Where a recording lives: the node (its PBX) and the path as that Asterisk sees it.
+_LOCATION = {
+    "type": "string",
+    "pattern": "^asterisk://[^/]+/",
+    "description": "asterisk://NODE/PATH: the file on the PBX's Asterisk, as Asterisk "
+    "names it (ARI's stored recording is PATH under /var/spool/asterisk/recording, "
+    "without the extension)",
+}
+
+#: A call's details (consentd calls --json, /calls, /api/calls/{id}'s details); the
+#: fields about recordings are spelled out, the rest is described in the README.
+_CALL_DETAILS: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "node", "recordings", "recording_locations", "segments"],
+    "properties": {
+        "id": _STR,
+        "node": _STR,
+        "recordings": {
+            "type": "array",
+            "items": _STR,
+            "description": "the kept audio files (voicemail included) as paths on the "
+            "consentd host (under CONSENTD_ASTERISK_ROOT)",
+        },
+        "recording_locations": {
+            "type": "array",
+            "items": _LOCATION,
+            "description": "the same files, in the same order, where they live",
+        },
+        "segments": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["segment", "file", "location", "kept"],
+                "properties": {
+                    "segment": {"type": "integer", "minimum": 1},
+                    "file": _STR,
+                    "location": _LOCATION,
+                    "started_at": _NULL_TIME,
+                    "stopped_at": _NULL_TIME,
+                    "kept": _BOOL,
+                },
+            },
+        },
+    },
+}
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -281,7 +327,10 @@ def document() -> dict[str, Any]:
                             "description": "call details",
                             "content": {
                                 "application/json": {
-                                    "schema": {"type": "array", "items": {"type": "object"}}
+                                    "schema": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/CallDetails"},
+                                    }
                                 }
                             },
                         },
@@ -395,6 +444,7 @@ def document() -> dict[str, Any]:
                 "Error": _ERROR,
                 "Segment": _SEGMENT,
                 "Span": _SPAN,
+                "CallDetails": _CALL_DETAILS,
                 "Health": {
                     "type": "object",
                     "required": ["ready", "ari", "ami", "database", "active_calls"],
@@ -455,7 +505,7 @@ def document() -> dict[str, Any]:
                     "required": ["call", "details", "recording_segments", "timeline", "events"],
                     "properties": {
                         "call": {"$ref": "#/components/schemas/Call"},
-                        "details": {"type": "object", "required": ["id", "segments"]},
+                        "details": {"$ref": "#/components/schemas/CallDetails"},
                         "recording_segments": {
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Segment"},

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from consentd.call_details import location
 from consentd.ledger import LedgerEvent
 from consentd.settings import Settings, SettingsProblem, env_name
 
@@ -204,6 +205,7 @@ def voicemail_of(events: Sequence[LedgerEvent]) -> dict[str, Any] | None:
     return {
         "file": file,  # as Asterisk names it
         "path": started.data.get("path"),  # on the consentd host
+        "location": location(started.node, str(file)) if file else None,  # on the PBX
         "started_at": started.occurred_at.isoformat(),
         "finished_at": finished.occurred_at.isoformat() if finished else None,
         "duration": finished.data.get("duration") if finished else None,
@@ -226,7 +228,11 @@ def body(
         "id": delivery,
         "type": event_type,
         "occurred_at": occurred_at.isoformat(),
-        "call": {**record, "recordings": list(details.get("recordings", []))},
+        "call": {
+            **record,
+            "recordings": list(details.get("recordings", [])),
+            "recording_locations": list(details.get("recording_locations", [])),
+        },
     }
     if event_type == "voicemail.recorded":
         payload["voicemail"] = dict(voicemail) if voicemail is not None else None

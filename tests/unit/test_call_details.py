@@ -108,6 +108,7 @@ def test_opt_out_call_where_the_caller_pressed_3_keeps_no_audio(
         {
             "segment": 1,
             "file": FILE_1,
+            "location": "asterisk://pbx1" + FILE_1,
             "started_at": "2026-11-29T16:00:05+00:00",
             "stopped_at": "2026-11-29T16:00:08+00:00",
             "kept": False,
@@ -211,7 +212,11 @@ def test_recording_paths_are_host_paths_when_asterisk_is_chrooted(
     call.wait(1)
     call.hang_up()
 
-    assert details_of(call)["recordings"] == ["/srv/asterisk" + FILE_1]
+    details = details_of(call)
+    assert details["recordings"] == ["/srv/asterisk" + FILE_1]
+    # Where it lives on the PBX, as that Asterisk names it, wherever consentd runs.
+    assert details["recording_locations"] == ["asterisk://pbx1" + FILE_1]
+    assert [s["location"] for s in details["segments"]] == ["asterisk://pbx1" + FILE_1]
 
 
 def test_call_in_progress_is_measured_until_now_and_has_no_end(
@@ -429,6 +434,7 @@ def test_voicemail_is_counted_as_recorded_and_listed_with_the_recordings(
 
     assert details["voicemail"] is True
     assert details["recordings"] == ["/srv/asterisk" + VOICEMAIL_FILE]
+    assert details["recording_locations"] == ["asterisk://pbx1" + VOICEMAIL_FILE]
     assert details["recording_time"] == 14
     assert details["not_recording_time"] == 34
     assert details["abandoned"] is False

@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonschema import ValidationError
 from prometheus_client import CollectorRegistry
 
 from consentd.export import CALL_FIELDS, epoch_seconds
@@ -81,7 +82,24 @@ class FakeReports:
     async def call(self, key: str, now: datetime) -> CallView | None:
         if key not in ("1", "pbx1:1"):
             return None
-        details = {"id": "pbx1:1", "segments": [], "recording_segments": []}
+        file = "/var/spool/asterisk/recording/consentd-pbx1_1-1.wav"
+        details = {
+            "id": "pbx1:1",
+            "node": "pbx1",
+            "recordings": [file],
+            "recording_locations": [f"asterisk://pbx1{file}"],
+            "segments": [
+                {
+                    "segment": 1,
+                    "file": file,
+                    "location": f"asterisk://pbx1{file}",
+                    "started_at": "2026-11-29T16:00:05+00:00",
+                    "stopped_at": None,
+                    "kept": True,
+                }
+            ],
+            "recording_segments": [],
+        }
         return CallView(a_call(1), details, [], timeline=[GREETING_SPAN])
 
     async def calls_started(
@@ -237,6 +255,10 @@ async def test_one_call_by_its_number_or_its_ledger_id(
     validate_response(DOC, "/api/calls/{id}", "GET", 200, body)
     assert body["call"]["call_id"] == "pbx1:1"
     assert body["timeline"] == [GREETING_SPAN]
+    # The document promises where each recording lives: a path instead is refused.
+    wrong = {**body, "details": {**body["details"], "recording_locations": ["/var/spool/x.wav"]}}
+    with pytest.raises(ValidationError, match="does not match"):
+        validate_response(DOC, "/api/calls/{id}", "GET", 200, wrong)
 
 
 async def test_an_unknown_call_is_404(client: TestClient[Any, Any]) -> None:

@@ -239,6 +239,7 @@ def test_the_voicemail_comes_from_the_ledger_and_an_empty_one_is_none() -> None:
     assert voicemail_of(events) == {
         "file": VOICEMAIL["file"],
         "path": VOICEMAIL["path"],
+        "location": "asterisk://pbx1/recording/consentd-vm-1.wav",
         "started_at": (T0 + timedelta(seconds=10)).isoformat(),
         "finished_at": (T0 + timedelta(seconds=14)).isoformat(),
         "duration": 4,
@@ -251,7 +252,12 @@ def test_the_voicemail_comes_from_the_ledger_and_an_empty_one_is_none() -> None:
 
 def test_the_body_carries_id_type_time_and_the_call_record_with_its_recordings() -> None:
     record = {"id": 4711, "call_id": "pbx1:1.1", "call_recording_consent": "opt_in"}
-    details = {"recordings": ["/var/spool/monitor/a.wav"], "id": "pbx1:1.1"}
+    where = "asterisk://pbx1/var/spool/monitor/a.wav"
+    details = {
+        "recordings": ["/var/spool/monitor/a.wav"],
+        "recording_locations": [where],
+        "id": "pbx1:1.1",
+    }
     ident = delivery_id("call.ended", "pbx1:1.1")
 
     raw = body("call.ended", ident, T0, record, details)
@@ -260,7 +266,11 @@ def test_the_body_carries_id_type_time_and_the_call_record_with_its_recordings()
         "id": ident,
         "type": "call.ended",
         "occurred_at": "2026-11-30T07:00:00+00:00",
-        "call": {**record, "recordings": ["/var/spool/monitor/a.wav"]},
+        "call": {
+            **record,
+            "recordings": ["/var/spool/monitor/a.wav"],
+            "recording_locations": [where],
+        },
     }
     sent = headers(SECRET.encode(), "call.ended", ident, raw)
     assert verify(SECRET.encode(), raw, sent["X-Consentd-Signature"])

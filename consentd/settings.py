@@ -26,6 +26,10 @@ from pydantic_settings import (
 
 ENV_PREFIX = "CONSENTD_"
 
+#: Settings whose variable set empty turns the feature off (Asterisk's files there
+#: are out of consentd's reach) instead of meaning the default.
+EMPTY_MEANS_OFF = ("asterisk_config_dir", "fallback_log")
+
 #: Where MixMonitor writes by default: beside Asterisk's disk (files), or under
 #: Asterisk's recording directory, where ARI's stored recordings reach (ari).
 DEFAULT_RECORDING_DIRS = {
@@ -195,7 +199,13 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _recording_dir_of_store(cls, data: Any) -> Any:
-        """CONSENTD_RECORDING_DIR unset: the store's directory (DEFAULT_RECORDING_DIRS)."""
+        """CONSENTD_RECORDING_DIR unset: the store's directory (DEFAULT_RECORDING_DIRS).
+        CONSENTD_ASTERISK_CONFIG_DIR or CONSENTD_FALLBACK_LOG set empty: off (every
+        other empty variable counts as unset)."""
+        if isinstance(data, dict):
+            for field in EMPTY_MEANS_OFF:
+                if field not in data and os.environ.get(env_name(field)) == "":
+                    data = {**data, field: ""}
         if isinstance(data, dict) and not data.get("recording_dir"):
             store = str(data.get("recording_store") or "files")
             if store in DEFAULT_RECORDING_DIRS:

@@ -296,3 +296,32 @@ def test_asterisk_config_in_the_repo_sets_no_secret_at_all() -> None:
         text = (REPO / "asterisk-conf" / name).read_text()
         assert re.findall(r"^\s*(?:secret|password)\s*=", text, re.M) == [], name
         assert '#include "consentd-secrets-' in text, name
+
+
+def test_asterisks_config_dir_and_fallback_log_set_empty_are_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """consentd on another host reaches neither: empty says so (README), while any
+    other empty variable still means its default."""
+    monkeypatch.setenv("CONSENTD_ASTERISK_CONFIG_DIR", "")
+    monkeypatch.setenv("CONSENTD_FALLBACK_LOG", "")
+    monkeypatch.setenv("CONSENTD_SOUNDS_DIR", "")
+    settings = Settings()
+    assert (settings.asterisk_config_dir, settings.fallback_log) == ("", "")
+    assert settings.sounds_dir == "/var/lib/asterisk/sounds"
+    assert Settings(asterisk_config_dir="/etc/x").asterisk_config_dir == "/etc/x"
+    monkeypatch.delenv("CONSENTD_FALLBACK_LOG")
+    assert Settings().fallback_log == "/var/log/asterisk/consentd-fallback.log"
+
+
+def test_run_refuses_an_ari_store_whose_recordings_ari_cannot_reach(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _all_secrets(monkeypatch)
+    monkeypatch.setenv("CONSENTD_RECORDING_STORE", "ari")
+    monkeypatch.setenv("CONSENTD_RECORDING_DIR", "/var/spool/asterisk/monitor")
+
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("consentd: not starting: CONSENTD_RECORDING_DIR=/var/spool/asterisk")
+    assert "Traceback" not in err

@@ -42,6 +42,8 @@
 #               of the Asterisk root: give the PBX's playback tools that group.
 #   Journal     .state/journal 0700, the journal 0600 (consentd/journal.py).
 set -euo pipefail
+# scripts/cluster.sh sources this file for its functions (the commands at the
+# end run only when it is executed).
 # The daemons started here live on after this script: they must not inherit
 # its open descriptors beyond 0-2. A lock taken around this script (e.g.
 # `flock LOCK scripts/stack.sh up`) would otherwise be held by Asterisk and
@@ -73,6 +75,8 @@ HTTP_URL=http://127.0.0.1:8090
 HEALTH_URL=$HTTP_URL/healthz
 SECRETS=$STATE/secrets
 STACK_JSON=$STATE/stack.json
+# Where the secrets' config files go (scripts/cluster.sh: each node's own).
+ASTERISK_ETC=$ROOT/etc/asterisk
 PG_AUTH_STAMP=$PG_DATA/consentd-auth # clusters older than it trusted every connection
 
 say() { printf '==> %s\n' "$*"; }
@@ -121,7 +125,7 @@ tail_logs() {
 # The files manager.conf, ari.conf and pjsip.conf include: this checkout's
 # secrets. write_secret_conf NAME: the text on stdin; returns 0 if it changed.
 write_secret_conf() {
-    local file=$ROOT/etc/asterisk/$1 text
+    local file=$ASTERISK_ETC/$1 text
     text=$(cat)
     if [[ -f $file && $(<"$file") == "$text" ]]; then return 1; fi
     # root:asterisk 0640: Asterisk (user asterisk) reads it, nobody else.
@@ -208,8 +212,14 @@ install_asterisk_files() {
     rm -rf "${ROOT:?}"/etc/asterisk/*
     cp "$REPO"/asterisk-conf/*.conf "$REPO"/dialplan/*.conf "$ROOT/etc/asterisk/"
     install_secret_confs || true
-    mkdir -p "$ROOT/var/lib/asterisk/sounds" "$ROOT/var/spool/asterisk/monitor" \
-        "$ROOT/var/spool/asterisk/recording"
+    mkdir -p "$ROOT/var/spool/asterisk/monitor" "$ROOT/var/spool/asterisk/recording"
+    install_sounds
+    printf '127.0.0.1 localhost %s\n' "$(hostname)" >"$ROOT/etc/hosts"
+}
+
+# The greetings and music on hold, shared by every Asterisk of the root.
+install_sounds() {
+    mkdir -p "$ROOT/var/lib/asterisk/sounds"
     cp -r "$REPO"/.cache/sounds/* "$ROOT/var/lib/asterisk/sounds/"
     # Asterisk looks sounds up in astdatadir (/usr/share/asterisk/sounds/<lang>):
     # link our greetings there, so both sound:consentd/opt_in (channel
@@ -221,7 +231,6 @@ install_asterisk_files() {
         chroot "$ROOT" /bin/sh -c "mkdir -p /usr/share/asterisk/sounds/$lang &&
             ln -sfn /var/lib/asterisk/sounds/$lang/consentd /usr/share/asterisk/sounds/$lang/consentd"
     done
-    printf '127.0.0.1 localhost %s\n' "$(hostname)" >"$ROOT/etc/hosts"
 }
 
 ami_answers() ( # subshell: the descriptor and a failed connect stay in here
@@ -612,6 +621,8 @@ cmd_status() {
     if mountpoint -q "$PG_MOUNT" 2>/dev/null; then echo "mount      $PG_MOUNT ($PG_DATA)"; fi
     if [[ -f $STACK_JSON ]]; then echo "stack.json $STACK_JSON"; fi
 }
+
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0 # sourced: the functions only
 
 case ${1:-} in
 up) shift; cmd_up "$@" ;;

@@ -60,12 +60,20 @@ class LoadResult:
         return slow_rate or long_calls
 
 
-async def run_load(plan: LoadPlan, workdir: Path, *, port: int = 5300) -> LoadResult:
+async def run_load(
+    plan: LoadPlan,
+    workdir: Path,
+    *,
+    port: int = 5300,
+    target: str = "127.0.0.1:5060",
+    scenario: Path = SCENARIO,
+) -> LoadResult:
+    """``target`` and ``scenario``: tests/cluster calls through its SIP proxy."""
     workdir.mkdir(parents=True, exist_ok=True)
     limit = max(50, int(plan.cps * plan.call_ms / 1000 * 3))
     timeout_s = plan.calls / plan.cps + plan.call_ms / 1000 + 60
     args = [
-        "sipp", "127.0.0.1:5060", "-sf", str(SCENARIO), "-s", plan.did,
+        "sipp", target, "-sf", str(scenario), "-s", plan.did,
         "-i", "127.0.0.1", "-p", str(port), "-mp", str(port + 10000),
         "-r", f"{plan.cps:g}", "-m", str(plan.calls), "-l", str(limit),
         "-nostdin", "-timeout", f"{int(timeout_s)}s",

@@ -29,7 +29,7 @@ _e2e_outcomes: dict[str, str] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if "tests/e2e/" not in report.nodeid and "tests/faults/" not in report.nodeid:
+    if not report.nodeid.startswith(("tests/e2e/", "tests/faults/", "tests/cluster/")):
         return
     if report.skipped:
         _e2e_outcomes[report.nodeid] = "skipped"

@@ -107,6 +107,16 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
             if settings.recording_store == "ari"
             else FileStore(settings.asterisk_root)
         )
+        if isinstance(recordings, FileStore):
+            local = recordings.host_path(settings.recording_dir)
+            if not local.is_dir():
+                log.error(
+                    "recording_dir_unreachable",
+                    path=str(local),
+                    consequence="refused audio cannot be deleted from here",
+                    action="share Asterisk's disk (CONSENTD_ASTERISK_ROOT) or set "
+                    "CONSENTD_RECORDING_STORE=ari",
+                )
         ports = Ports(
             ari=ari,
             recorder=Recorder(ami),

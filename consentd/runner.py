@@ -371,7 +371,11 @@ class CallRunner:
 
     async def _delete(self, file: str) -> None:
         """Delete captured audio; MixMonitor may create the file a moment after it starts."""
-        await wait_and_delete(self._ports.recordings, file, self._ports.delete_grace)
+        store = self._ports.recordings
+        if not await wait_and_delete(store, file, self._ports.delete_grace):
+            # Nothing to delete: MixMonitor wrote nothing, or (files) the recording
+            # directory is not Asterisk's (CONSENTD_ASTERISK_ROOT, a shared disk).
+            self.log.warning("recording_to_delete_not_found", file=file, store=store.kind)
         self._purged.append(file)
 
     async def _delete_if_empty(self, file: str) -> bool:

@@ -436,19 +436,21 @@ def test_greetings_not_installed_are_named_and_exported_under_the_same_names(
     assert copied.read_bytes() == exported[0].read_bytes()
 
 
-@pytest.mark.parametrize("store", ["files", "ari"])
-async def test_a_refused_recording_that_is_not_there_is_said_so(tmp_path: Path, store: str) -> None:
+@pytest.fixture(params=["files", "ari"])
+async def either_node(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Node]:
+    async for pbx in running_node(tmp_path, POLICIES, recording_store=request.param):
+        yield pbx
+
+
+async def test_a_refused_recording_that_is_not_there_is_said_so(either_node: Node) -> None:
     """A delete that finds nothing within the grace time is logged: MixMonitor wrote
     nothing, or (files) consentd is not looking at Asterisk's disk."""
-    chan = "1764432100.6"
-    async for pbx in running_node(tmp_path, POLICIES, recording_store=store):
-        await pbx.feed(
-            stasis_start(chan, "+4930100003"), playback_finished(chan, f"{chan}-greeting")
-        )
-        file = f"{pbx.recording_dir}/consentd-pbx1_{chan}-1.wav"
-        pbx.recorder.host_path(file).unlink()  # never reached this disk
-        with structlog.testing.capture_logs() as logs:
-            await pbx.feed(dtmf(chan, "3"))
-            await until(lambda: "recording_deleted" in [e.kind for e in pbx.store.events.values()])
-        missing = [e for e in logs if e["event"] == "recording_to_delete_not_found"]
-        assert [(e["file"], e["store"]) for e in missing] == [(file, store)]
+    pbx, chan = either_node, "1764432100.6"
+    await pbx.feed(stasis_start(chan, "+4930100003"), playback_finished(chan, f"{chan}-greeting"))
+    file = f"{pbx.recording_dir}/consentd-pbx1_{chan}-1.wav"
+    pbx.recorder.host_path(file).unlink()  # never reached this disk
+    with structlog.testing.capture_logs() as logs:
+        await pbx.feed(dtmf(chan, "3"))
+        await until(lambda: "recording_deleted" in [e.kind for e in pbx.store.events.values()])
+    missing = [e for e in logs if e["event"] == "recording_to_delete_not_found"]
+    assert [(e["file"], e["store"]) for e in missing] == [(file, pbx.store_of_recordings.kind)]

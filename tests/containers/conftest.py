@@ -14,11 +14,18 @@ end-to-end and fault test, and the fixture stops the chroot stack first
 again at the end of the session, which changes nothing. Like the rest of
 ``make test``, the run holds ``flock /tmp/consentd-stack.lock``.
 
-The two containers share host directories the way a deployment shares volumes:
-Asterisk's recording spool (consentd deletes refused audio), the directory of
-operators' greetings and the one for consentd-features.conf (consentd writes,
-Asterisk reads), and Asterisk's log directory (consentd reads the dialplan's
-fallback log). consentd sees them under CONSENTD_ASTERISK_ROOT=/asterisk.
+The two containers share nothing but the network: consentd runs as it would
+on another host (README, "consentd on another host"). It deletes refused
+audio and empty files through ARI's stored recordings
+(CONSENTD_RECORDING_STORE=ari; MixMonitor writes under
+/var/spool/asterisk/recording), copies no greeting
+(CONSENTD_INSTALL_GREETINGS=false), writes no feature codes
+(CONSENTD_ASTERISK_CONFIG_DIR empty) and reads no fallback log
+(CONSENTD_FALLBACK_LOG empty). The suite does the operator's part for
+Asterisk alone: the greetings `consentd greetings --export` writes (run from
+the consentd image) and the feature codes `consentd features` prints go into
+host directories mounted only into Asterisk's container, and so is its spool,
+where the tests look at the files Asterisk wrote and deleted.
 """
 
 from __future__ import annotations
@@ -51,9 +58,11 @@ PODMAN = ["podman", "--runtime=runc", "--cgroup-manager=cgroupfs"]
 RUN_FLAGS = ["--network=host", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
 CONSENTD_UID, ASTERISK_UID = 10001, 10002
 NAME_PREFIX = "consentd-ctest-"
-#: Where consentd's container sees Asterisk's files.
-ASTERISK_ROOT = "/asterisk"
 SPOOL = "/var/spool/asterisk"
+#: Where MixMonitor writes with CONSENTD_RECORDING_STORE=ari: ARI's stored recordings.
+RECORDING_DIR = f"{SPOOL}/recording"
+#: consentd's node name in the containers: recordings live at asterisk://NODE/PATH.
+NODE = "container"
 DB_PORT = 55432
 
 _outcomes: dict[str, str] = {}
@@ -124,11 +133,16 @@ class Containers:
     asterisk_name: str
     policies: Path
 
-    def host_path(self, consentd_path: str) -> Path:
-        """A recording's path as consentd reports it (under /asterisk) on this host."""
-        inner = consentd_path.removeprefix(ASTERISK_ROOT)
-        assert inner.startswith(SPOOL + "/"), consentd_path
-        return self.spool / inner.removeprefix(SPOOL + "/")
+    def host_path(self, asterisk_path: str) -> Path:
+        """A file Asterisk wrote (a path as Asterisk sees it) in the spool on this host."""
+        assert asterisk_path.startswith(SPOOL + "/"), asterisk_path
+        return self.spool / asterisk_path.removeprefix(SPOOL + "/")
+
+    def located(self, location: str) -> Path:
+        """The file a call's details locate (asterisk://NODE/PATH), on this host."""
+        prefix = f"asterisk://{NODE}"
+        assert location.startswith(prefix + "/"), location
+        return self.host_path(location.removeprefix(prefix))
 
     def logs(self, name: str) -> str:
         result = podman("logs", name, check=False)
@@ -231,15 +245,15 @@ def containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containers]
     for file in policies.iterdir():
         file.chmod(0o644)
 
-    # Shared volumes, owned as in a deployment: Asterisk (10002) writes the
-    # spool and its logs; consentd (10001, in group 10002) writes greetings and
-    # consentd-features.conf for Asterisk to read, and deletes refused audio.
+    # Asterisk's directories, mounted into its container only. Its spool and its
+    # logs (Asterisk, 10002, writes them); the greetings and feature codes the
+    # operator installs on the PBX (read-only for Asterisk).
     spool = _dir(work / "spool", ASTERISK_UID, ASTERISK_UID, 0o2770)
     for sub in ("monitor", "recording"):
         _dir(spool / sub, ASTERISK_UID, ASTERISK_UID, 0o2770)
     logs = _dir(work / "asterisk-log", ASTERISK_UID, ASTERISK_UID, 0o2750)
-    custom = _dir(work / "greetings", CONSENTD_UID, ASTERISK_UID, 0o2750)
-    features = _dir(work / "asterisk-consentd", CONSENTD_UID, ASTERISK_UID, 0o2750)
+    custom = _dir(work / "greetings", 0, ASTERISK_UID, 0o2750)
+    features = _dir(work / "asterisk-consentd", 0, ASTERISK_UID, 0o2750)
     journal = _dir(work / "journal", CONSENTD_UID, CONSENTD_UID, 0o700)
     # Secrets: Asterisk's includes (group 10002), consentd's files (its own).
     asterisk_secrets = work / "asterisk-secrets"
@@ -276,6 +290,7 @@ def containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containers]
             CONSENTD_IMAGE, "migrate",
         )  # fmt: skip
         print(f"consentd migrate (container): {migrate.stdout.strip()}")
+        _operator_installs(policies, work / "greetings-export", custom, features)
         podman(
             "run", "-d", "--name", asterisk_name, *RUN_FLAGS,
             "--add-host", f"{hostname.strip()}:127.0.0.1",
@@ -287,12 +302,14 @@ def containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containers]
             ASTERISK_IMAGE,
         )  # fmt: skip
         _wait_ari(asterisk_name, _secret(secrets, "ari_password"), 60)
+        # consentd as on another host: its own policies, secrets and journal only.
         podman(
             "run", "-d", "--name", consentd_name, *RUN_FLAGS,
-            "--group-add", str(ASTERISK_UID),
-            "-e", "CONSENTD_NODE=container",
-            "-e", f"CONSENTD_ASTERISK_ROOT={ASTERISK_ROOT}",
-            "-e", "CONSENTD_ASTERISK_CONFIG_DIR=/etc/asterisk/consentd",
+            "-e", f"CONSENTD_NODE={NODE}",
+            "-e", "CONSENTD_RECORDING_STORE=ari",
+            "-e", "CONSENTD_INSTALL_GREETINGS=false",
+            "-e", "CONSENTD_ASTERISK_CONFIG_DIR=",
+            "-e", "CONSENTD_FALLBACK_LOG=",
             "-e", f"CONSENTD_DATABASE_URL=postgresql://consentd@127.0.0.1:{DB_PORT}/consentd",
             "-e", "CONSENTD_DATABASE_PASSWORD_FILE=/run/secrets/database_password",
             "-e", "CONSENTD_ARI_PASSWORD_FILE=/run/secrets/ari_password",
@@ -301,10 +318,6 @@ def containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containers]
             "-v", f"{policies}:/etc/consentd:ro",
             "-v", f"{consentd_secrets}:/run/secrets:ro",
             "-v", f"{journal}:/var/lib/consentd/journal",
-            "-v", f"{spool}:{ASTERISK_ROOT}{SPOOL}",
-            "-v", f"{custom}:{ASTERISK_ROOT}/var/lib/asterisk/sounds/consentd-custom",
-            "-v", f"{features}:{ASTERISK_ROOT}/etc/asterisk/consentd",
-            "-v", f"{logs}:{ASTERISK_ROOT}/var/log/asterisk:ro",
             CONSENTD_IMAGE,
         )  # fmt: skip
         _wait_healthy(consentd_name, "http://127.0.0.1:8090/healthz", 60)
@@ -320,6 +333,31 @@ def containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containers]
             (work / f"{name}.log").write_text(logs_of.stdout + logs_of.stderr)
         _remove(consentd_name, asterisk_name)
         stack_command("db-stop")
+
+
+def _operator_installs(policies: Path, staging: Path, greetings: Path, features: Path) -> None:
+    """What the operator of a PBX consentd cannot write to installs on it, made by the
+    consentd image: the policies' greetings under the names consentd plays, and
+    consentd-features.conf with the agents' codes (both read by Asterisk alone)."""
+    _dir(staging, CONSENTD_UID, CONSENTD_UID, 0o700)
+    exported = podman(
+        "run", "--rm", *RUN_FLAGS,
+        "-v", f"{policies}:/etc/consentd:ro", "-v", f"{staging}:/export",
+        CONSENTD_IMAGE, "greetings", "/etc/consentd/policies.yaml", "--export", "/export",
+    ).stdout.split()  # fmt: skip
+    assert exported, "consentd greetings --export wrote no file"
+    for inner in exported:
+        target = greetings / Path(inner).name
+        shutil.copyfile(staging / Path(inner).name, target)
+        os.chown(target, 0, ASTERISK_UID)
+        target.chmod(0o640)
+    codes = podman(
+        "run", "--rm", *RUN_FLAGS, "-v", f"{policies}:/etc/consentd:ro",
+        CONSENTD_IMAGE, "features", "/etc/consentd/policies.yaml",
+    ).stdout  # fmt: skip
+    (features / "consentd-features.conf").write_text(codes, encoding="utf-8")
+    os.chown(features / "consentd-features.conf", 0, ASTERISK_UID)
+    (features / "consentd-features.conf").chmod(0o640)
 
 
 def _wait_ari(name: str, password: str, seconds: float) -> None:

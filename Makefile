@@ -2,7 +2,7 @@
 POLICIES ?= examples/policies.yaml
 VENV := .venv/bin
 
-.PHONY: setup images up down status test test-unit test-e2e test-faults test-bench test-containers lint demo bench clean distclean
+.PHONY: setup images up down status test test-unit test-e2e test-faults test-cluster test-bench test-containers lint demo bench clean distclean
 
 setup:
 	scripts/setup.sh
@@ -40,6 +40,11 @@ test-e2e: setup
 
 test-faults: setup
 	$(VENV)/python -m pytest tests/faults -p no:cacheprovider -s
+
+# Kamailio in front of two Asterisk nodes with a consentd each (scripts/cluster.sh),
+# beside the dev stack; in make test after the e2e and fault tests.
+test-cluster: setup
+	CONSENTD_REQUIRE_E2E=1 $(VENV)/python -m pytest tests/cluster -p no:cacheprovider
 
 test-containers: images
 	CONSENTD_REQUIRE_CONTAINERS=1 $(VENV)/python -m pytest tests/containers -p no:cacheprovider

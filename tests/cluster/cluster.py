@@ -71,8 +71,8 @@ class LedgerCall:
 @dataclass(frozen=True)
 class Cluster:
     proxy: str
-    #: Node name: (its consentd's base URL, its spool on the host).
-    nodes: dict[str, tuple[str, Path]]
+    #: Node name: (its consentd's base URL, its spool and its log directory on the host).
+    nodes: dict[str, tuple[str, Path, Path]]
     ctl: str
     token: str
     database_url: str
@@ -85,7 +85,8 @@ class Cluster:
         return cls(
             proxy=data["proxy"],
             nodes={
-                name: (node["http"], Path(node["spool"])) for name, node in data["nodes"].items()
+                name: (node["http"], Path(node["spool"]), Path(node["log"]))
+                for name, node in data["nodes"].items()
             },
             ctl=data["kamailio_ctl"],
             token=(SECRETS / "api_token").read_text().strip(),

@@ -332,7 +332,7 @@ cluster_up() {
     start_postgres
     migrate_ledger
     prepare_asterisk_user
-    install_sounds
+    alive "$RUN/asterisk.pid" || install_sounds # the running stack's Asterisk installed them
     printf '127.0.0.1 localhost %s\n' "$(hostname)" >"$ROOT/etc/hosts"
     mount_cluster_root
     for node in "${NODES[@]}"; do start_node_asterisk "$node"; done

@@ -154,6 +154,33 @@ async def test_stopped_node_sends_new_calls_to_the_other(cluster: Cluster) -> No
     )
 
 
+def test_probes_take_an_idle_node_out_and_back(cluster: Cluster) -> None:
+    """With no call to fail on it, only the OPTIONS probes can find a dead node."""
+    victim, uri = "pbx-a", "sip:127.0.0.1:5160"
+    log = STATE / "kamailio.log"
+    assert cluster.wait_flags(uri, "A", 10).startswith("A")
+    seen = log.stat().st_size
+    killed = time.monotonic()
+    cluster_command("stop-node", victim)
+    flags = cluster.wait_flags(uri, "I", 10)
+    down_s = time.monotonic() - killed
+    assert flags.startswith("I"), f"Kamailio still has {victim} as {flags!r}"
+    cluster_command("start-node", victim)
+    started = time.monotonic()
+    flags = cluster.wait_flags(uri, "A", 10)
+    up_s = time.monotonic() - started
+    assert flags.startswith("A"), f"Kamailio did not take {victim} back: {flags!r}"
+    with log.open("rb") as f:
+        f.seek(seen)
+        said = f.read().decode(errors="replace")
+    assert f"node down: {uri} (no answer to OPTIONS)" in said
+    assert f"node up: {uri}" in said
+    REPORT.append(
+        f"probes: idle {victim} killed, marked down after {down_s:.1f} s (OPTIONS),"
+        f" back in the rotation {up_s:.1f} s after its Asterisk was up again"
+    )
+
+
 def test_no_secret_in_the_clusters_logs_output_or_arguments(cluster: Cluster) -> None:
     secrets = {p.name: p.read_text().strip() for p in SECRETS.iterdir() if p.is_file()}
     assert len(secrets) >= 8

@@ -20,6 +20,7 @@ import asyncpg
 
 from bench.sipp_load import LoadPlan, LoadResult, run_load
 from consentd.sipp_media import MediaPlan, pcap_file
+from tests.e2e.harness import run_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "cluster.sh"
@@ -41,15 +42,7 @@ REPORT: list[str] = []
 
 
 def cluster_command(*args: str) -> str:
-    result = subprocess.run(
-        [str(SCRIPT), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"scripts/cluster.sh {' '.join(args)} failed ({result.returncode}):\n"
-            f"{result.stdout}\n{result.stderr}"
-        )
-    return result.stdout
+    return run_script(SCRIPT, *args)
 
 
 @dataclass

@@ -147,15 +147,21 @@ def restart_daemon(policies: Path, **env: str) -> None:
     )
 
 
-def stack_command(*args: str) -> None:
+def run_script(script: Path, *args: str) -> str:
+    """Run one of scripts/*.sh with no input; its output, or RuntimeError with all of it."""
     result = subprocess.run(
-        [str(STACK), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True
+        [str(script), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True
     )
     if result.returncode != 0:
         raise RuntimeError(
-            f"scripts/stack.sh {' '.join(args)} failed ({result.returncode}):\n"
+            f"scripts/{script.name} {' '.join(args)} failed ({result.returncode}):\n"
             f"{result.stdout}\n{result.stderr}"
         )
+    return result.stdout
+
+
+def stack_command(*args: str) -> None:
+    run_script(STACK, *args)
 
 
 def wav_seconds(path: Path) -> float:

@@ -41,12 +41,21 @@ def rebuild(facts: CallFacts, events: Sequence[LedgerEvent]) -> Call:
         data = event.data
         if event.kind == "consent_decided":
             call = replace(call, decision=ConsentAction(data["action"]))
+        elif event.kind == "consent_notice_failed":
+            # Never told, never recorded: no later key, answer or restart changes that.
+            call = replace(call, decision=ConsentAction.NOTICE_FAILED)
         elif event.kind.startswith("recording_") and "segment" in data:
             segments.setdefault(int(data["segment"]), {"file": data.get("file")})[event.kind] = data
         elif event.kind == "greeting_finished" and str(data.get("playback_id", "")).endswith(
             f"-{CONSENT}"
         ):
             consent_greeting_done = True
+        if (
+            event.kind == "greeting_finished"
+            and data.get("state") != "failed"
+            and call.carries_notice(str(data.get("playback_id", "")))
+        ):
+            call = replace(call, notice_heard=True)
         elif event.kind == "voicemail_finished":
             call = replace(call, voicemail_active=False)
         if event.kind == "voicemail_started":
@@ -131,14 +140,13 @@ def _segments(
     """The segment still recording, and the refused ones whose deletion is owed."""
     open_segment = None
     owed = []
-    refused = call.refused
-    keep = facts.policy.keep_partial_on_opt_out
+    refused = call.deletes_captured
     for number, rows in sorted(segments.items()):
         started = rows.get("recording_started")
         file = str(rows.get("file") or facts.recording_file(number))
         segment = Segment(number, file, mixmonitor_id=(started or {}).get("mixmonitor_id") or None)
         if "recording_stopped" not in rows and started is not None:
             open_segment = segment
-        elif refused and not keep and "recording_deleted" not in rows:
+        elif refused and "recording_deleted" not in rows:
             owed.append(segment)
     return open_segment, tuple(owed)

@@ -49,6 +49,7 @@ from consentd.call_model import (
     Event,
     HandOff,
     Hangup,
+    HangupRequested,
     InternalError,
     LeftStasis,
     Media,
@@ -138,6 +139,11 @@ class Call:
     paused: bool = False
     #: Segments recorded with MixMonitor option b (audio only while bridged to an agent).
     bridged_segments: tuple[int, ...] = ()
+    #: A greeting carrying the consent notice played (done, or stopped by a key).
+    notice_heard: bool = False
+    #: Asterisk announced the hangup (ChannelHangupRequest): a playback it cuts
+    #: off ends "failed", and that is the call's end, not a notice that failed.
+    hanging_up: bool = False
 
     @property
     def ended(self) -> bool:
@@ -147,6 +153,20 @@ class Call:
     def refused(self) -> bool:
         """The caller opted out or withdrew: nothing may be kept (keep_partial aside)."""
         return self.decision is not None and self.decision.refuses
+
+    @property
+    def deletes_captured(self) -> bool:
+        """Whether audio captured so far must be deleted (refused, or never informed)."""
+        keep = self.facts.policy.keep_partial_on_opt_out
+        return self.decision is not None and self.decision.deletes_captured(keep)
+
+    def carries_notice(self, playback_id: str) -> bool:
+        """Whether this playback tells the caller about recording and key 3: the
+        consent greeting, or (numbers routed to a menu) the menu's prompt."""
+        if not self.facts.policy.recording.asks_caller:
+            return False
+        suffix = playback_id.removeprefix(f"{self.facts.channel_id}-")
+        return suffix == CONSENT or suffix.startswith(MENU_PROMPT)
 
     def playback_id(self, suffix: str) -> str:
         return f"{self.facts.channel_id}-{suffix}"
@@ -304,7 +324,10 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
                 "greeting_finished", event.at, playback_id=event.playback_id, state=event.state
             )
             t.update(greeting_playback=None)
+            _notice_ended(t, event.playback_id, event.state, event.at)
             t.next_step(event.at)
+        case HangupRequested():
+            t.update(hanging_up=True)
         case TimerFired() if call.phase is Phase.IVR and event.token == call.timer:
             t.update(timer=0)
             _menu_miss(t, "no_key", event.at)
@@ -505,6 +528,48 @@ def _greeting_started(t: _Transition, event: PlaybackStarted) -> None:
         source=media.source,
         sha256=media.sha256,
     )
+
+
+def _notice_ended(
+    t: _Transition, playback_id: str, state: str, at: datetime, *, error: str | None = None
+) -> None:
+    """A greeting ended: if it carried the consent notice and Asterisk could not play
+    it, on a call still up and undecided, the caller was never told: never recorded.
+
+    A hangup cuts a playback off with state "failed" too: after ChannelHangupRequest
+    that is only the call's end.
+    """
+    call = t.call
+    if not call.carries_notice(playback_id):
+        return
+    if state not in ("failed", "play_failed"):
+        t.update(notice_heard=True)
+        return
+    if call.hanging_up or call.notice_heard or call.decision is not None:
+        return
+    media = call.media(playback_id.removeprefix(f"{call.facts.channel_id}-"))
+    t.update(
+        decision=ConsentAction.NOTICE_FAILED,
+        pending_greetings=tuple(g for g in call.pending_greetings if g != CONSENT),
+    )
+    t.ledger(
+        "consent_notice_failed",
+        at,
+        action=ConsentAction.NOTICE_FAILED.value,
+        playback_id=playback_id,
+        media=media.uri if media else None,
+        language=media.language if media else None,
+        source=media.source if media else None,
+        state=state,
+        phase=call.phase.value,
+        where=_where(call),
+        **({"error": error} if error is not None else {}),
+    )
+    # Whatever already records (a menu's or a group's opt-out recording, from the
+    # answer) stops, and its audio goes: keep_partial_on_opt_out is the caller's
+    # option for their own refusal, and this caller refused nothing.
+    t.stop_recording()
+    t.delete_segments()
 
 
 def _keypress(t: _Transition, event: DtmfReceived) -> None:
@@ -800,6 +865,8 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
             t.update(recording=replace(segment, stopping=False))
     elif isinstance(command, Play) and command.playback_id == t.call.greeting_playback:
         t.update(greeting_playback=None)
+        # Refused or unanswered: nothing shows the caller heard it (safer for consent).
+        _notice_ended(t, command.playback_id, "play_failed", event.at, error=event.error)
         t.next_step(event.at)
     elif isinstance(command, Answer) and t.call.phase is Phase.ANSWERING:
         _unserved(t, "answer_failed", event.at)
@@ -832,7 +899,6 @@ def _adopt(t: _Transition, event: Adopted) -> None:
         phase=call.phase.value,
         untracked_recordings=[n for n, _ in event.untracked_recordings] or None,
     )
-    keep = call.facts.policy.keep_partial_on_opt_out
     for number, mixmonitor_id in event.untracked_recordings:
         if call.recording is not None and call.recording.number == number:
             continue
@@ -850,7 +916,7 @@ def _adopt(t: _Transition, event: Adopted) -> None:
     current = t.call.recording
     if current is not None and call.refused:
         t.stop_recording()
-        if not keep:
+        if call.deletes_captured:
             t.do(DeleteRecording(current.number, current.file))
     if event.location == "dialplan":
         t.do(Subscribe())
@@ -909,7 +975,7 @@ def _internal_error(t: _Transition, event: InternalError) -> None:
 
 def _end(t: _Transition, event: CallEnded) -> None:
     segment = t.call.recording
-    delete_refused = t.call.refused and not t.call.facts.policy.keep_partial_on_opt_out
+    delete_refused = t.call.deletes_captured
     if segment is not None and not segment.stopping:
         # MixMonitor ends with the channel; the hangup is the stop time.
         t.ledger(

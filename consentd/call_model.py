@@ -26,11 +26,28 @@ class ConsentAction(StrEnum):
     CALLER_OPTED_OUT = "caller_opted_out"
     #: An opt-in caller took the consent back (policy allow_withdrawal).
     CALLER_WITHDREW = "caller_withdrew"
+    #: Not the caller's choice: the consent notice could not be played (Asterisk
+    #: failed the greeting), so the caller was never told and is never recorded.
+    NOTICE_FAILED = "notice_failed"
 
     @property
     def refuses(self) -> bool:
         """Whatever was captured must go (unless the policy keeps a partial opt-out)."""
-        return self in (ConsentAction.CALLER_OPTED_OUT, ConsentAction.CALLER_WITHDREW)
+        return self in (
+            ConsentAction.CALLER_OPTED_OUT,
+            ConsentAction.CALLER_WITHDREW,
+            ConsentAction.NOTICE_FAILED,
+        )
+
+    def deletes_captured(self, keep_partial_on_opt_out: bool) -> bool:
+        """Whether audio captured before this outcome is deleted.
+
+        ``keep_partial_on_opt_out`` is the caller's refusal's option only: audio of a
+        caller who never heard the notice goes whatever the policy says.
+        """
+        if self is ConsentAction.NOTICE_FAILED:
+            return True
+        return self.refuses and not keep_partial_on_opt_out
 
 
 class Phase(StrEnum):
@@ -180,6 +197,13 @@ class DtmfReceived:
 @dataclass(frozen=True)
 class PlaybackStarted:
     playback_id: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class HangupRequested:
+    """ARI ChannelHangupRequest: the call is ending (a playback cut off by it fails)."""
+
     at: datetime
 
 
@@ -368,6 +392,7 @@ Event = (
     | DtmfReceived
     | PlaybackStarted
     | PlaybackFinished
+    | HangupRequested
     | RecordingStarted
     | RecordingStopped
     | RecordingDeleted

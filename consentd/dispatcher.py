@@ -32,6 +32,7 @@ from consentd.call_model import (
     DtmfReceived,
     Event,
     HandOff,
+    HangupRequested,
     LeftStasis,
     Phase,
     PlaybackFinished,
@@ -73,6 +74,9 @@ HANDLED_EVENTS = (
     "StasisStart",
     "StasisEnd",
     "ChannelDestroyed",
+    # Comes before the PlaybackFinished of a greeting the hangup cut off ("failed"):
+    # that is the call's end, not a consent notice Asterisk could not play.
+    "ChannelHangupRequest",
     "ChannelDtmfReceived",
     "PlaybackFinished",
     "RecordingStarted",
@@ -190,6 +194,8 @@ class Dispatcher:
                 and name[len(MIXMONITOR_ID_PREFIX) :].isdigit()
             ):
                 runner.recording_began(int(name[len(MIXMONITOR_ID_PREFIX) :]), at)
+        elif kind == "ChannelHangupRequest":
+            runner.post(HangupRequested(at))
         elif kind == "StasisEnd":
             runner.post(LeftStasis(at))
         elif kind == "ChannelDestroyed":

@@ -529,7 +529,7 @@ def test_failed_recording_start_clears_the_recording_so_hangup_writes_no_stop(
     assert kinds(ended) == ["call_ended"]
 
 
-def test_failed_greeting_playback_puts_the_call_on_hold(facts: Facts) -> None:
+def test_a_refused_greeting_play_puts_the_call_on_hold_uninformed(facts: Facts) -> None:
     call = arrived(facts("opt_in"))
 
     call, commands = handle(
@@ -541,13 +541,16 @@ def test_failed_greeting_playback_puts_the_call_on_hold(facts: Facts) -> None:
         ),
     )
 
-    assert kinds(commands) == ["command_failed"]
+    assert kinds(commands) == ["command_failed", "consent_notice_failed"]
     assert ledger(commands)[0].data == {"command": "Play", "error": "404"}
+    assert ledger(commands)[1].data["state"] == "play_failed"
+    assert ledger(commands)[1].data["error"] == "404"
     assert actions(commands) == []  # holding: no silence generator (recording fidelity)
     assert call.greeting_playback is None
+    assert call.phase is Phase.HOLDING
 
 
-def test_a_3_after_a_failed_greeting_still_decides(facts: Facts) -> None:
+def test_a_3_after_a_greeting_that_could_not_be_played_records_nothing(facts: Facts) -> None:
     call = arrived(facts("opt_in"))
     call, _ = handle(
         call,
@@ -560,7 +563,8 @@ def test_a_3_after_a_failed_greeting_still_decides(facts: Facts) -> None:
 
     _, commands = press(call, "3")
 
-    assert actions(commands) == [StartRecording(1, FILE_1)]
+    assert kinds(commands) == ["keypress"]  # the caller was never asked
+    assert actions(commands) == []
 
 
 def test_failed_stop_after_opt_out_leaves_the_recording_to_end_with_the_hangup(

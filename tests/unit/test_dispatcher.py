@@ -1085,9 +1085,9 @@ async def test_on_connect_asterisk_is_asked_for_only_the_events_consentd_handles
 
     (request,) = node.ari.of("filter_events")
     assert set(request[1:]) == {
-        "StasisStart", "StasisEnd", "ChannelDestroyed", "ChannelDtmfReceived",
-        "PlaybackFinished", "RecordingStarted", "RecordingFinished", "RecordingFailed",
-        "Dial", "ChannelVarset",
+        "StasisStart", "StasisEnd", "ChannelDestroyed", "ChannelHangupRequest",
+        "ChannelDtmfReceived", "PlaybackFinished", "RecordingStarted", "RecordingFinished",
+        "RecordingFailed", "Dial", "ChannelVarset",
     }  # fmt: skip
     assert node.ari.of("channels")  # and the resync still runs
 

@@ -13,6 +13,10 @@ from typing import Any
 
 from consentd.ledger import LedgerEvent, LedgerStore
 
+#: The rows that set a call's consent outcome (the latest stands): the caller's
+#: key, or a consent notice Asterisk could not play.
+OUTCOME_KINDS = frozenset({"consent_decided", "consent_notice_failed"})
+
 #: The rows that tell a recording segment's life (pauses are accounted apart).
 _SEGMENT_KINDS = ("recording_started", "recording_stopped", "recording_deleted")
 
@@ -43,7 +47,8 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         return None
     end = next((e for e in ordered if e.kind == "call_ended"), None)
     # The latest decision stands: a withdrawal (caller_withdrew) follows a consent.
-    decision = next((e for e in reversed(ordered) if e.kind == "consent_decided"), None)
+    # A consent notice Asterisk could not play is the outcome notice_failed (no key).
+    decision = next((e for e in reversed(ordered) if e.kind in OUTCOME_KINDS), None)
     segments = _segments(ordered)
     until = end.occurred_at if end else now
     first = {e.kind: e for e in reversed(ordered)}  # the first row of each kind
@@ -74,7 +79,7 @@ def summarize(events: Iterable[LedgerEvent], now: datetime) -> dict[str, Any] | 
         "policy_source": facts["policy_source"],
         "call_recording_consent": facts["policy"],
         "call_recording_consent_action": decision.data["action"] if decision else None,
-        "call_recording_consent_keypress": decision.data["digit"] if decision else None,
+        "call_recording_consent_keypress": decision.data.get("digit") if decision else None,
         "recording_time": recording_time,
         "not_recording_time": max(0, round(total) - recording_time),
         "recording_segments": [

@@ -670,6 +670,7 @@ _AGENT_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("opted in", lambda a: str(a["consent_outcomes"]["caller_opted_in"])),
     ("opted out", lambda a: str(a["consent_outcomes"]["caller_opted_out"])),
     ("withdrew", lambda a: str(a["consent_outcomes"]["caller_withdrew"])),
+    ("notice failed", lambda a: str(a["consent_outcomes"].get("notice_failed", 0))),
     ("no decision", lambda a: str(a["consent_outcomes"]["no_decision"])),
 )
 

@@ -360,7 +360,15 @@ def _iso(value: datetime) -> str:
 # ---------------------------------------------------------------- the agent report
 
 #: Consent outcomes counted per agent: the call's latest decision, or none.
-OUTCOMES = ("caller_opted_in", "caller_opted_out", "caller_withdrew", "no_decision")
+#: notice_failed is no decision of the caller's: the consent notice could not be
+#: played (consent_notice_failed), so the call was never recorded.
+OUTCOMES = (
+    "caller_opted_in",
+    "caller_opted_out",
+    "caller_withdrew",
+    "notice_failed",
+    "no_decision",
+)
 AGENT_FIELDS = (
     "agent",
     "calls_answered",

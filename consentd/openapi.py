@@ -63,6 +63,14 @@ _SPAN = {
     ],
 }
 
+#: A call's consent outcome: the caller's latest decision, notice_failed (the consent
+#: notice could not be played, so the call was never recorded), or none.
+_CONSENT_ACTION: dict[str, Any] = {
+    "enum": [*(o for o in OUTCOMES if o != "no_decision"), None],
+    "description": "the caller's latest decision; notice_failed: the consent notice "
+    "could not be played, so the call was never recorded",
+}
+
 #: Every field of an exported call (the hosted product's names first).
 _CALL_PROPERTIES: dict[str, Any] = {
     "id": {**_INT, "description": "stable, unique across nodes (the ledger row of its start)"},
@@ -87,9 +95,7 @@ _CALL_PROPERTIES: dict[str, Any] = {
     "ivr_time_spent": _nullable("integer", minimum=0),
     "exceeded_queue_wait_time": _nullable("boolean"),
     "call_recording_consent": {"enum": ["always", "opt_in", "opt_out", "never", None]},
-    "call_recording_consent_action": {
-        "enum": ["caller_opted_in", "caller_opted_out", "caller_withdrew", None]
-    },
+    "call_recording_consent_action": _CONSENT_ACTION,
     "call_recording_consent_keypress": _nullable("string"),
     "recording_control_interactions": {"type": "integer", "minimum": 0},
     "recording_time": {"type": "integer", "minimum": 0},
@@ -129,6 +135,7 @@ _CALL_DETAILS: dict[str, Any] = {
     "properties": {
         "id": _STR,
         "node": _STR,
+        "call_recording_consent_action": _CONSENT_ACTION,
         "recordings": {
             "type": "array",
             "items": _STR,

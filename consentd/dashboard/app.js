@@ -14,6 +14,7 @@ const OUTCOME_LABELS = {
   caller_opted_in: "opted in",
   caller_opted_out: "opted out",
   caller_withdrew: "withdrew",
+  notice_failed: "notice failed",
   no_decision: "no decision",
 };
 
@@ -284,6 +285,7 @@ function drawAgents(report) {
           a.consent_outcomes.caller_opted_in,
           a.consent_outcomes.caller_opted_out,
           a.consent_outcomes.caller_withdrew,
+          a.consent_outcomes.notice_failed,
           a.consent_outcomes.no_decision,
         ].map((v) => el("td", { class: "num", text: v })),
       ),

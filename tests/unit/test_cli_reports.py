@@ -171,7 +171,7 @@ def test_report_agents_passes_the_window_and_prints_a_row_per_agent(
         out[0]
         == "agents, calls started from 2026-11-28T00:00:00+00:00 to 2026-11-29T00:00:00+00:00"
     )
-    assert out[3].split() == ["agent1", "4", "1", "2", "90", "30", "3", "1", "0", "1"]
+    assert out[3].split() == ["agent1", "4", "1", "2", "90", "30", "3", "1", "0", "0", "1"]
     [(path, query, _)] = daemon.asked
     assert (path, query) == ("/api/reports/agents", {"from": "1764288000", "to": "1764374400"})
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from consentd.adoption import rebuild
+from consentd.call_details import summarize
 from consentd.call_flow import Call, handle, new_call
 from consentd.call_model import (
     Adopted,
@@ -44,7 +45,9 @@ from consentd.call_model import (
 )
 from consentd.greetings import GreetingLibrary
 from consentd.ledger import LedgerEvent
+from consentd.openapi import document
 from consentd.policy import GreetingKind, Group, NoAnswer, PolicyBook, load_policies
+from tests.api_schema import validate_response
 from tests.unit.conftest import CallScript, write_wav
 from tests.unit.flow_helpers import CHANNEL, T0, actions, arrived, at, kinds, ledger, press
 
@@ -425,3 +428,27 @@ def test_an_always_menu_prompt_failing_changes_nothing(menu_facts: Any) -> None:
 
     assert kinds(commands) == ["greeting_finished"]
     assert call.recording is not None and call.decision is None
+
+
+# ---------------------------------------------------------------- what the call's details say
+
+
+def test_call_details_give_the_outcome_notice_failed_and_keep_no_audio(
+    facts: Facts, script: Callable[..., CallScript]
+) -> None:
+    call = script(facts("opt_out", group=SUPPORT, did="+4930100010", keep_partial_on_opt_out=True))
+    call.arrive()  # bridged-only recording from the answer
+    call.wait(4)
+    call.greeting_ends()  # the availability greeting
+    call.send(fails(GREETING, call.clock().timestamp() - T0.timestamp()))
+    call.press("3")
+    call.wait(20)
+    call.hang_up()
+
+    details = summarize(call.ledger_events(), call.clock())
+
+    assert details is not None
+    assert details["call_recording_consent_action"] == "notice_failed"
+    assert details["call_recording_consent_keypress"] is None
+    assert details["recordings"] == [] and details["recording_time"] == 0
+    validate_response(document(), "/calls", "GET", 200, [details])

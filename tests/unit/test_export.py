@@ -413,6 +413,7 @@ def test_the_agent_report_adds_up_each_agents_calls() -> None:
     rows = agent_report(
         [
             details("agent2", call_recording_consent_action="caller_opted_in"),
+            details("agent2", call_recording_consent_action="notice_failed"),
             details("agent1", recording_control_interactions=2),
             details("agent1", direction="outbound", recording_time=0, not_recording_time=40),
             details(None),  # nobody answered: in no agent's row
@@ -432,20 +433,22 @@ def test_the_agent_report_adds_up_each_agents_calls() -> None:
                 "caller_opted_in": 0,
                 "caller_opted_out": 0,
                 "caller_withdrew": 1,
+                "notice_failed": 0,
                 "no_decision": 2,
             },
         },
         {
             "agent": "agent2",
-            "calls_answered": 1,
+            "calls_answered": 2,
             "calls_placed": 0,
             "recording_control_interactions": 0,
-            "recording_time": 10,
-            "not_recording_time": 5,
+            "recording_time": 20,
+            "not_recording_time": 10,
             "consent_outcomes": {
                 "caller_opted_in": 1,
                 "caller_opted_out": 0,
                 "caller_withdrew": 0,
+                "notice_failed": 1,
                 "no_decision": 0,
             },
         },
@@ -461,9 +464,10 @@ def test_the_agent_report_adds_up_each_agents_calls() -> None:
         "caller_opted_in",
         "caller_opted_out",
         "caller_withdrew",
+        "notice_failed",
         "no_decision",
     ]
-    assert table[1] == ["agent1", "2", "1", "2", "20", "50", "0", "0", "1", "2"]
+    assert table[1] == ["agent1", "2", "1", "2", "20", "50", "0", "0", "1", "0", "2"]
 
 
 def test_calls_csv_has_every_field_as_a_column_with_nulls_empty_and_lists_as_json() -> None:

@@ -312,7 +312,7 @@ async def test_the_agent_report_as_csv(client: TestClient[Any, Any]) -> None:
     response = await client.get("/api/reports/agents", params={"format": "csv"})
 
     rows = list(csv.reader(io.StringIO(await response.text())))
-    assert rows[1] == ["agent1", "1", "0", "2", "30", "5", "1", "0", "0", "0"]
+    assert rows[1] == ["agent1", "1", "0", "2", "30", "5", "1", "0", "0", "0", "0"]
 
 
 # ---------------------------------------------------------------- the fuzz

@@ -309,4 +309,4 @@ async def test_metrics_scraped_over_http_carry_every_family() -> None:
     assert value(samples, "consentd_ledger_write_lag_seconds_bucket", le="30.0") == 2
     assert value(samples, "consentd_keypress_to_recording_seconds_count", change="started") == 1
     assert value(samples, "consentd_keypress_to_recording_seconds_count", change="stopped") == 0
-    assert len([k for k in samples if k[0] == "consentd_calls_ended_total"]) == 16
+    assert len([k for k in samples if k[0] == "consentd_calls_ended_total"]) == 20

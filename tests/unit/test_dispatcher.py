@@ -1458,3 +1458,35 @@ async def test_an_abandon_arriving_over_ami_just_after_the_ari_hangup_still_coun
 
     kinds = await node.kinds()
     assert kinds[-2:] == ["queue_abandoned", "call_ended"]
+
+
+# ---------------------------------------------------------------- a consent notice that failed
+
+
+async def test_a_greeting_asterisk_could_not_play_leaves_an_opt_out_call_unrecorded(
+    node: Node,
+) -> None:
+    chan = "1764432020.1"
+    await node.feed(
+        stasis_start(chan, "+4930100003"), playback_finished(chan, f"{chan}-greeting", "failed")
+    )
+    await node.feed(stasis_end(chan), {**stasis_end(chan), "type": "ChannelDestroyed"})
+    await node.calls_done()
+
+    assert node.recorder.requests == []
+    [failed] = by_kind(await node.ledger(), "consent_notice_failed")
+    assert failed.data["state"] == "failed"
+
+
+async def test_a_greeting_the_hangup_cut_off_is_only_the_calls_end(node: Node) -> None:
+    chan = "1764432020.2"
+    await node.feed(
+        stasis_start(chan, "+4930100003"),
+        {**stasis_end(chan), "type": "ChannelHangupRequest"},
+        playback_finished(chan, f"{chan}-greeting", "failed"),
+    )
+    await node.feed(stasis_end(chan), {**stasis_end(chan), "type": "ChannelDestroyed"})
+    await node.calls_done()
+
+    assert by_kind(await node.ledger(), "consent_notice_failed") == []
+    assert by_kind(await node.ledger(), "call_ended")

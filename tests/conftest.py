@@ -62,6 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     custom = workdir / "custom-opt-in.wav"
     write_tone(custom, 2.0)
     write_tone(workdir / "short.wav", SHORT_GREETING_S, freq=500.0)
+    write_tone(workdir / "notice-missing.wav", SHORT_GREETING_S, freq=830.0)
     # An operator's greeting as they come: MP3, 44.1 kHz stereo (converted at load).
     subprocess.run(
         ["sox", "-n", "-r", "44100", "-c", "2", str(workdir / "operator-greeting.mp3"),

@@ -58,6 +58,8 @@ numbers:
   "+4930100009": {recording: opt_in, greetings: {call_recording_opt_in: operator-greeting.mp3}}
   "+4930100015": {recording: opt_in, allow_withdrawal: true, greetings: {opt_in: short.wav}}
   "+4930100016": {recording: always, pause_gap: skip}
+  # Its greeting is taken away from Asterisk before the call (test_consent_notice.py).
+  "+4930100017": {recording: opt_out, greetings: {opt_out: notice-missing.wav}}
   # Operator numbers agents call out as (agents: below).
   "+4930100031": {recording: always}
   "+4930100032": {recording: opt_in}

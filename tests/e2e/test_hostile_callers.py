@@ -179,8 +179,17 @@ def _stack_pids() -> set[int]:
     pids.add(int((STATE / "pg" / "postmaster.pid").read_text().split()[0]))
     pids.update(int(p) for p in subprocess.run(
         ["pgrep", "-x", "asterisk"], capture_output=True, text=True
-    ).stdout.split())  # fmt: skip
+    ).stdout.split() if _root_of(int(p)) == ROOT.resolve())  # fmt: skip
     return pids
+
+
+def _root_of(pid: int) -> Path | None:
+    """The stack's Asterisk runs chrooted in ROOT; the cluster's nodes (scripts/cluster.sh)
+    and other checkouts' stacks have other roots, and their sockets are not this stack's."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/root"))
+    except OSError:
+        return None
 
 
 def _files_since(root: Path, since: float, skip: tuple[str, ...] = ()) -> set[Path]:

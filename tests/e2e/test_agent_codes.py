@@ -160,7 +160,7 @@ def test_a_queue_agent_pauses_and_resumes_by_code_and_the_caller_hears_no_code(
             )
         )
         await asyncio.sleep(0.3)
-        caller = await place_call(plan, SCENARIO, sip_port=5160, media_port=17600)
+        caller = await place_call(plan, SCENARIO, sip_port=5165, media_port=17600)
         return caller, await agent
 
     capture = RtpCapture((17600, 16100))  # what the caller and agent1 hear

@@ -73,7 +73,7 @@ async def _run(case: IvrCase) -> tuple[CallResult, AgentResult | None]:
             run_agent(AGENT_SCENARIO, port=port, answer_ms=answer_ms, media_port=16100 + port % 10)
         )
         await asyncio.sleep(0.3)  # listening before Asterisk rings it
-    caller = await place_call(case.plan, SCENARIO, sip_port=5160, media_port=17600)
+    caller = await place_call(case.plan, SCENARIO, sip_port=5165, media_port=17600)
     return caller, (await phone if phone else None)
 
 

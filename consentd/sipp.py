@@ -262,6 +262,20 @@ async def run_agent(
     return AgentResult(port, returncode, output)
 
 
+async def run_ringing_phone(
+    scenario: Path, *, port: int, media_port: int, timeout: float = 60.0
+) -> AgentResult:
+    """An agent's phone that rings and is never picked up (sipp-scenarios/agent-ring.xml):
+    it takes the CANCEL, so Asterisk has no INVITE left to retransmit to the port."""
+    args = [
+        "sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port),
+        "-mp", str(media_port), "-m", "1", "-nostdin",
+        "-timeout", f"{int(timeout)}s", "-timeout_error",
+    ]  # fmt: skip
+    returncode, output = await _run_sipp(args, timeout + 10)
+    return AgentResult(port, returncode, output)
+
+
 async def place_agent_call(
     scenario: Path,
     *,

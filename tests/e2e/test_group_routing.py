@@ -1,8 +1,9 @@
 """Group-routed numbers over real SIP: greetings, app_queue, SIPp agents, voicemail.
 
-Each case is one caller (SIPp UAC) and, where an agent should answer, one
-agent phone (SIPp UAS on 127.0.0.1:5071, queue member agent1). The queue
-rings all its members, so the cases run one after another. Callers and the
+Each case is one caller (SIPp UAC) and agent1's phone (SIPp UAS on
+127.0.0.1:5071, queue member agent1), which answers where an agent should and
+otherwise rings until the queue cancels it. The queue rings all its members,
+so the cases run one after another. Callers and the
 agent stream audio: a bridged call or a voicemail without audio records nothing.
 """
 
@@ -18,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from consentd.ami import AmiClient
-from consentd.sipp import AgentResult, CallPlan, CallResult, place_call, run_agent
+from consentd.sipp import (
+    AgentResult,
+    CallPlan,
+    CallResult,
+    place_call,
+    run_agent,
+    run_ringing_phone,
+)
 from tests.e2e.harness import (
     REPO,
     SCENARIO,
@@ -33,6 +41,8 @@ from tests.e2e.harness import (
 )
 
 AGENT_SCENARIO = REPO / "sipp-scenarios" / "agent.xml"
+#: agent1's phone when nobody should answer: it rings until the queue cancels it.
+RINGING_SCENARIO = REPO / "sipp-scenarios" / "agent-ring.xml"
 TOLERANCE_S = 0.5
 
 
@@ -40,7 +50,7 @@ TOLERANCE_S = 0.5
 class QueueCase:
     name: str
     plan: CallPlan
-    #: Ring time before agent1 answers; None: no agent phone runs.
+    #: Ring time before agent1 answers; None: agent1's phone rings and nobody answers.
     answer_ms: int | None
     consent: str
     action: str | None
@@ -84,14 +94,18 @@ Outcome = CallOutcome
 
 
 async def _run(case: QueueCase) -> tuple[CallResult, AgentResult | None]:
-    agent = None
-    if case.answer_ms is not None:
-        agent = asyncio.create_task(
-            run_agent(AGENT_SCENARIO, port=5071, answer_ms=case.answer_ms, media_port=16100)
-        )
-        await asyncio.sleep(0.3)  # listening before Asterisk rings it
+    # Without an answer agent1's phone still rings, and takes the CANCEL: with no
+    # phone on 5071 Asterisk would retransmit its INVITE there for up to 32 s
+    # (timer B), into the next module's agent (test_ivr.py), as a call long over.
+    phone = (
+        run_agent(AGENT_SCENARIO, port=5071, answer_ms=case.answer_ms, media_port=16100)
+        if case.answer_ms is not None
+        else run_ringing_phone(RINGING_SCENARIO, port=5071, media_port=16100)
+    )
+    agent = asyncio.create_task(phone)
+    await asyncio.sleep(0.3)  # listening before Asterisk rings it
     caller = await place_call(case.plan, SCENARIO, sip_port=5150, media_port=17500)
-    return caller, (await agent if agent else None)
+    return caller, await agent
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import urllib.parse
+import urllib.request
 from datetime import UTC, datetime
+from typing import Any
 
 from consentd.greetings import CUSTOM_DIR
 from consentd.openapi import document
 from consentd.sipp import CallPlan, place_calls
 from tests.api_schema import validate_response
-from tests.e2e.harness import SCENARIO, Stack, collect_outcomes
+from tests.e2e.harness import SCENARIO, Stack, collect_outcomes, local_stack
+
+
+def api_calls(**query: str) -> Any:
+    """GET /api/calls as the dashboard asks it (the export records, PostgreSQL's filter)."""
+    stack = local_stack()
+    request = urllib.request.Request(
+        f"{stack.http}/api/calls?{urllib.parse.urlencode(query)}",
+        headers={"Authorization": f"Bearer {stack.api_token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def test_an_opt_out_call_whose_notice_cannot_play_is_never_recorded(stack: Stack) -> None:
@@ -64,6 +79,14 @@ def test_an_opt_out_call_whose_notice_cannot_play_is_never_recorded(stack: Stack
     safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in details["id"])
     monitor = stack.host_path("/var/spool/asterisk/monitor")
     assert list(monitor.glob(f"consentd-{safe_id}-*")) == []
+    # The dashboard's filter finds it under its own outcome, not as a refusal.
+    listed = api_calls(outcome="notice_failed", number=missing.plan.caller)
+    validate_response(document(), "/api/calls", "GET", 200, listed)
+    # (the database keeps the calls of earlier runs, by the same caller)
+    assert details["id"] in [c["call_id"] for c in listed["calls"]]
+    assert {c["call_recording_consent_action"] for c in listed["calls"]} == {"notice_failed"}
+    refused = api_calls(outcome="caller_opted_out", number=missing.plan.caller)["calls"]
+    assert details["id"] not in [c["call_id"] for c in refused]
 
     # A greeting cut off by the caller's hangup is only the call's end.
     assert hung_up.ok, hung_up.output[-2000:]

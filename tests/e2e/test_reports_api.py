@@ -280,6 +280,7 @@ async def test_the_agent_report_over_the_known_ledger(client: TestClient[Any, An
                 "caller_opted_in": 0,
                 "caller_opted_out": 0,
                 "caller_withdrew": 0,
+                "notice_failed": 0,
                 "no_decision": 2,
             },
         }

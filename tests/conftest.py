@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.harness import (
-    MP3_GREETING_S,
     POLICIES,
     ROOT,
-    SHORT_GREETING_S,
     Stack,
     stack_command,
-    write_tone,
+    write_test_greetings,
 )
 
 _e2e_outcomes: dict[str, str] = {}
@@ -60,15 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             pytest.fail(f"{tool} is not installed: run `make setup`")
     workdir = tmp_path_factory.mktemp("e2e-policies")
     custom = workdir / "custom-opt-in.wav"
-    write_tone(custom, 2.0)
-    write_tone(workdir / "short.wav", SHORT_GREETING_S, freq=500.0)
-    write_tone(workdir / "notice-missing.wav", SHORT_GREETING_S, freq=830.0)
-    # An operator's greeting as they come: MP3, 44.1 kHz stereo (converted at load).
-    subprocess.run(
-        ["sox", "-n", "-r", "44100", "-c", "2", str(workdir / "operator-greeting.mp3"),
-         "synth", str(MP3_GREETING_S), "sine", "700"],
-        check=True,
-    )  # fmt: skip
+    write_test_greetings(workdir)
     policies = workdir / "policies.yaml"
     policies.write_text(POLICIES)
     try:

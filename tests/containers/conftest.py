@@ -43,12 +43,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import (
-    MP3_GREETING_S,
     POLICIES,
     REPO,
-    SHORT_GREETING_S,
     stack_command,
-    write_tone,
+    write_test_greetings,
 )
 
 CONSENTD_IMAGE = "localhost/consentd:latest"
@@ -234,13 +232,7 @@ def containers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containers]
     # The policy directory, mounted read-only at /etc/consentd: the e2e suite's
     # policies and greetings (no secret in it; the image's user reads it).
     policies = _dir(work / "policies", 0, 0, 0o755)
-    write_tone(policies / "custom-opt-in.wav", 2.0)
-    write_tone(policies / "short.wav", SHORT_GREETING_S, freq=500.0)
-    subprocess.run(
-        ["sox", "-n", "-r", "44100", "-c", "2", str(policies / "operator-greeting.mp3"),
-         "synth", str(MP3_GREETING_S), "sine", "700"],
-        check=True,
-    )  # fmt: skip
+    write_test_greetings(policies)
     (policies / "policies.yaml").write_text(POLICIES)
     for file in policies.iterdir():
         file.chmod(0o644)

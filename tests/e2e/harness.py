@@ -183,6 +183,19 @@ def write_tone(path: Path, seconds: float, freq: float = 660.0) -> None:
         wav.writeframes(frames)
 
 
+def write_test_greetings(directory: Path) -> None:
+    """The greeting files POLICIES names, beside it: operators' greetings as they come
+    (WAV tones, and an MP3 at 44.1 kHz stereo, converted at load)."""
+    write_tone(directory / "custom-opt-in.wav", 2.0)
+    write_tone(directory / "short.wav", SHORT_GREETING_S, freq=500.0)
+    write_tone(directory / "notice-missing.wav", SHORT_GREETING_S, freq=830.0)
+    subprocess.run(
+        ["sox", "-n", "-r", "44100", "-c", "2", str(directory / "operator-greeting.mp3"),
+         "synth", str(MP3_GREETING_S), "sine", "700"],
+        check=True,
+    )  # fmt: skip
+
+
 def consentd_calls(limit: int = 200, since: datetime | None = None) -> list[dict[str, Any]]:
     """The call details exactly as an operator gets them: the real CLI, no flags.
 

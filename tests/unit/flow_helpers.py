@@ -10,10 +10,13 @@ from consentd.call_model import (
     CallArrived,
     CallFacts,
     Command,
+    Direction,
     DtmfReceived,
     PlaybackFinished,
     WriteLedger,
 )
+from consentd.greetings import GreetingLibrary
+from consentd.policy import GreetingKind, PolicyBook
 
 T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
 CHANNEL = "1764432000.17"
@@ -53,3 +56,29 @@ def actions(commands: list[Command]) -> list[Command]:
 
 def kinds(commands: list[Command]) -> list[str]:
     return [w.kind for w in ledger(commands)]
+
+
+def routed_facts(book: PolicyBook, library: GreetingLibrary, did: str) -> CallFacts:
+    """An inbound call's facts as the dispatcher builds them for ``did``: its policy,
+    greetings, group, menus and groups from ``book`` and ``library``."""
+    policy = book.lookup(did).policy
+    announcement, voicemail = library.routed_greetings(policy)
+    return CallFacts(
+        call_id=f"pbx1:{CHANNEL}",
+        node="pbx1",
+        channel_id=CHANNEL,
+        did=did,
+        caller="+4917612345678",
+        direction=Direction.INBOUND,
+        policy=policy,
+        policy_source="number",
+        greeting=library.consent_greeting(policy),
+        recording_dir="/var/spool/asterisk/monitor",
+        group=book.group_of(policy),
+        announcement=announcement,
+        voicemail_greeting=voicemail,
+        menus=library.menu_plans(book, policy.language) if policy.menu else {},
+        groups=book.config.groups,
+        wait_greeting=library.optional(policy, GreetingKind.WAIT),
+        hold_greeting=library.optional(policy, GreetingKind.HOLD),
+    )

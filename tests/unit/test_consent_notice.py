@@ -30,7 +30,6 @@ from consentd.call_model import (
     ConsentAction,
     ContinueToQueue,
     DeleteRecording,
-    Direction,
     DtmfReceived,
     HangupRequested,
     Phase,
@@ -46,10 +45,20 @@ from consentd.call_model import (
 from consentd.greetings import GreetingLibrary
 from consentd.ledger import LedgerEvent
 from consentd.openapi import document
-from consentd.policy import GreetingKind, Group, NoAnswer, PolicyBook, load_policies
+from consentd.policy import Group, NoAnswer, PolicyBook, load_policies
 from tests.api_schema import validate_response
 from tests.unit.conftest import CallScript, write_wav
-from tests.unit.flow_helpers import CHANNEL, T0, actions, arrived, at, kinds, ledger, press
+from tests.unit.flow_helpers import (
+    CHANNEL,
+    T0,
+    actions,
+    arrived,
+    at,
+    kinds,
+    ledger,
+    press,
+    routed_facts,
+)
 
 GREETING = f"{CHANNEL}-greeting"
 AVAILABLE = f"{CHANNEL}-available"
@@ -350,27 +359,7 @@ def menu_facts(book: PolicyBook, tmp_path_factory: pytest.TempPathFactory) -> An
     )
 
     def make(did: str) -> CallFacts:
-        policy = book.lookup(did).policy
-        announcement, voicemail = library.routed_greetings(policy)
-        return CallFacts(
-            call_id="pbx1:1764432000.17",
-            node="pbx1",
-            channel_id=CHANNEL,
-            did=did,
-            caller="+4917612345678",
-            direction=Direction.INBOUND,
-            policy=policy,
-            policy_source="number",
-            greeting=library.consent_greeting(policy),
-            recording_dir="/var/spool/asterisk/monitor",
-            group=book.group_of(policy),
-            announcement=announcement,
-            voicemail_greeting=voicemail,
-            menus=library.menu_plans(book, policy.language),
-            groups=book.config.groups,
-            wait_greeting=library.optional(policy, GreetingKind.WAIT),
-            hold_greeting=library.optional(policy, GreetingKind.HOLD),
-        )
+        return routed_facts(book, library, did)
 
     return make
 

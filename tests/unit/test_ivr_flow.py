@@ -23,7 +23,6 @@ from consentd.call_model import (
     ContinueToDialplan,
     ContinueToQueue,
     DeleteRecording,
-    Direction,
     DtmfReceived,
     Hangup,
     LeftStasis,
@@ -43,9 +42,9 @@ from consentd.call_model import (
 )
 from consentd.greetings import GreetingLibrary
 from consentd.ledger import LedgerEvent
-from consentd.policy import GreetingKind, PolicyBook, load_policies
+from consentd.policy import PolicyBook, load_policies
 from tests.unit.conftest import write_wav
-from tests.unit.flow_helpers import CHANNEL, T0, actions, at, kinds, ledger
+from tests.unit.flow_helpers import CHANNEL, T0, actions, at, kinds, ledger, routed_facts
 
 POLICIES = """\
 default: {recording: never}
@@ -96,27 +95,7 @@ def library(book: PolicyBook, tmp_path_factory: pytest.TempPathFactory) -> Greet
 @pytest.fixture
 def facts(book: PolicyBook, library: GreetingLibrary) -> Any:
     def make(did: str) -> CallFacts:
-        policy = book.lookup(did).policy
-        announcement, voicemail = library.routed_greetings(policy)
-        return CallFacts(
-            call_id="pbx1:1764432000.17",
-            node="pbx1",
-            channel_id=CHANNEL,
-            did=did,
-            caller="+4917612345678",
-            direction=Direction.INBOUND,
-            policy=policy,
-            policy_source="number",
-            greeting=library.consent_greeting(policy),
-            recording_dir="/var/spool/asterisk/monitor",
-            group=book.group_of(policy),
-            announcement=announcement,
-            voicemail_greeting=voicemail,
-            menus=library.menu_plans(book, policy.language) if policy.menu else {},
-            groups=book.config.groups,
-            wait_greeting=library.optional(policy, GreetingKind.WAIT),
-            hold_greeting=library.optional(policy, GreetingKind.HOLD),
-        )
+        return routed_facts(book, library, did)
 
     return make
 

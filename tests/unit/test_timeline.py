@@ -22,7 +22,6 @@ from consentd.call_model import (
     AgentConnected,
     Bridged,
     CallFacts,
-    Direction,
     QueueAbandoned,
     QueueJoined,
     RecordingControl,
@@ -34,10 +33,11 @@ from consentd.export import call_record
 from consentd.greetings import GreetingLibrary
 from consentd.ledger import LedgerEvent
 from consentd.openapi import document
-from consentd.policy import GreetingKind, Group, PolicyBook, load_policies
+from consentd.policy import Group, PolicyBook, load_policies
 from consentd.timeline import CALL_KINDS, RECORDING_KINDS, timeline
 from tests.api_schema import validate_response
 from tests.unit.conftest import CallScript, FakeClock, make_facts, write_wav
+from tests.unit.flow_helpers import routed_facts as facts_for
 
 T0 = datetime(2026, 11, 29, 16, 0, 0, tzinfo=UTC)
 SUPPORT = Group(queue="support", timeout=20)
@@ -337,27 +337,7 @@ def routed_facts(book: PolicyBook, tmp_path_factory: pytest.TempPathFactory) -> 
     )
 
     def make(did: str) -> CallFacts:
-        policy = book.lookup(did).policy
-        announcement, voicemail = library.routed_greetings(policy)
-        return CallFacts(
-            call_id="pbx1:1764432000.17",
-            node="pbx1",
-            channel_id="1764432000.17",
-            did=did,
-            caller="+4917612345678",
-            direction=Direction.INBOUND,
-            policy=policy,
-            policy_source="number",
-            greeting=library.consent_greeting(policy),
-            recording_dir="/var/spool/asterisk/monitor",
-            group=book.group_of(policy),
-            announcement=announcement,
-            voicemail_greeting=voicemail,
-            menus=library.menu_plans(book, policy.language) if policy.menu else {},
-            groups=book.config.groups,
-            wait_greeting=library.optional(policy, GreetingKind.WAIT),
-            hold_greeting=library.optional(policy, GreetingKind.HOLD),
-        )
+        return facts_for(book, library, did)
 
     return make
 

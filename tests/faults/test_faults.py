@@ -202,7 +202,9 @@ def test_an_agent_answer_while_ami_is_down_is_recovered_from_the_bridge(
     audio of an "always" call would count as 0 s recorded."""
     _, ami = proxies
     since = datetime.now(UTC)
-    plan = CallPlan("+4930100012", "+4915100000501", talk_ms=10000, speak=True)
+    # Long enough that AMI, back after 4 s, reconnects while the call is still up: its
+    # backoff (jittered, doubling from 0.2 s) may wait almost 5 s after the restore.
+    plan = CallPlan("+4930100012", "+4915100000501", talk_ms=16000, speak=True)
 
     async def scenario() -> tuple[CallResult, AgentResult]:
         agent = asyncio.create_task(

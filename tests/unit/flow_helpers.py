@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from consentd.call_flow import Call, handle, new_call
 from consentd.call_model import (
@@ -82,3 +83,12 @@ def routed_facts(book: PolicyBook, library: GreetingLibrary, did: str) -> CallFa
         wait_greeting=library.optional(policy, GreetingKind.WAIT),
         hold_greeting=library.optional(policy, GreetingKind.HOLD),
     )
+
+
+def run(call: Call, *events: Any) -> tuple[Call, list[Command]]:
+    """Handle ``events`` in order; all their commands."""
+    commands: list[Command] = []
+    for event in events:
+        call, more = handle(call, event)
+        commands += more
+    return call, commands

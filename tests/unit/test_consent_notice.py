@@ -58,6 +58,7 @@ from tests.unit.flow_helpers import (
     ledger,
     press,
     routed_facts,
+    run,
 )
 
 GREETING = f"{CHANNEL}-greeting"
@@ -66,15 +67,6 @@ FILE_1 = "/var/spool/asterisk/monitor/consentd-pbx1_1764432000.17-1.wav"
 SUPPORT = Group(queue="support", timeout=20, no_answer=NoAnswer.VOICEMAIL)
 
 Facts = Callable[..., CallFacts]
-
-
-def run(call: Call, *events: Any) -> tuple[Call, list[Command]]:
-    """Handle ``events`` in order; all their commands."""
-    commands: list[Command] = []
-    for event in events:
-        call, more = handle(call, event)
-        commands += more
-    return call, commands
 
 
 def fails(playback_id: str, seconds: float) -> PlaybackFinished:

@@ -44,7 +44,7 @@ from consentd.greetings import GreetingLibrary
 from consentd.ledger import LedgerEvent
 from consentd.policy import PolicyBook, load_policies
 from tests.unit.conftest import write_wav
-from tests.unit.flow_helpers import CHANNEL, T0, actions, at, kinds, ledger, routed_facts
+from tests.unit.flow_helpers import CHANNEL, T0, actions, at, kinds, ledger, routed_facts, run
 
 POLICIES = """\
 default: {recording: never}
@@ -98,15 +98,6 @@ def facts(book: PolicyBook, library: GreetingLibrary) -> Any:
         return routed_facts(book, library, did)
 
     return make
-
-
-def run(call: Call, *events: Any) -> tuple[Call, list[Command]]:
-    """Handle ``events`` in order; all their commands."""
-    commands: list[Command] = []
-    for event in events:
-        call, more = handle(call, event)
-        commands += more
-    return call, commands
 
 
 def in_menu(call_facts: CallFacts) -> tuple[Call, list[Command]]:

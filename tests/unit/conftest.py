@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import wave
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 
 from consentd.call_flow import Call, handle, new_call
 from consentd.call_model import (
@@ -268,3 +269,11 @@ def greeting_cache(
     cache = tmp_path_factory.getbasetemp() / "greeting-cache"
     monkeypatch.setattr("consentd.policy.DEFAULT_GREETING_CACHE", cache)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def structlog_defaults() -> Iterator[None]:
+    """A test that ran the CLI leaves structlog configured with cached loggers, and
+    ``structlog.testing.capture_logs`` in a later test then hears nothing."""
+    yield
+    structlog.reset_defaults()

@@ -33,6 +33,7 @@ from consentd.journal import Journal
 from consentd.ledger import LedgerWriter
 from consentd.ledger_pg import DatabaseError, PostgresLedger, SchemaBehind
 from consentd.metrics import Metrics
+from consentd.owed_deletions import OwedDeletionSweeper
 from consentd.policy import PolicyBook
 from consentd.recording_store import AriStore, FileStore, RecordingStore
 from consentd.reload import PolicyReloader
@@ -225,6 +226,17 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
                 log.warning("webhook_warning", problem=problem)
             sender = WebhookSender(webhooks, Outbox(store), reports)
             webhook_task = tg.create_task(sender.run(), name="webhooks")
+        # Refused audio whose delete failed during its call, deleted once the store is back.
+        sweeper = OwedDeletionSweeper(
+            settings.node,
+            writer,
+            recordings,
+            utc_now,
+            running=dispatcher.running,
+            interval=settings.delete_retry_seconds,
+        )
+        metrics.watch_owed_deletions(lambda: sweeper.owed)
+        sweeper_task = tg.create_task(sweeper.run(), name="owed-deletions")
         log.info(
             "consentd_started",
             node=settings.node,
@@ -250,6 +262,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         if call_tasks:
             await asyncio.wait(set(call_tasks), timeout=shutdown_grace)
         events_task.cancel()
+        sweeper_task.cancel()  # what it owes is in the ledger for the next start
         if fallback_task is not None:
             fallback_task.cancel()  # what it submitted is in the writer's queue, stored below
         if webhook_task is not None:

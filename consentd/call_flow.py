@@ -849,9 +849,12 @@ def _no_answer(t: _Transition, event: ReturnedFromQueue) -> None:
 
 def _command_failed(t: _Transition, event: CommandFailed) -> None:
     command = event.command
-    unknown = {"outcome": "unknown"} if event.unknown else {}
+    details: dict[str, Any] = {"outcome": "unknown"} if event.unknown else {}
+    if isinstance(command, DeleteRecording):
+        # The audio still there: consentd/owed_deletions.py deletes it later from this row.
+        details |= {"segment": command.segment, "file": command.file}
     t.ledger(
-        "command_failed", event.at, command=type(command).__name__, error=event.error, **unknown
+        "command_failed", event.at, command=type(command).__name__, error=event.error, **details
     )
     segment = t.call.recording
     if isinstance(command, StartRecording | StopRecording) and segment is not None:

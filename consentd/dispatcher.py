@@ -223,7 +223,7 @@ class Dispatcher:
         Through the API ``by`` is "api": the ledger names the call's agent
         instead (who answered it, or who placed it), when there is one.
         """
-        runner = next((r for r in self.calls.values() if r.call.facts.call_id == call_id), None)
+        runner = self._runner_of(call_id)
         if runner is None or runner.call.ended:
             return 404, _error("no-such-call", f"no call {call_id!r} is in progress here")
         refusal = control_refusal(runner.call, action)
@@ -384,6 +384,14 @@ class Dispatcher:
             runner,
             CallArrived(at, returned_from_queue=returned, unserved=unserved, answered=answered),
         )
+
+    def _runner_of(self, call_id: str) -> CallRunner | None:
+        return next((r for r in self.calls.values() if r.call.facts.call_id == call_id), None)
+
+    def running(self, call_id: str) -> bool:
+        """Whether this call's runner is still at work (it may write rows after
+        ``call_ended``: an empty file's removal, a late confirmation)."""
+        return self._runner_of(call_id) is not None
 
     def _launch(self, channel_id: str, runner: CallRunner, first: Event) -> None:
         """Track the call, give its runner its first event, and run it in its own task."""

@@ -65,6 +65,11 @@ class LedgerStore(Protocol):
     async def open_calls(self, node: str, since: datetime) -> list[LedgerEvent]:
         """All events of this node's calls started since then that never ended."""
 
+    async def failed_deletions(self, node: str) -> list[LedgerEvent]:
+        """All events of this node's ended calls with a refused recording whose
+        delete failed (``command_failed``, command ``DeleteRecording``) and that
+        has no ``recording_deleted`` since. Raises LedgerUnavailable."""
+
 
 class MemoryLedger:
     """An in-process store with the same semantics, for unit tests and dry runs."""
@@ -98,6 +103,25 @@ class MemoryLedger:
         if not self.available:
             raise LedgerUnavailable("memory ledger switched off")
         return open_calls_of(list(self.events.values()), node, since)
+
+    async def failed_deletions(self, node: str) -> list[LedgerEvent]:
+        if not self.available:
+            raise LedgerUnavailable("memory ledger switched off")
+        by_call: dict[str, list[LedgerEvent]] = {}
+        for event in self.events.values():
+            by_call.setdefault(event.call_id, []).append(event)
+        found = []
+        for rows in by_call.values():
+            kinds = {e.kind for e in rows}
+            failed = any(
+                e.kind == "command_failed"
+                and e.node == node
+                and e.data.get("command") == "DeleteRecording"
+                for e in rows
+            )
+            if failed and "call_ended" in kinds:
+                found.extend(sorted(rows, key=lambda e: e.seq))
+        return found
 
 
 def open_calls_of(events: Sequence[LedgerEvent], node: str, since: datetime) -> list[LedgerEvent]:
@@ -234,6 +258,29 @@ class LedgerWriter:
         for event in open_calls_of(known, node, since):
             calls.setdefault(event.call_id, []).append(event)
         return calls
+
+    async def failed_deletions(self, node: str) -> dict[str, list[LedgerEvent]] | None:
+        """This node's ended calls with a failed delete of refused audio, by call id;
+        None while the store cannot answer or rows wait in the journal.
+
+        A row written for such a call needs the call's next seq, and that is only
+        known from all its rows: a guess from the journal's alone could collide
+        with a stored row and be dropped as a duplicate. Rows still queued count.
+        """
+        if not self.store_reachable or self._journal.pending():
+            return None
+        try:
+            stored = await self._store.failed_deletions(node)
+        except LedgerUnavailable as exc:
+            self._log.warning("ledger_history_unavailable", error=str(exc))
+            return None
+        calls: dict[str, dict[str, LedgerEvent]] = {}
+        for event in stored:
+            calls.setdefault(event.call_id, {})[event.event_key] = event
+        for event in list(self._queue._queue):  # type: ignore[attr-defined]
+            if event is not None and event.call_id in calls:
+                calls[event.call_id].setdefault(event.event_key, event)
+        return {call_id: list(rows.values()) for call_id, rows in calls.items()}
 
     async def _known(
         self, stored: Callable[[], Awaitable[list[LedgerEvent]]], *, wait: float = 5.0

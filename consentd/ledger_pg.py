@@ -338,6 +338,19 @@ class PostgresLedger:
             since,
         )
 
+    async def failed_deletions(self, node: str) -> list[LedgerEvent]:
+        return await self._events_where(
+            "call_id IN (SELECT f.call_id FROM call_events f"
+            " WHERE f.kind = 'command_failed' AND f.data->>'command' = 'DeleteRecording'"
+            " AND f.node = $1 AND EXISTS ("
+            "   SELECT 1 FROM call_events e WHERE e.call_id = f.call_id"
+            "   AND e.kind = 'call_ended')"
+            " AND NOT EXISTS ("
+            "   SELECT 1 FROM call_events d WHERE d.call_id = f.call_id"
+            "   AND d.kind = 'recording_deleted' AND d.data->'segment' = f.data->'segment'))",
+            node,
+        )
+
     async def _events_where(self, condition: str, *args: Any) -> list[LedgerEvent]:
         """Rows matching ``condition``, by call and seq; any failure is LedgerUnavailable."""
         async with self.connection() as conn:

@@ -13,7 +13,9 @@ the ones the parts feed as things happen:
   (``started``: MixMonitor confirmed; ``stopped``: StopMixMonitor confirmed);
 - ``consentd_ledger_write_lag_seconds``: from each ledger event's ``occurred_at`` to
   its row being stored in PostgreSQL (a replayed journal shows the outage's length);
-- ``consentd_journal_backlog``: ledger events in the journal not yet stored.
+- ``consentd_journal_backlog``: ledger events in the journal not yet stored;
+- ``consentd_refused_recordings_not_deleted``: refused audio whose delete failed
+  and that is still on the PBX (tried again every ``CONSENTD_DELETE_RETRY_SECONDS``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ class Metrics:
             "Ledger events in the on-disk journal not yet stored in the database",
             registry=self._registry,
         ).set_function(lambda: float(backlog()))
+
+    def watch_owed_deletions(self, owed: Callable[[], int]) -> None:
+        """``consentd_refused_recordings_not_deleted``: refused audio still on the PBX
+        after the last sweep (consentd/owed_deletions.py); anything above 0 is an alert."""
+        Gauge(
+            "consentd_refused_recordings_not_deleted",
+            "Refused recordings whose delete failed and that are still not deleted",
+            registry=self._registry,
+        ).set_function(lambda: float(owed()))
 
     def call_finished(self, call: Call) -> None:
         """A call's runner returned: count it if it ended here (not handed on, not failed)."""

@@ -278,7 +278,9 @@ class CallRunner:
                     file=command.file,
                     store=self._ports.recordings.kind,
                     error=str(exc),
-                    action="delete it on the PBX by hand",
+                    action="consentd deletes it again after the call, every "
+                    "CONSENTD_DELETE_RETRY_SECONDS; consentd_refused_recordings_not_deleted "
+                    "counts it until then",
                 )
             return CommandFailed(command, str(exc), self._ports.clock(), unknown=unknown)
         return None

@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     # Empty: not read (consentd cannot reach Asterisk's log directory).
     fallback_log: str = "/var/log/asterisk/consentd-fallback.log"
     fallback_poll_seconds: float = 3.0
+    # Refused audio whose delete failed during its call is deleted again this
+    # often after the call (consentd/owed_deletions.py).
+    delete_retry_seconds: float = Field(default=30.0, gt=0)
 
     # Overload: calls consentd cannot serve in time go on unrecorded through the
     # dialplan (context consentd-unrecorded) instead of waiting.

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from consentd.sipp import AgentResult, CallPlan, CallResult, place_call, run_agent
@@ -31,6 +32,7 @@ from tests.e2e.harness import (
     SCENARIO,
     Stack,
     collect_outcomes,
+    database_url,
     restart_daemon,
     stack_command,
     wav_seconds,
@@ -193,6 +195,46 @@ def test_the_journal_disk_fills_while_postgres_is_away(stack: Stack, tmp_path: P
     finally:
         _daemon(stack)
         subprocess.run(["umount", "-l", str(journal)], check=False)
+
+
+def _chattr(flag: str, path: Path) -> None:
+    subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
+
+
+async def _late_deletes(since: float) -> int:
+    conn = await asyncpg.connect(database_url())
+    try:
+        found: int = await conn.fetchval(
+            "SELECT count(*) FROM call_events WHERE kind = 'recording_deleted'"
+            " AND data->>'late' = 'true' AND occurred_at >= to_timestamp($1)",
+            since,
+        )
+    finally:
+        await conn.close()
+    return found
+
+
+def test_the_recording_directory_refuses_deletes(stack: Stack, tmp_path: Path) -> None:
+    """Refusals whose audio cannot be deleted during the call (the directory
+    refuses unlinks: chattr +i here; a read-only remount or a stale NFS mount
+    elsewhere) are deleted after the call, once it is writable again."""
+    monitor = ROOT / "var/spool/asterisk/monitor"
+    since = time.time() - 1
+    try:
+        _daemon(stack, CONSENTD_DELETE_RETRY_SECONDS="2")
+        log = REPO / ".state" / "consentd.log"
+        before = log.read_text().count("refused_audio_not_deleted")
+        _run_case(
+            "recording deletes refused", stack, tmp_path,
+            _thread(lambda: _chattr("+i", monitor)), _thread(lambda: _chattr("-i", monitor)),
+        )  # fmt: skip
+        # the fault really struck, and the audio it left was deleted afterwards
+        failed = log.read_text().count("refused_audio_not_deleted") - before
+        assert failed > 0
+        assert asyncio.run(_late_deletes(since)) >= failed
+    finally:
+        _chattr("-i", monitor)
+        _daemon(stack)
 
 
 def test_an_agent_answer_while_ami_is_down_is_recovered_from_the_bridge(

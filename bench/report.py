@@ -6,7 +6,8 @@ from typing import Any
 
 
 def _highest_clean(steps: list[dict[str, Any]], path: str, media: bool) -> float | None:
-    """The highest rate at which this path failed no call and stranded none.
+    """The highest rate at which this path failed no call, stranded none, recorded
+    every caller who pressed 3 and served every call (none went on unrecorded).
 
     A step where SIPp fell behind its plan does not count either way.
     """
@@ -16,7 +17,8 @@ def _highest_clean(steps: list[dict[str, Any]], path: str, media: bool) -> float
             continue
         if step["generator_limited"]:
             continue
-        if step["failed"] == 0 and step["stranded"] == 0 and step["completed"] > 0:
+        served = step.get("recording_failures", 0) == 0 and step.get("unserved", 0) == 0
+        if step["failed"] == 0 and step["stranded"] == 0 and served and step["completed"] > 0:
             best = max(best or 0, step["cps"])
     return best
 
@@ -121,6 +123,7 @@ COLUMNS = (
     ("ok/offered", None),
     ("failed", "failed"),
     ("stranded", "stranded"),
+    ("not recorded/unserved", ("recording_failures", "unserved")),
     ("setup p50/p99 ms", ("setup_p50_ms", "setup_p99_ms")),
     ("key→rec p50/p99 ms", ("latency_p50_ms", "latency_p99_ms")),
     ("ledger lat p50/p99 ms", ("ledger_latency_p50_ms", "ledger_latency_p99_ms")),
@@ -146,7 +149,7 @@ def _cell(step: dict[str, Any], key: Any, title: str) -> str:
             return "-"
         return f"{step['ledger_rows_found']}/{step['ledger_rows_expected']}"
     if isinstance(key, tuple):
-        return "/".join("-" if step[k] is None else f"{step[k]:g}" for k in key)
+        return "/".join("-" if step.get(k) is None else f"{step[k]:g}" for k in key)
     value = step[key]
     if value is None:
         return "-"

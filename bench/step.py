@@ -334,7 +334,11 @@ async def measure_step(
     press_end_ms = (plan.lead_ms if media == "none" else press_at_ms) + EVENT_PACKETS * PTIME_MS
     expected_after_key_s = (plan.call_ms - press_end_ms) / 1000
     if path.file_prefix is not None:
-        for wav in _new_files(path.file_prefix, load.started):
+        files = _new_files(path.file_prefix, load.started)
+        # Every caller presses 3 (the floor records every call): a completed call
+        # without a file is one the dialplan failed to record.
+        step.recording_failures = max(0, load.completed - len(files))
+        for wav in files:
             if media != "none":
                 fid = measure(wav)
                 step.fidelity.append(fid)
@@ -415,10 +419,13 @@ async def _measure_consentd(
             required += UNSERVED
             step.unserved += 1
         elif failed_start:
-            step.recording_failures += 1  # Asterisk refused MixMonitor: counted, not lost
-            required += ("consent_decided",)
+            required += ("consent_decided",)  # Asterisk refused MixMonitor: no recording rows
         elif "keypress" in kinds or "consent_decided" in kinds:
             required += DECIDED
+        if "call_unserved" not in kinds and "recording_started" not in kinds:
+            # Every caller presses 3: a served call without a recording failed its
+            # caller, whether MixMonitor was refused or the key never counted.
+            step.recording_failures += 1
         expected += len(required)
         for kind in required:
             found += min(1, kinds.count(kind))

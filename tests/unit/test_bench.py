@@ -142,6 +142,20 @@ def test_summary_takes_each_paths_highest_rate_without_failures_and_the_ratio() 
     assert summary["targets"]["no_caller_stranded"]["met"] is True
 
 
+def test_a_step_that_left_a_caller_unrecorded_or_unserved_is_not_zero_failure() -> None:
+    steps = [
+        _step("baseline", 300),
+        _step("consentd", 100),
+        _step("consentd", 200, unserved=1),  # went on unrecorded: past capacity
+        _step("consentd", 300, recording_failures=2),  # pressed 3, nothing recorded
+    ]
+
+    summary = summarise(steps)
+
+    assert summary["signalling_only"]["highest_zero_failure_cps"]["consentd"] == 100
+    assert summary["signalling_only"]["consentd_to_baseline"] == 0.33
+
+
 def test_latency_and_memory_targets_read_the_right_steps() -> None:
     steps = [
         _step("baseline", 20, media="steady", latency_p99_ms=100.0),

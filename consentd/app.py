@@ -75,6 +75,18 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         # (agents' pause and resume codes).
         events="agent,dtmf,user",
     )
+    # Sessions for MixMonitor actions only: no events, so nothing is handled twice.
+    action_sessions = [
+        AmiClient(
+            settings.ami_host,
+            settings.ami_port,
+            settings.ami_user,
+            settings.secret("ami_secret"),
+            action_timeout=settings.ami_timeout,
+            session=f"actions-{n}",
+        )
+        for n in range(1, settings.ami_connections)
+    ]
     config_dir = settings.asterisk_config_dir.strip()
     feature_codes = FeatureCodes(
         settings.asterisk_root / config_dir.lstrip("/") if config_dir else None, ami
@@ -120,7 +132,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
                 )
         ports = Ports(
             ari=ari,
-            recorder=Recorder(ami),
+            recorder=Recorder(ami, action_sessions),
             ledger=writer,
             recordings=recordings,
             recording_changed=metrics.recording_changed,
@@ -200,6 +212,10 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         await web.TCPSite(http, settings.http_host, settings.http_port).start()
 
         ami_task = tg.create_task(ami.run(), name="ami")
+        action_tasks = [
+            tg.create_task(session.run(), name=f"ami-actions-{n}")
+            for n, session in enumerate(action_sessions, start=1)
+        ]
         writer_task = tg.create_task(writer.run(), name="ledger-writer")
         events_task = tg.create_task(_consume(ari, dispatcher), name="ari-events")
         # Calls the dialplan handled while no consentd was connected, into the ledger.
@@ -272,6 +288,8 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         await writer.close()
         await writer_task
         ami_task.cancel()
+        for task in action_tasks:
+            task.cancel()
         await http.cleanup()
     await store.close()
     log.info("consentd_stopped", stored=writer.stored, journalled=writer.journalled)

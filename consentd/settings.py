@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     ami_user: str = "consentd"
     ami_secret: SecretStr | None = None
     ami_timeout: float = 5.0
+    # AMI sessions for MixMonitor actions (the events' session included):
+    # Asterisk works each session's actions in order, in one thread.
+    ami_connections: int = Field(default=4, ge=1, le=32)
 
     # A URL may hold a password, so the whole URL counts as a secret; the
     # password may also come on its own (CONSENTD_DATABASE_PASSWORD[_FILE]).

@@ -15,7 +15,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from consentd.ami import AmiClient, AmiError, AmiUnavailable, Recorder
+from consentd.ami import AmiClient, AmiError, AmiNotSent, AmiUnavailable, Recorder
 from consentd.cli import main
 from consentd.pbx_check import missing_queues
 from consentd.policy import load_policies
@@ -379,6 +379,32 @@ async def test_silent_server_is_noticed_by_the_ping_and_reconnected(ami: FakeAmi
     assert ami.count("Ping") >= 1
 
 
+async def test_a_busy_session_whose_ping_waits_behind_other_answers_is_kept(
+    ami: FakeAmi,
+) -> None:
+    """Asterisk answers a session's actions in order: under load a Ping waits behind
+    hundreds of MixMonitors, while their answers keep arriving. Dropping the
+    session then would fail every MixMonitor in flight."""
+    ami.behaviour["Ping"] = "silent"
+
+    async def talking() -> None:
+        while True:
+            await ami.send_event(Event="DTMFEnd", Digit="3")
+            await asyncio.sleep(0.02)
+
+    chatter = asyncio.create_task(talking())
+    try:
+        with capture_logs() as logs:
+            async with client_of(ami, ping_interval=0.05, action_timeout=0.1) as client:
+                await until(lambda: ami.count("Ping") >= 3)
+                await client.send("MixMonitor", Channel="PJSIP/a-1", File="/a.wav")
+    finally:
+        chatter.cancel()
+    assert ami.count("Login") == 1
+    assert [e for e in logs if e["event"] == "ami_connection_failed"] == []
+    assert any(e["event"] == "ami_busy" for e in logs)
+
+
 async def test_unexpected_banner_is_refused_and_retried() -> None:
     attempts = 0
 
@@ -448,6 +474,44 @@ async def test_recorder_reports_a_refused_start_as_ami_error(ami: FakeAmi) -> No
         assert recorder.connected is True
         with pytest.raises(AmiError, match="MixMonitor: No such channel"):
             await recorder.start("PJSIP/gone-00000009", "/a.wav")
+
+
+async def test_recorder_keeps_each_channel_on_one_session_and_spreads_channels(
+    ami: FakeAmi,
+) -> None:
+    async with FakeAmi() as other, client_of(ami) as first, client_of(other) as second:
+        recorder = Recorder(first, [second])
+        channels = [f"PJSIP/caller-{n:08x}" for n in range(40)]
+        for channel in channels:
+            await recorder.start(channel, f"/{channel[-8:]}.wav", id_variable="V")
+            await recorder.mute(channel, True)
+            await recorder.stop(channel, "0x5617")
+        on_first = {m["Channel"] for m in ami.received if "Channel" in m}
+        on_second = {m["Channel"] for m in other.received if "Channel" in m}
+
+    assert on_first and on_second  # both sessions work
+    assert on_first.isdisjoint(on_second)  # a channel's start, mute and stop stay together
+    assert on_first | on_second == set(channels)
+    for server in (ami, other):
+        for channel in {m["Channel"] for m in server.received if "Channel" in m}:
+            actions = [m["Action"] for m in server.received if m.get("Channel") == channel]
+            assert actions == ["MixMonitor", "MixMonitorMute", "StopMixMonitor"]
+
+
+async def test_a_channel_whose_session_is_down_is_never_sent_on_another(ami: FakeAmi) -> None:
+    down = AmiClient("127.0.0.1", 9, "consentd", "secret")  # never connected
+    async with client_of(ami) as up:
+        recorder = Recorder(up, [down])
+        channels = [f"PJSIP/caller-{n:08x}" for n in range(20)]
+        refused = 0
+        for channel in channels:
+            try:
+                await recorder.stop(channel)
+            except AmiNotSent:
+                refused += 1
+    sent = [m["Channel"] for m in ami.received if m.get("Action") == "StopMixMonitor"]
+    assert 0 < refused < len(channels)
+    assert len(sent) == len(channels) - refused  # none of the refused went to the other
 
 
 # ---------------------------------------------------------------- list actions

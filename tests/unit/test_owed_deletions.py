@@ -172,7 +172,9 @@ async def test_the_sweeper_deletes_once_the_store_is_back_and_writes_the_row_onc
     await stored(writer)
     assert files.files == set()
     deleted = by_kind(list(store.events.values()), "recording_deleted")
-    assert [(e.seq, e.event_key, e.data) for e in deleted] == [(6, "c1/late-delete-1", {**LATE, "found": True})]
+    assert [(e.seq, e.event_key, e.data) for e in deleted] == [
+        (6, "c1/late-delete-1", {**LATE, "found": True})
+    ]
     assert b"consentd_refused_recordings_not_deleted 0.0" in generate_latest(registry)
 
     assert await sweeper.sweep() == 0  # nothing owed now: not deleted or written again

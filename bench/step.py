@@ -401,6 +401,26 @@ async def ledger_drained(timeout: float = 60.0) -> int:
     return backlog
 
 
+def required_rows(events: list[LedgerRow]) -> tuple[str, ...]:
+    """The kinds one call's ledger must hold, judged from what its own rows say happened."""
+    kinds = [kind for kind, _, _ in events]
+    failed_start = any(
+        kind == "command_failed" and data.get("command") == "StartRecording"
+        for kind, _, data in events
+    )
+    if "call_unserved" in kinds:
+        return EVERY_CALL + UNSERVED
+    if "consent_notice_failed" in kinds:
+        # The greeting failed or its play went unanswered (overload): the caller was
+        # never told, so a 3 decides nothing and nothing records. Not lost rows.
+        return (*EVERY_CALL, "consent_notice_failed")
+    if failed_start:
+        return (*EVERY_CALL, "consent_decided")  # MixMonitor refused: no recording rows
+    if "keypress" in kinds or "consent_decided" in kinds:
+        return EVERY_CALL + DECIDED
+    return EVERY_CALL
+
+
 async def _measure_consentd(
     step: StepMeasure, load: LoadResult, media: str, press_end_ms: int, after_key_s: float
 ) -> None:
@@ -409,20 +429,10 @@ async def _measure_consentd(
     expected = found = duplicates = 0
     for events in calls.values():
         kinds = [kind for kind, _, _ in events]
-        # What this call's own rows say happened decides which rows must exist.
-        required: tuple[str, ...] = EVERY_CALL
-        failed_start = any(
-            kind == "command_failed" and data.get("command") == "StartRecording"
-            for kind, _, data in events
-        )
+        required = required_rows(events)
         if "call_unserved" in kinds:
-            required += UNSERVED
             step.unserved += 1
-        elif failed_start:
-            required += ("consent_decided",)  # Asterisk refused MixMonitor: no recording rows
-        elif "keypress" in kinds or "consent_decided" in kinds:
-            required += DECIDED
-        if "call_unserved" not in kinds and "recording_started" not in kinds:
+        elif "recording_started" not in kinds:
             # Every caller presses 3: a served call without a recording failed its
             # caller, whether MixMonitor was refused or the key never counted.
             step.recording_failures += 1

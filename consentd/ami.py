@@ -256,11 +256,12 @@ class Recorder:
     Asterisk works each AMI session's actions one after another in one thread,
     so one session queues them under load: in the bench at 300 calls/s, a 3
     waited a median 1 s for its recording with one session, 0.1 s with four.
-    With ``more`` sessions the actions spread over several threads. Each channel keeps to one session,
-    chosen by its name, so a channel's start, mute and stop reach Asterisk in
-    the order sent, even when an earlier one is still waiting for its answer;
-    a channel whose session is down fails at once (``AmiNotSent``) rather than
-    overtaking its own earlier action on another session.
+    With ``more`` sessions the actions spread over several threads. Each
+    channel keeps to one session, chosen by its name, so a channel's start,
+    mute and stop reach Asterisk in the order sent, even when an earlier one
+    is still waiting for its answer; a channel whose session is down fails at
+    once (``AmiNotSent``) rather than overtaking its own earlier action on
+    another session.
     """
 
     def __init__(self, ami: AmiClient, more: Sequence[AmiClient] = ()) -> None:

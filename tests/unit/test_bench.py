@@ -6,6 +6,7 @@ import array
 import itertools
 import math
 import struct
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from bench.fidelity import measure, measure_samples
 from bench.report import markdown, summarise
 from bench.run import parse_steps
+from bench.step import required_rows
 from consentd.sipp_media import ALAW_PT, EVENT_PT, SSRC, MediaPlan, build_pcap, rtp_packets
 from tests.e2e.harness import write_tone
 
@@ -154,6 +156,30 @@ def test_a_step_that_left_a_caller_unrecorded_or_unserved_is_not_zero_failure() 
 
     assert summary["signalling_only"]["highest_zero_failure_cps"]["consentd"] == 100
     assert summary["signalling_only"]["consentd_to_baseline"] == 0.33
+
+
+T = datetime(2026, 11, 30, 13, 0, tzinfo=UTC)
+
+
+def test_rows_a_call_must_have_follow_from_what_its_own_rows_say() -> None:
+    def rows(*kinds: str, **data: str) -> list[tuple[str, datetime, dict[str, str]]]:
+        return [(kind, T, dict(data) if kind == "command_failed" else {}) for kind in kinds]
+
+    decided = rows("call_started", "keypress", "consent_decided", "recording_started")
+    assert required_rows(decided) == (
+        "call_started",
+        "call_ended",
+        "consent_decided",
+        "recording_started",
+        "recording_stopped",
+    )
+    # Overload: the notice could not play, the 3 decides nothing; nothing is missing.
+    notice = rows("call_started", "consent_notice_failed", "keypress", "call_ended")
+    assert required_rows(notice) == ("call_started", "call_ended", "consent_notice_failed")
+    refused = rows("call_started", "keypress", "command_failed", command="StartRecording")
+    assert required_rows(refused) == ("call_started", "call_ended", "consent_decided")
+    shed = rows("call_started", "call_unserved", "keypress")
+    assert required_rows(shed) == ("call_started", "call_ended", "call_unserved")
 
 
 def test_latency_and_memory_targets_read_the_right_steps() -> None:

@@ -119,9 +119,9 @@ class FlakyStore:
 
     kind = "ari"
 
-    def __init__(self, files: set[str]) -> None:
+    def __init__(self, files: set[str], *, working: bool = False) -> None:
         self.files = files
-        self.working = False
+        self.working = working
         self.deletes: list[str] = []
 
     async def delete(self, file: str) -> bool:
@@ -138,7 +138,9 @@ class FlakyStore:
 
 @pytest.fixture
 async def ledger() -> AsyncIterator[tuple[MemoryLedger, LedgerWriter]]:
+    """A ledger holding one ended opt-out call whose refused audio could not be deleted."""
     store = MemoryLedger()
+    await store.append([*REFUSED_CALL, row(5, "call_ended")])
     writer = LedgerWriter(store, Journal(None), retry_seconds=0.05, linger_seconds=0)
     task = asyncio.create_task(writer.run())
     yield store, writer
@@ -154,7 +156,6 @@ async def test_the_sweeper_deletes_once_the_store_is_back_and_writes_the_row_onc
     ledger: tuple[MemoryLedger, LedgerWriter],
 ) -> None:
     store, writer = ledger
-    await store.append([*REFUSED_CALL, row(5, "call_ended")])
     files = FlakyStore({FILE})
     registry = CollectorRegistry()
     sweeper = OwedDeletionSweeper("pbx1", writer, files, lambda: T0, interval=0.01)
@@ -186,10 +187,8 @@ async def test_the_sweeper_deletes_once_the_store_is_back_and_writes_the_row_onc
 async def test_a_call_whose_runner_is_still_at_work_waits_for_the_next_sweep(
     ledger: tuple[MemoryLedger, LedgerWriter],
 ) -> None:
-    store, writer = ledger
-    await store.append([*REFUSED_CALL, row(5, "call_ended")])
-    files = FlakyStore({FILE})
-    files.working = True
+    _, writer = ledger
+    files = FlakyStore({FILE}, working=True)
     busy = {"c1"}
     sweeper = OwedDeletionSweeper("pbx1", writer, files, lambda: T0, running=busy.__contains__)
     assert await sweeper.sweep() == 0
@@ -203,9 +202,7 @@ async def test_a_file_already_gone_is_recorded_as_deleted_and_not_found(
     ledger: tuple[MemoryLedger, LedgerWriter],
 ) -> None:
     store, writer = ledger
-    await store.append([*REFUSED_CALL, row(5, "call_ended")])
-    files = FlakyStore(set())  # an operator deleted it by hand
-    files.working = True
+    files = FlakyStore(set(), working=True)  # an operator deleted it by hand
     sweeper = OwedDeletionSweeper("pbx1", writer, files, lambda: T0)
     assert await sweeper.sweep() == 0
     await stored(writer)
@@ -217,9 +214,7 @@ async def test_another_nodes_calls_and_an_unreachable_ledger_are_left_alone(
     ledger: tuple[MemoryLedger, LedgerWriter],
 ) -> None:
     store, writer = ledger
-    await store.append([*REFUSED_CALL, row(5, "call_ended")])
-    files = FlakyStore({FILE})
-    files.working = True
+    files = FlakyStore({FILE}, working=True)
     assert await OwedDeletionSweeper("pbx2", writer, files, lambda: T0).sweep() == 0
     store.available = False
     assert await OwedDeletionSweeper("pbx1", writer, files, lambda: T0).sweep() is None

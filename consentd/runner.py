@@ -88,6 +88,9 @@ class Ports:
     clock: Callable[[], datetime] = utc_now
     #: How long to wait for MixMonitor to create a file before deleting it.
     delete_grace: float = 1.0
+    #: A refused recording whose delete failed is tried again this often while
+    #: the call lasts (after it, consentd/owed_deletions.py takes over).
+    delete_retry: float = 5.0
     #: How long a whisper channel lives: the 0.25 s tone, and room for it to start late.
     beep_seconds: float = 1.0
     #: Hears ("started" or "stopped", seconds) when a deciding keypress changed the
@@ -278,10 +281,11 @@ class CallRunner:
                     file=command.file,
                     store=self._ports.recordings.kind,
                     error=str(exc),
-                    action="consentd deletes it again after the call, every "
-                    "CONSENTD_DELETE_RETRY_SECONDS; consentd_refused_recordings_not_deleted "
-                    "counts it until then",
+                    action=f"tried again every {self._ports.delete_retry:g} s during the call, "
+                    "then every CONSENTD_DELETE_RETRY_SECONDS; "
+                    "consentd_refused_recordings_not_deleted counts it after the call",
                 )
+                self._background(self._delete_again(command), command)
             return CommandFailed(command, str(exc), self._ports.clock(), unknown=unknown)
         return None
 
@@ -379,6 +383,24 @@ class CallRunner:
             # directory is not Asterisk's (CONSENTD_ASTERISK_ROOT, a shared disk).
             self.log.warning("recording_to_delete_not_found", file=file, store=store.kind)
         self._purged.append(file)
+
+    async def _delete_again(self, command: DeleteRecording) -> None:
+        """Retry a refused recording's failed delete while the call lasts: refused audio
+        must not wait for a long call's end. Success goes into the flow as
+        ``RecordingDeleted``; once the call has ended the ledger sweep takes over."""
+        while True:
+            await asyncio.sleep(self._ports.delete_retry)
+            if self.call.ended:
+                return
+            try:
+                await self._delete(command.file)
+            except (AriError, OSError, RecordingStoreError) as exc:
+                self.log.warning(
+                    "refused_audio_still_not_deleted", file=command.file, error=str(exc)
+                )
+                continue
+            self.post(RecordingDeleted(command.segment, self._ports.clock()))
+            return
 
     async def _delete_if_empty(self, file: str) -> bool:
         """A WAV of 44 bytes or less is a header alone; give the writer time to close it."""

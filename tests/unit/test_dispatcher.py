@@ -296,6 +296,7 @@ class Node:
             recordings=self.store_of_recordings,
             clock=lambda: T0,
             delete_grace=0.05,
+            delete_retry=0.05,
             beep_seconds=0.01,
             start_time_wait=0.2,
         )

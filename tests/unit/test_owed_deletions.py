@@ -274,3 +274,28 @@ async def test_a_refusal_asterisk_could_not_delete_during_the_call_is_deleted_af
     }
     assert late.seq == max(e.seq for e in rows if e is not late) + 1
     assert kept(rows) == [False]
+
+
+async def test_a_failed_delete_is_tried_again_while_the_call_lasts(ari_node: Node) -> None:
+    """Refused audio must not wait for the end of a long call."""
+    chan = "1764432100.10"
+    file = f"{ASTERISK_RECORDING_DIR}/consentd-pbx1_{chan}-1.wav"
+    await ari_node.feed(
+        stasis_start(chan, "+4930100003"), playback_finished(chan, f"{chan}-greeting")
+    )
+    audio = ari_node.recorder.host_path(file)
+    ari_node.ari.failing["delete_stored_recording"] = AriNotSent("DELETE: connection refused")
+    await ari_node.feed(dtmf(chan, "3"))
+    await until(lambda: "command_failed" in [e.kind for e in ari_node.store.events.values()])
+    assert audio.exists()
+
+    del ari_node.ari.failing["delete_stored_recording"]  # Asterisk is back, the call goes on
+    await until(lambda: not audio.exists())
+    await until(lambda: "recording_deleted" in [e.kind for e in ari_node.store.events.values()])
+    await ari_node.feed(stasis_end(chan))
+    await ari_node.calls_done()
+
+    kinds = [e.kind for e in await ari_node.ledger()]
+    assert kinds.index("command_failed") < kinds.index("recording_deleted")
+    assert kinds.index("recording_deleted") < kinds.index("call_ended")
+    assert kinds.count("recording_deleted") == 1

@@ -201,17 +201,23 @@ def _chattr(flag: str, path: Path) -> None:
     subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
 
 
-async def _late_deletes(since: float) -> int:
+async def _failed_deletes(since: float) -> tuple[int, int]:
+    """(refused segments whose delete failed, how many of them have a recording_deleted
+    since: tried again during the call, or late by the ledger sweep after it)."""
     conn = await asyncpg.connect(database_url())
     try:
-        found: int = await conn.fetchval(
-            "SELECT count(*) FROM call_events WHERE kind = 'recording_deleted'"
-            " AND data->>'late' = 'true' AND occurred_at >= to_timestamp($1)",
+        row = await conn.fetchrow(
+            "SELECT count(*) AS failed, count(*) FILTER (WHERE EXISTS ("
+            "   SELECT 1 FROM call_events d WHERE d.call_id = f.call_id"
+            "   AND d.kind = 'recording_deleted' AND d.seq > f.seq"
+            "   AND d.data->'segment' = f.data->'segment')) AS settled"
+            " FROM call_events f WHERE f.kind = 'command_failed'"
+            " AND f.data->>'command' = 'DeleteRecording' AND f.occurred_at >= to_timestamp($1)",
             since,
         )
     finally:
         await conn.close()
-    return found
+    return int(row["failed"]), int(row["settled"])
 
 
 def test_the_recording_directory_refuses_deletes(stack: Stack, tmp_path: Path) -> None:
@@ -229,9 +235,9 @@ def test_the_recording_directory_refuses_deletes(stack: Stack, tmp_path: Path) -
             _thread(lambda: _chattr("+i", monitor)), _thread(lambda: _chattr("-i", monitor)),
         )  # fmt: skip
         # the fault really struck, and the audio it left was deleted afterwards
-        failed = log.read_text().count("refused_audio_not_deleted") - before
-        assert failed > 0
-        assert asyncio.run(_late_deletes(since)) >= failed
+        assert log.read_text().count("refused_audio_not_deleted") > before
+        failed, settled = asyncio.run(_failed_deletes(since))
+        assert failed > 0 and settled == failed, (failed, settled)
     finally:
         _chattr("-i", monitor)
         _daemon(stack)

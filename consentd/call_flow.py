@@ -338,7 +338,11 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
                 t.ledger("callee_answered" if event.entered else "callee_left", event.at)
             t.update(bridged=event.entered)
         case RecordingStarted():
-            ids = {"mixmonitor_id": event.mixmonitor_id} if event.mixmonitor_id else {}
+            ids: dict[str, Any] = (
+                {"mixmonitor_id": event.mixmonitor_id} if event.mixmonitor_id else {}
+            )
+            if event.late:
+                ids["late"] = True
             t.ledger("recording_started", event.at, **_segment_data(call, event.segment), **ids)
             if call.recording and call.recording.number == event.segment:
                 t.update(recording=replace(call.recording, mixmonitor_id=event.mixmonitor_id))

@@ -219,6 +219,8 @@ class RecordingStarted:
     segment: int
     at: datetime
     mixmonitor_id: str | None = None
+    #: Known from MixMonitor's id variable only: its AMI answer never came in time.
+    late: bool = False
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,8 @@ class Dispatcher:
                 name.startswith(MIXMONITOR_ID_PREFIX)
                 and name[len(MIXMONITOR_ID_PREFIX) :].isdigit()
             ):
-                runner.recording_began(int(name[len(MIXMONITOR_ID_PREFIX) :]), at)
+                segment = int(name[len(MIXMONITOR_ID_PREFIX) :])
+                runner.recording_began(segment, at, str(event.get("value") or "") or None)
         elif kind == "ChannelHangupRequest":
             runner.post(HangupRequested(at))
         elif kind == "StasisEnd":

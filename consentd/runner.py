@@ -110,8 +110,10 @@ class CallRunner:
         self._purged: list[str] = []
         self._pending_requests: set[asyncio.Task[None]] = set()
         self._beeps = 0
-        #: Asterisk's start time of each segment's MixMonitor, from ARI.
-        self._began: dict[int, asyncio.Future[datetime]] = {}
+        #: Asterisk's start time and MixMonitor id of each segment's recording, from ARI.
+        self._began: dict[int, asyncio.Future[tuple[datetime, str | None]]] = {}
+        #: Segments whose MixMonitor start got no AMI answer: it may have started.
+        self._unanswered_starts: set[int] = set()
         facts = call.facts
         self.log = structlog.get_logger("consentd.call").bind(
             call_id=facts.call_id, channel_id=facts.channel_id, did=facts.did
@@ -120,22 +122,33 @@ class CallRunner:
     def post(self, event: Event) -> None:
         self._inbox.put_nowait(event)
 
-    def recording_began(self, segment: int, at: datetime) -> None:
+    def recording_began(self, segment: int, at: datetime, mixmonitor_id: str | None = None) -> None:
         """Asterisk set a MixMonitor's id variable: the recording began at ``at``.
 
         The ledger takes its start time from here, not from the AMI answer: under
         load that answer reaches consentd up to seconds later, and a span that
-        starts late would claim less audio than the file holds.
+        starts late would claim less audio than the file holds. When the AMI
+        answer never came (timed out), this is the only word that the recording
+        runs: the ledger gets its ``recording_started`` now, marked ``late``.
         """
+        if segment in self._unanswered_starts:
+            self._unanswered_starts.discard(segment)
+            self.post(RecordingStarted(segment, at, mixmonitor_id, late=True))
+            return
         began = self._began.setdefault(segment, asyncio.get_running_loop().create_future())
         if not began.done():
-            began.set_result(at)
+            began.set_result((at, mixmonitor_id))
+
+    def _began_already(self, segment: int) -> tuple[datetime, str | None] | None:
+        began = self._began.pop(segment, None)
+        return began.result() if began is not None and began.done() else None
 
     async def _start_time(self, segment: int) -> datetime:
         """Asterisk's start time of the segment, or now if it does not come in time."""
         began = self._began.setdefault(segment, asyncio.get_running_loop().create_future())
         try:
-            return await asyncio.wait_for(asyncio.shield(began), self._ports.start_time_wait)
+            at, _ = await asyncio.wait_for(asyncio.shield(began), self._ports.start_time_wait)
+            return at
         except TimeoutError:
             self.log.warning("recording_start_time_missing", segment=segment)
             return self._ports.clock()
@@ -219,12 +232,22 @@ class CallRunner:
                     self._background(ari.stop_playback(command.playback_id), command)
                 case StartRecording():
                     options = "b" if command.bridged_only else ""
-                    mixmonitor_id = await recorder.start(
-                        facts.channel_id,
-                        command.file,
-                        options,
-                        id_variable=f"{MIXMONITOR_ID_PREFIX}{command.segment}",
-                    )
+                    try:
+                        mixmonitor_id = await recorder.start(
+                            facts.channel_id,
+                            command.file,
+                            options,
+                            id_variable=f"{MIXMONITOR_ID_PREFIX}{command.segment}",
+                        )
+                    except AmiUnavailable as exc:
+                        if isinstance(exc, AmiNotSent):
+                            raise
+                        began = self._began_already(command.segment)
+                        if began is None:
+                            self._unanswered_starts.add(command.segment)
+                            raise  # unknown: the id variable may still say it started
+                        self.log.warning("mixmonitor_answer_missing", error=str(exc))
+                        return RecordingStarted(command.segment, *began, late=True)
                     at = await self._start_time(command.segment)
                     return RecordingStarted(command.segment, at, mixmonitor_id)
                 case ContinueToQueue():

@@ -244,6 +244,8 @@ class FakeRecorder:
         self.root = asterisk_root
         self.requests: list[tuple[str, ...]] = []
         self.failing: Exception | None = None
+        #: Raised after MixMonitor started: Asterisk did it, its AMI answer is lost.
+        self.answer_lost: Exception | None = None
         #: Asterisk's ChannelVarset of the id variable, sent before the AMI answer.
         self.began: Callable[[str, str, str], Awaitable[None]] | None = None
 
@@ -261,6 +263,8 @@ class FakeRecorder:
         path.write_bytes(b"RIFF....WAVE")
         if self.began is not None and id_variable is not None:
             await self.began(channel, id_variable, f"mm-{path.name}")
+        if self.answer_lost is not None:
+            raise self.answer_lost
         return f"mm-{path.name}"
 
     async def stop(self, channel: str, mixmonitor_id: str | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,7 +54,8 @@ Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
 #: How far back a restart looks for calls that never got their call_ended row.
 OPEN_CALL_HOURS = 24
 
-#: Reports of the same digit closer than this are one press (no finger is that fast).
+#: One source's reports of the same digit closer than this are one press (no finger
+#: is that fast).
 SAME_PRESS_S = 0.3
 
 #: The SIP header an agent's phone may send to call out as another operator number.
@@ -142,7 +144,9 @@ class Dispatcher:
         self._spawn = spawn
         self._call_finished = call_finished
         self.calls: dict[str, CallRunner] = {}
-        self._last_dtmf: dict[CallRunner, tuple[str, datetime]] = {}
+        self._last_dtmf: dict[CallRunner, tuple[str, str, datetime]] = {}
+        #: Per call, source ("ari", "ami") and digit: presses that source reported.
+        self._presses: dict[CallRunner, Counter[tuple[str, str]]] = {}
         self.calls_started = 0
         self.calls_unserved = 0
         #: Set on SIGTERM: new calls go on unrecorded, calls in progress finish or are handed on.
@@ -186,7 +190,7 @@ class Dispatcher:
             self._route_by_target(event, at)
             return
         if kind == "ChannelDtmfReceived":
-            self._press(runner, str(event.get("digit", "")), at, event.get("duration_ms"))
+            self._press(runner, "ari", str(event.get("digit", "")), at, event.get("duration_ms"))
         elif kind == "ChannelVarset":
             name = str(event.get("variable", ""))
             if (
@@ -299,7 +303,9 @@ class Dispatcher:
             return
         at = _ami_time(message.get("Timestamp"), self._ports.clock())
         if message.get("Event") == "DTMFEnd" and message.get("Direction") == "Received":
-            self._press(runner, message.get("Digit", ""), at, _int(message.get("DurationMs")))
+            self._press(
+                runner, "ami", message.get("Digit", ""), at, _int(message.get("DurationMs"))
+            )
             return
         event = _queue_event(message, at)
         if event is not None:
@@ -324,12 +330,31 @@ class Dispatcher:
         if status != 200:
             runner.log.info("agent_control_refused", agent=agent, control=action, reply=body)
 
-    def _press(self, runner: CallRunner, digit: str, at: datetime, duration: object) -> None:
-        """One press, one count: ARI and AMI both report it, a few ms apart at most."""
+    def _press(
+        self, runner: CallRunner, source: str, digit: str, at: datetime, duration: object
+    ) -> None:
+        """One press, one count: ARI and AMI both report every press.
+
+        The n-th report of a digit from one source is the same press as the n-th
+        from the other, however far apart their timestamps: under load AMI's
+        copy came seconds after ARI's, and a second 3 would have withdrawn the
+        caller's consent. A press counts when its source is the first to report
+        it, so a source that missed presses (its connection was down) lags
+        behind and adds nothing, while the other still counts every press.
+        """
         last = self._last_dtmf.get(runner)
-        if last and last[0] == digit and abs((at - last[1]).total_seconds()) < SAME_PRESS_S:
-            return
-        self._last_dtmf[runner] = (digit, at)
+        if (
+            last
+            and last[:2] == (source, digit)
+            and abs((at - last[2]).total_seconds()) < SAME_PRESS_S
+        ):
+            return  # one source reporting one press twice
+        self._last_dtmf[runner] = (source, digit, at)
+        counts = self._presses.setdefault(runner, Counter())
+        counts[source, digit] += 1
+        other = "ami" if source == "ari" else "ari"
+        if counts[source, digit] <= counts[other, digit]:
+            return  # the other source reported this press already
         runner.post(DtmfReceived(digit, at, duration if isinstance(duration, int) else None))
 
     def _facts(self, channel: dict[str, Any], args: list[str], call_id: str) -> CallFacts:
@@ -478,6 +503,7 @@ class Dispatcher:
         finally:
             self.calls.pop(channel_id, None)
             self._last_dtmf.pop(runner, None)
+            self._presses.pop(runner, None)
 
     async def _filter_events(self) -> None:
         try:

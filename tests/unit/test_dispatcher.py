@@ -1364,6 +1364,38 @@ async def test_a_key_reported_by_both_ari_and_ami_counts_once(node: Node) -> Non
     assert [(e.data["digit"], e.data["decides"]) for e in presses] == [("3", True)]
 
 
+async def test_amis_copy_of_a_press_seconds_late_is_not_a_second_press(tmp_path: Path) -> None:
+    """Under load AMI's DTMFEnd came seconds after ARI's report of the same press;
+    with withdrawal allowed, a second 3 would have taken the caller's consent back."""
+    policies = POLICIES.replace(
+        "groups:", '  "+4930100014": {recording: opt_in, allow_withdrawal: true}\ngroups:'
+    )
+    async for node in running_node(tmp_path, policies):
+        await _ami_copy_late(node)
+
+
+async def _ami_copy_late(node: Node) -> None:
+    chan = "1764432013.3"
+    await node.feed(stasis_start(chan, "+4930100014"))
+
+    await node.feed(dtmf(chan, "3", timestamp="2026-11-29T16:00:01.500+0000"))
+    node.dispatcher.handle_ami(ami_dtmf(chan, "3", "1795968004.2"))  # 2.7 s later
+    await settle()
+    presses = by_kind(await node.ledger(), "keypress")
+    assert [(e.data["digit"], e.data["decides"]) for e in presses] == [("3", True)]
+
+    # A real second press, reported by AMI first this time, withdraws: once.
+    node.dispatcher.handle_ami(ami_dtmf(chan, "3", "1795968009.0"))
+    await node.feed(dtmf(chan, "3", timestamp="2026-11-29T16:00:09.050+0000"))
+    await settle()
+    rows = await node.ledger()
+    assert len(by_kind(rows, "keypress")) == 2
+    assert [e.data["action"] for e in by_kind(rows, "consent_decided")] == [
+        "caller_opted_in",
+        "caller_withdrew",
+    ]
+
+
 async def test_a_key_pressed_while_the_ari_websocket_is_down_still_counts(node: Node) -> None:
     chan = "1764432013.2"
     await node.feed(stasis_start(chan, "+4930100002"))

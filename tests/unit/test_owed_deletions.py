@@ -236,18 +236,25 @@ async def ari_node(tmp_path: Path) -> AsyncIterator[Node]:
         yield pbx
 
 
+async def refused_with_asterisk_away(node: Node, chan: str) -> Path:
+    """An opt-out caller presses 3 while Asterisk refuses every delete: the refused
+    recording's file, which is still there."""
+    file = f"{ASTERISK_RECORDING_DIR}/consentd-pbx1_{chan}-1.wav"
+    await node.feed(stasis_start(chan, "+4930100003"), playback_finished(chan, f"{chan}-greeting"))
+    node.ari.failing["delete_stored_recording"] = AriNotSent("DELETE: connection refused")
+    await node.feed(dtmf(chan, "3"))
+    await until(lambda: "command_failed" in [e.kind for e in node.store.events.values()])
+    audio = node.recorder.host_path(file)
+    assert audio.exists()
+    return audio
+
+
 async def test_a_refusal_asterisk_could_not_delete_during_the_call_is_deleted_after_it(
     ari_node: Node,
 ) -> None:
     chan = "1764432100.9"
     file = f"{ASTERISK_RECORDING_DIR}/consentd-pbx1_{chan}-1.wav"
-    await ari_node.feed(
-        stasis_start(chan, "+4930100003"), playback_finished(chan, f"{chan}-greeting")
-    )
-    audio = ari_node.recorder.host_path(file)
-    ari_node.ari.failing["delete_stored_recording"] = AriNotSent("DELETE: connection refused")
-    await ari_node.feed(dtmf(chan, "3"))
-    await until(lambda: "command_failed" in [e.kind for e in ari_node.store.events.values()])
+    audio = await refused_with_asterisk_away(ari_node, chan)
     await ari_node.feed(stasis_end(chan))
     await ari_node.calls_done()
     rows = await ari_node.ledger()
@@ -279,15 +286,7 @@ async def test_a_refusal_asterisk_could_not_delete_during_the_call_is_deleted_af
 async def test_a_failed_delete_is_tried_again_while_the_call_lasts(ari_node: Node) -> None:
     """Refused audio must not wait for the end of a long call."""
     chan = "1764432100.10"
-    file = f"{ASTERISK_RECORDING_DIR}/consentd-pbx1_{chan}-1.wav"
-    await ari_node.feed(
-        stasis_start(chan, "+4930100003"), playback_finished(chan, f"{chan}-greeting")
-    )
-    audio = ari_node.recorder.host_path(file)
-    ari_node.ari.failing["delete_stored_recording"] = AriNotSent("DELETE: connection refused")
-    await ari_node.feed(dtmf(chan, "3"))
-    await until(lambda: "command_failed" in [e.kind for e in ari_node.store.events.values()])
-    assert audio.exists()
+    audio = await refused_with_asterisk_away(ari_node, chan)
 
     del ari_node.ari.failing["delete_stored_recording"]  # Asterisk is back, the call goes on
     await until(lambda: not audio.exists())

@@ -23,9 +23,8 @@ from datetime import datetime
 
 import structlog
 
-from consentd.ari import AriError
 from consentd.ledger import LedgerEvent, LedgerWriter
-from consentd.recording_store import RecordingStore, RecordingStoreError
+from consentd.recording_store import STORE_ERRORS, RecordingStore
 
 #: How often the ledger is searched for refused audio still on the PBX.
 SWEEP_SECONDS = 30.0
@@ -141,7 +140,7 @@ class OwedDeletionSweeper:
     async def _delete(self, owed: OwedDeletion) -> bool:
         try:
             found = await self._recordings.delete(owed.file)
-        except (AriError, OSError, RecordingStoreError) as exc:
+        except STORE_ERRORS as exc:
             self._log.error(
                 "refused_audio_still_not_deleted",
                 call_id=owed.call_id,

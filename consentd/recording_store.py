@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
-from consentd.ari import AriClient, AriUnavailable
+from consentd.ari import AriClient, AriError, AriUnavailable
 
 T = TypeVar("T")
 
@@ -42,6 +42,11 @@ STORES = ("files", "ari")
 
 class RecordingStoreError(Exception):
     """A recording could not be removed or checked (not a transport failure)."""
+
+
+#: Everything a store's ``delete`` or ``holds_no_audio`` raises when it failed:
+#: its own error, ARI's (the ARI store), the file system's (the files store).
+STORE_ERRORS: tuple[type[Exception], ...] = (RecordingStoreError, AriError, OSError)
 
 
 class RecordingStore(Protocol):

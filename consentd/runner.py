@@ -54,7 +54,7 @@ from consentd.call_model import (
     WriteLedger,
 )
 from consentd.ledger import LedgerEvent, LedgerWriter
-from consentd.recording_store import RecordingStore, RecordingStoreError, wait_and_delete
+from consentd.recording_store import STORE_ERRORS, RecordingStore, wait_and_delete
 
 #: The dialplan context that dials agents' outbound calls to the trunk.
 OUTBOUND_CONTEXT = "consentd-outbound"
@@ -67,6 +67,9 @@ WHISPER_READY_TRIES = 25
 #: MixMonitor's ``i(VAR)`` option sets this variable (suffix: the segment) the
 #: instant before it attaches to the channel.
 MIXMONITOR_ID_PREFIX = "CONSENTD_MIXMONITOR_"
+
+#: What a failed command raises: AMI's errors, and a recording store's (ARI's among them).
+COMMAND_ERRORS: tuple[type[Exception], ...] = (AmiError, *STORE_ERRORS)
 
 #: Checks, ``delete_grace`` apart, that deleted audio stayed deleted after the hangup.
 PURGE_CHECKS = 3
@@ -290,7 +293,7 @@ class CallRunner:
                 case DeleteRecording():
                     await self._delete(command.file)
                     return RecordingDeleted(command.segment, self._ports.clock())
-        except (AriError, AmiError, OSError, RecordingStoreError) as exc:
+        except COMMAND_ERRORS as exc:
             unknown = isinstance(exc, AriUnavailable | AmiUnavailable) and not isinstance(
                 exc, AriNotSent | AmiNotSent
             )
@@ -417,7 +420,7 @@ class CallRunner:
                 return
             try:
                 await self._delete(command.file)
-            except (AriError, OSError, RecordingStoreError) as exc:
+            except STORE_ERRORS as exc:
                 self.log.warning(
                     "refused_audio_still_not_deleted", file=command.file, error=str(exc)
                 )
@@ -449,7 +452,7 @@ class CallRunner:
                     if await store.delete(file):
                         self.log.warning("recording_deleted_again", file=file, store=store.kind)
                     break
-                except (AriError, OSError, RecordingStoreError) as exc:
+                except STORE_ERRORS as exc:
                     error = str(exc)
             else:
                 self.log.error(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from consentd.ledger import LedgerEvent, LedgerStore
+from consentd.ledger import LedgerEvent, LedgerStore, rows_by_call
 
 #: The rows that set a call's consent outcome (the latest stands): the caller's
 #: key, or a consent notice Asterisk could not play.
@@ -338,8 +338,6 @@ def _iso(value: datetime | None) -> str | None:
 async def recent_calls(store: LedgerStore, limit: int, now: datetime) -> list[dict[str, Any]]:
     """Details of the ``limit`` most recently started calls, newest first."""
     call_ids = await store.recent_call_ids(limit)
-    by_call: dict[str, list[LedgerEvent]] = {}
-    for event in await store.events_of(call_ids):
-        by_call.setdefault(event.call_id, []).append(event)
+    by_call = rows_by_call(await store.events_of(call_ids))
     details = (summarize(by_call.get(call_id, []), now) for call_id in call_ids)
     return [d for d in details if d is not None]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -107,11 +107,8 @@ class MemoryLedger:
     async def failed_deletions(self, node: str) -> list[LedgerEvent]:
         if not self.available:
             raise LedgerUnavailable("memory ledger switched off")
-        by_call: dict[str, list[LedgerEvent]] = {}
-        for event in self.events.values():
-            by_call.setdefault(event.call_id, []).append(event)
         found = []
-        for rows in by_call.values():
+        for rows in rows_by_call(self.events.values()).values():
             kinds = {e.kind for e in rows}
             failed = any(
                 e.kind == "command_failed"
@@ -120,8 +117,18 @@ class MemoryLedger:
                 for e in rows
             )
             if failed and "call_ended" in kinds:
-                found.extend(sorted(rows, key=lambda e: e.seq))
+                found.extend(rows)
         return found
+
+
+def rows_by_call(events: Iterable[LedgerEvent]) -> dict[str, list[LedgerEvent]]:
+    """Each call's rows, by call id, in seq order."""
+    by_call: dict[str, list[LedgerEvent]] = {}
+    for event in events:
+        by_call.setdefault(event.call_id, []).append(event)
+    for rows in by_call.values():
+        rows.sort(key=lambda e: e.seq)
+    return by_call
 
 
 def open_calls_of(events: Sequence[LedgerEvent], node: str, since: datetime) -> list[LedgerEvent]:
@@ -130,12 +137,8 @@ def open_calls_of(events: Sequence[LedgerEvent], node: str, since: datetime) -> 
     Calls the dialplan handled without consentd (``consentd_unavailable``) are
     never this node's to close or adopt.
     """
-    by_call: dict[str, list[LedgerEvent]] = {}
-    for event in events:
-        by_call.setdefault(event.call_id, []).append(event)
     found = []
-    for rows in by_call.values():
-        rows.sort(key=lambda e: e.seq)
+    for rows in rows_by_call(events).values():
         first = rows[0]
         if (
             first.kind == "call_started"
@@ -254,10 +257,7 @@ class LedgerWriter:
         queue has ended, and must not be closed a second time.
         """
         known = await self._known(lambda: self._store.open_calls(node, since))
-        calls: dict[str, list[LedgerEvent]] = {}
-        for event in open_calls_of(known, node, since):
-            calls.setdefault(event.call_id, []).append(event)
-        return calls
+        return rows_by_call(open_calls_of(known, node, since))
 
     async def failed_deletions(self, node: str) -> dict[str, list[LedgerEvent]] | None:
         """This node's ended calls with a failed delete of refused audio, by call id;
@@ -277,8 +277,8 @@ class LedgerWriter:
         calls: dict[str, dict[str, LedgerEvent]] = {}
         for event in stored:
             calls.setdefault(event.call_id, {})[event.event_key] = event
-        for event in list(self._queue._queue):  # type: ignore[attr-defined]
-            if event is not None and event.call_id in calls:
+        for event in self._queued():
+            if event.call_id in calls:
                 calls[event.call_id].setdefault(event.event_key, event)
         return {call_id: list(rows.values()) for call_id, rows in calls.items()}
 
@@ -300,10 +300,14 @@ class LedgerWriter:
         except LedgerUnavailable as exc:
             self._log.warning("ledger_history_unavailable", error=str(exc))
         pending = [LedgerEvent.from_json(line) for line in self._journal.lines()]
-        pending += [e for e in self._queue._queue if e is not None]  # type: ignore[attr-defined]
+        pending += self._queued()
         for event in pending:
             known.setdefault(event.event_key, event)
         return list(known.values())
+
+    def _queued(self) -> list[LedgerEvent]:
+        """Events submitted and not yet taken by the writer."""
+        return [e for e in self._queue._queue if e is not None]  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         """Ask ``run()`` to store what is queued and return."""

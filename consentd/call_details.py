@@ -162,14 +162,10 @@ def _segments(ordered: list[LedgerEvent]) -> dict[int, _SegmentSpan]:
             continue
         span = segments.setdefault(
             event.data["segment"],
-            _SegmentSpan(
-                event.data["segment"],
-                event.data["file"],
-                event.data.get("path", event.data["file"]),
-            ),
+            _SegmentSpan(event.data["segment"], event.data["file"], event.data["path"]),
         )
+        span.bridged_only = bool(event.data.get("bridged_only"))
         if event.kind == "recording_started":
-            span.bridged_only = bool(event.data.get("bridged_only"))
             span.started_at = event.occurred_at
         elif event.kind == "recording_stopped":
             span.stopped_at = event.occurred_at

@@ -184,6 +184,21 @@ async def test_the_sweeper_deletes_once_the_store_is_back_and_writes_the_row_onc
     assert len(by_kind(list(store.events.values()), "recording_deleted")) == 1
 
 
+async def test_a_restarted_daemon_neither_deletes_again_nor_writes_a_second_row(
+    ledger: tuple[MemoryLedger, LedgerWriter],
+) -> None:
+    """The process that deleted is killed; the next one reads the ledger afresh."""
+    store, writer = ledger
+    files = FlakyStore({FILE}, working=True)
+    assert await OwedDeletionSweeper("pbx1", writer, files, lambda: T0).sweep() == 0
+    await stored(writer)
+    restarted = OwedDeletionSweeper("pbx1", writer, files, lambda: T0)
+    assert await restarted.sweep() == 0
+    await stored(writer)
+    assert files.deletes == [FILE]
+    assert len(by_kind(list(store.events.values()), "recording_deleted")) == 1
+
+
 async def test_a_call_whose_runner_is_still_at_work_waits_for_the_next_sweep(
     ledger: tuple[MemoryLedger, LedgerWriter],
 ) -> None:

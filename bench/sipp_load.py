@@ -1,7 +1,7 @@
 """One SIPp load step: run the bench caller at a rate and read back what it did.
 
 SIPp's own files are the generator's record: ``-trace_stat`` for totals and
-failures, ``-trace_rtt`` for every call's setup time and length, and
+failures, ``-trace_rtt`` for every call's setup time, length and hang-up answer, and
 ``-trace_err`` for the SIP answers that failed a call. From them the step is
 checked against its plan (rate and call length), so that a step where SIPp
 fell behind is marked generator-limited instead of blamed on the PBX.
@@ -48,12 +48,21 @@ class LoadResult:
     failed: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     setup_ms: list[float] = field(default_factory=list)
+    #: ACK to BYE: SIPp's own schedule (its pauses), nothing the far end does.
     call_ms: list[float] = field(default_factory=list)
+    #: BYE to its 200 OK: how long the far end took to hang up.
+    bye_ms: list[float] = field(default_factory=list)
     realised_cps: float = 0.0
 
     @property
     def generator_limited(self) -> bool:
-        """SIPp did not keep the schedule: rate under 90 %, or calls 15 % longer."""
+        """SIPp did not keep the schedule: rate under 90 %, or calls 15 % longer.
+
+        Both are SIPp's own doing: the rate counts INVITEs sent, and a call's
+        length ends when SIPp sends the BYE. A slow answer to the INVITE or the
+        BYE is the path's lag (measured as setup and hang-up time), not the
+        generator's.
+        """
         plan = self.plan
         slow_rate = self.realised_cps < 0.9 * plan.cps
         long_calls = bool(self.call_ms) and statistics.median(self.call_ms) > 1.15 * plan.call_ms
@@ -127,6 +136,8 @@ def _read_rtt(result: LoadResult, workdir: Path) -> None:
                 invites.append(float(row["Date_ms"]) - setup)
             elif row["rtd_no"] == "call":
                 result.call_ms.append(float(row["response_time_ms"]))
+            elif row["rtd_no"] == "bye":
+                result.bye_ms.append(float(row["response_time_ms"]))
     if len(invites) > 1:
         span_s = (max(invites) - min(invites)) / 1000
         result.realised_cps = (len(invites) - 1) / span_s if span_s > 0 else 0.0

@@ -4,7 +4,9 @@ Each step runs the three paths one after another at the same rate, so that
 they meet the same machine in the same minute. Media steps send a continuous
 tone and key 3 in one RTP stream per call (steady, then jittered as a poor
 mobile link sends it) and judge the kept recordings; signalling-only steps
-send the key alone, at higher rates, and measure call-control capacity.
+send the key alone, at higher rates, and measure call-control capacity. The
+steps near the limits run three times, in a rotated path order, and are judged
+on their medians (bench/repeats.py).
 
 Output: ``bench/results/<UTC date-time>.json`` and a Markdown table.
 """
@@ -21,11 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.repeats import group_runs, rotated
 from bench.report import markdown, summarise
 from bench.sipp_load import REPO, LoadPlan, run_load
 from bench.step import PATHS, Path_, StepMeasure, StepMonitor, measure_step, wait_idle
@@ -43,6 +46,7 @@ class StepSpec:
     media: str  # "steady", "jitter" or "none"
     seconds: float  # how long calls are offered
     call_ms: int
+    runs: int = 1  # near the limits: several, judged on the median (bench/repeats.py)
 
 
 def plan_steps(quick: bool) -> list[StepSpec]:
@@ -50,20 +54,25 @@ def plan_steps(quick: bool) -> list[StepSpec]:
         return [
             StepSpec(5, "steady", 4, 6000),
             StepSpec(5, "jitter", 4, 6000),
-            StepSpec(50, "none", 3, 4000),
+            # Twice: the quick run proves the repeats and their medians work too.
+            StepSpec(50, "none", 3, 4000, runs=2),
         ]
+    # The rates where the paths part (or the machine gives out) run three times.
     media = [
-        StepSpec(cps, kind, 10, 10_000)
+        StepSpec(cps, kind, 10, 10_000, runs=3 if cps >= 60 else 1)
         for cps in (5, 10, 20, 40, 60, 80)
         for kind in ("steady", "jitter")
     ]
-    signalling = [StepSpec(cps, "none", 6, 4000) for cps in (100, 200, 300, 400, 600)]
+    signalling = [
+        StepSpec(cps, "none", 6, 4000, runs=3 if cps >= 400 else 1)
+        for cps in (100, 200, 300, 400, 500, 600)
+    ]
     # 10 s calls at 200/s: about 2,000 at once, for consentd's memory at that size.
     concurrency = [StepSpec(200, "none", 10, 10_000)]
     return media + signalling + concurrency
 
 
-def parse_steps(text: str) -> list[StepSpec]:
+def parse_steps(text: str, runs: int = 1) -> list[StepSpec]:
     """``CPS:MEDIA[:SECONDS[:CALL_MS]]`` items, comma-separated, e.g. ``20:jitter,200:none``."""
     specs = []
     for item in text.split(","):
@@ -82,7 +91,7 @@ def parse_steps(text: str) -> list[StepSpec]:
             raise argparse.ArgumentTypeError(
                 f"step {item!r}: rate and seconds must be positive, calls at least 2500 ms"
             )
-        specs.append(StepSpec(cps, parts[1], seconds, call_ms))
+        specs.append(StepSpec(cps, parts[1], seconds, call_ms, runs))
     return specs
 
 
@@ -137,18 +146,23 @@ async def run(
         with tempfile.TemporaryDirectory(prefix="consentd-bench-") as tmp:
             media_dir = Path(tmp) / "media"
             for n, spec in enumerate(specs, 1):
-                for path in chosen:
-                    await wait_idle()
-                    plan = _load_plan(spec, path, media_dir)
-                    label = f"[{n}/{len(specs)}] {path.name:8} {spec.cps:g} cps, media {spec.media}"
-                    calls = f"{plan.calls} calls of {plan.call_ms / 1000:g} s"
-                    print(f"==> {label}: {calls}", flush=True)
-                    work = Path(tmp) / f"{n}-{path.name}"
-                    async with StepMonitor() as monitor:
-                        load = await run_load(plan, work)
-                    step = await measure_step(path, spec.media, load, PRESS_AT_MS, monitor)
-                    steps.append(step)
-                    print(f"    {step.one_line()}", flush=True)
+                for run_no in range(1, spec.runs + 1):
+                    for path in rotated(chosen, run_no):
+                        await wait_idle()
+                        plan = _load_plan(spec, path, media_dir)
+                        label = f"[{n}/{len(specs)}] {path.name:8} {spec.cps:g} cps"
+                        label += f", media {spec.media}"
+                        if spec.runs > 1:
+                            label += f", run {run_no}/{spec.runs}"
+                        calls = f"{plan.calls} calls of {plan.call_ms / 1000:g} s"
+                        print(f"==> {label}: {calls}", flush=True)
+                        work = Path(tmp) / f"{n}-{run_no}-{path.name}"
+                        async with StepMonitor() as monitor:
+                            load = await run_load(plan, work)
+                        step = await measure_step(path, spec.media, load, PRESS_AT_MS, monitor)
+                        step.run, step.runs = run_no, spec.runs
+                        steps.append(step)
+                        print(f"    {step.one_line()}", flush=True)
     finally:
         if not keep:
             await _stack("down")
@@ -159,6 +173,7 @@ async def run(
         "duration_s": round(time.monotonic() - started, 1),
         "machine": machine(),
         "steps": step_rows,
+        "medians": group_runs(step_rows),
         "summary": summarise(step_rows),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -180,7 +195,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--paths", default="", help="comma-separated subset of floor,baseline,consentd"
     )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="with --steps: run each step this often (medians)"
+    )
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs: at least 1")
+    if args.steps and args.runs > 1:
+        args.steps = [replace(spec, runs=args.runs) for spec in args.steps]
     paths = tuple(p for p in args.paths.split(",") if p)
     unknown = set(paths) - {p.name for p in PATHS}
     if unknown:

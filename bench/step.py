@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -78,6 +79,9 @@ class StepMeasure:
     cps: float
     media: str
     load: LoadResult
+    #: Which run of this step this is, of how many (bench/repeats.py).
+    run: int = 1
+    runs: int = 1
     stranded: int = 0
     fidelity: list[Fidelity] = field(default_factory=list)
     duration_errors: list[float] = field(default_factory=list)
@@ -123,10 +127,14 @@ class StepMeasure:
         silent = [f.silent_block_share for f in self.fidelity]
         gaps = [f.longest_gap_ms for f in self.fidelity]
         within = [e for e in self.duration_errors if abs(e) <= 0.3]
+        middle = _pct(self.duration_errors, 50)
+        close = [e for e in self.duration_errors if middle is not None and abs(e - middle) <= 0.3]
         return {
             "path": self.path,
             "cps": self.cps,
             "media": self.media,
+            "run": self.run,
+            "runs": self.runs,
             "offered": load.offered,
             "completed": load.completed,
             "failed": load.failed,
@@ -139,6 +147,8 @@ class StepMeasure:
             "keypress_late_p50_ms": r(self.keypress_late_p50_ms),
             "setup_p50_ms": r(_pct(load.setup_ms, 50)),
             "setup_p99_ms": r(_pct(load.setup_ms, 99)),
+            "hangup_p50_ms": r(_pct(load.bye_ms, 50)),
+            "hangup_p99_ms": r(_pct(load.bye_ms, 99)),
             "latency_p50_ms": r(_pct(self.latency_wav_ms, 50)),
             "latency_p99_ms": r(_pct(self.latency_wav_ms, 99)),
             "ledger_latency_p50_ms": r(_pct(self.latency_ledger_ms, 50)),
@@ -147,6 +157,12 @@ class StepMeasure:
             "duration_error_p50_s": r(_pct(self.duration_errors, 50), 3),
             "duration_error_p99_s": r(_pct([abs(e) for e in self.duration_errors], 99), 3),
             "duration_within_0_3s": r(100 * len(within) / len(self.duration_errors), 1)
+            if self.duration_errors
+            else None,
+            # Share of files within 0.3 s of this step's median error: how evenly
+            # the files came out, whatever the path's constant offset (the
+            # floor's files start 0.18 s after its span does, at any rate).
+            "duration_spread_within_0_3s": r(100 * len(close) / len(self.duration_errors), 1)
             if self.duration_errors
             else None,
             "silent_blocks_p99": r(_pct(silent, 99), 4),
@@ -342,15 +358,32 @@ async def measure_step(
             if media != "none":
                 fid = measure(wav)
                 step.fidelity.append(fid)
-                if path.name == "floor":
-                    step.duration_errors.append(fid.duration_s - plan.hold_ms / 1000)
-                else:
-                    step.duration_errors.append(fid.duration_s - expected_after_key_s)
+                planned = plan.hold_ms / 1000 if path.name == "floor" else expected_after_key_s
+                span = dialplan_span(wav.name, wav.stat().st_mtime)
+                step.duration_errors.append(fid.duration_s - (planned if span is None else span))
+                if path.name != "floor":
                     step.latency_wav_ms.append(1000 * (expected_after_key_s - fid.duration_s))
             wav.unlink()  # measured: a full run would otherwise leave gigabytes
         return step
     await _measure_consentd(step, load, media, press_end_ms, expected_after_key_s)
     return step
+
+
+#: ``-<uniqueid>-<epoch.mmm>.wav``: the uniqueid (``epoch.n``) first, then the stamp.
+_STAMPED = re.compile(r"-\d+\.\d+-(\d+\.\d{3})\.wav$")
+
+
+def dialplan_span(name: str, closed_at: float) -> float | None:
+    """Seconds from MixMonitor's start, which the dialplan puts in the file name
+    (``bench-floor-<uniqueid>-<epoch.mmm>.wav``), to the file's last write (the
+    hang-up). None for a name without the stamp: the plan's length is used then.
+
+    This is the dialplan paths' own span, as the ledger's recording_started and
+    recording_stopped are consentd's: each file is judged against the time it
+    covers, not against a plan that assumes when MixMonitor began.
+    """
+    found = _STAMPED.search(name)
+    return None if found is None else closed_at - float(found.group(1))
 
 
 def _new_files(prefix: str, since: float) -> list[Path]:

@@ -49,7 +49,20 @@ def test_quick_bench_runs_every_path_and_writes_results(
             assert step["ledger_rows_found"] == step["ledger_rows_expected"] > 0, name
             assert step["ledger_duplicates"] == 0, name
             assert step["cpu_s_per_1000_calls"] > 0 and step["rss_peak_mb"] > 10, name
+    # The signalling step runs twice, the paths in a rotated order; its medians
+    # are what the summary judges.
+    none = [(s["path"], s["run"], s["runs"]) for s in steps if s["media"] == "none"]
+    assert none == [
+        ("floor", 1, 2), ("baseline", 1, 2), ("consentd", 1, 2),
+        ("baseline", 2, 2), ("consentd", 2, 2), ("floor", 2, 2),
+    ]  # fmt: skip
+    repeated = [g for g in result["medians"] if g["runs"] > 1]
+    assert {g["path"] for g in repeated} == {"floor", "baseline", "consentd"}
+    for group in repeated:
+        runs = [s for s in steps if s["path"] == group["path"] and s["media"] == "none"]
+        assert group["offered"] == sum(s["offered"] for s in runs), group["path"]
     summary = result["summary"]
     assert summary["signalling_only"]["highest_zero_failure_cps"]["consentd"] is not None
     table = capsys.readouterr().out
     assert "| path | cps | media |" in table and "consentd/baseline" in table
+    assert "Steps run more than once, as their medians" in table

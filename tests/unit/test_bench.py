@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from bench.fidelity import measure, measure_samples
+from bench.repeats import group_runs, rotated
 from bench.report import markdown, summarise
 from bench.run import parse_steps
-from bench.step import required_rows
+from bench.sipp_load import LoadPlan, LoadResult, _read_rtt
+from bench.step import dialplan_span, required_rows
 from consentd.sipp_media import ALAW_PT, EVENT_PT, SSRC, MediaPlan, build_pcap, rtp_packets
 from tests.e2e.harness import write_tone
 
@@ -236,7 +238,7 @@ def test_markdown_table_has_a_row_per_step() -> None:
 
     table = markdown(result)
 
-    assert "| consentd | 100 | none | 10/10 | 0 | 0 |" in table
+    assert "| consentd | 100 | none | 1 | 10/10 | 0 | 0 |" in table
     assert "consentd 100 cps" in table
 
 
@@ -252,3 +254,118 @@ def test_several_keys_are_events_of_their_own_in_the_one_stream() -> None:
 
     assert starts == [(25 * 160, 3), (75 * 160, 3), (100 * 160, 11)]  # own stamps: three presses
     assert len({ssrc for *_, ssrc, _ in packets}) == 1
+
+
+def test_a_step_run_three_times_is_judged_on_most_runs_and_medians() -> None:
+    steps = [
+        _step("baseline", 400, run=1, runs=3),
+        _step("baseline", 400, run=2, runs=3),
+        _step("baseline", 400, run=3, runs=3),
+        # consentd: one unlucky run of three left callers unrecorded
+        _step("consentd", 400, run=1, runs=3, setup_p50_ms=100.0),
+        _step("consentd", 400, run=2, runs=3, recording_failures=5, setup_p50_ms=900.0),
+        _step("consentd", 400, run=3, runs=3, setup_p50_ms=300.0),
+        # at 500: one run clean, one not, one where SIPp fell behind (not judged)
+        _step("consentd", 500, run=1, runs=3),
+        _step("consentd", 500, run=2, runs=3, unserved=7),
+        _step("consentd", 500, run=3, runs=3, generator_limited=True),
+    ]
+
+    groups = {(g["path"], g["cps"]): g for g in group_runs(steps)}
+    summary = summarise(steps)
+
+    assert groups["consentd", 400]["zero_failure"] is True
+    assert groups["consentd", 400]["setup_p50_ms"] == 300.0  # the median run
+    assert groups["consentd", 400]["recording_failures"] == 5  # counts add up
+    assert groups["consentd", 500]["judged_runs"] == 2
+    assert groups["consentd", 500]["zero_failure"] is False  # 1 of 2 is not most
+    assert summary["signalling_only"]["highest_zero_failure_cps"]["consentd"] == 400
+    assert summary["signalling_only"]["consentd_to_baseline"] == 1.0
+    assert summary["generator_limited_steps"] == ["consentd@500/none run 3"]
+
+
+def test_runs_rotate_which_path_goes_first() -> None:
+    paths = ["floor", "baseline", "consentd"]
+    assert [rotated(paths, run)[0] for run in (1, 2, 3, 4)] == [
+        "floor",
+        "baseline",
+        "consentd",
+        "floor",
+    ]
+    assert sorted(rotated(paths, 2)) == sorted(paths)
+
+
+def _media(path: str, cps: float, media: str, within: float, spread: float) -> dict:
+    return _step(
+        path,
+        cps,
+        media=media,
+        duration_within_0_3s=within,
+        duration_spread_within_0_3s=spread,
+        longest_gap_ms_max=0.5,
+    )
+
+
+def test_fidelity_is_judged_where_the_floor_still_records_evenly() -> None:
+    steps = [
+        _media(path, cps, media, within, spread)
+        for path, cps, within, spread in (
+            ("floor", 60, 99.0, 100.0),
+            ("floor", 80, 40.0, 55.0),  # the machine is past its limit at 80
+            ("consentd", 60, 99.5, 99.5),
+            ("consentd", 80, 60.0, 60.0),
+        )
+        for media in ("steady", "jitter")
+    ]
+
+    target = summarise(steps)["targets"]["fidelity_at_highest_rate"]
+
+    assert target["cps"] == 60
+    assert target["measured"] == {"within_0_3s_percent": 99.5, "longest_gap_ms": 0.5}
+    assert target["met"] is True
+    # the figures at the highest zero-failure rate stay in the result
+    assert target["at_highest_rate"]["cps"] == 80
+    assert target["at_highest_rate"]["within_0_3s_percent"] == 60.0
+    assert target["floor_holds_at_cps"] == [60]
+
+
+def test_fidelity_where_the_floor_holds_is_judged_at_the_highest_rate() -> None:
+    steps = [
+        _media("floor", 80, "steady", 99.9, 100.0),
+        _media("consentd", 80, "steady", 98.0, 99.0),
+        _media("consentd", 80, "jitter", 99.0, 99.0),
+    ]
+
+    target = summarise(steps)["targets"]["fidelity_at_highest_rate"]
+
+    assert target["cps"] == 80
+    assert target["measured"]["within_0_3s_percent"] == 98.0
+    assert target["met"] is False
+
+
+def test_dialplan_files_are_judged_against_their_own_span() -> None:
+    # bench-floor-<uniqueid>-<MixMonitor start, epoch with ms>.wav, closed at hang-up
+    name = "bench-floor-1796052101.599-1796052102.250.wav"
+    assert dialplan_span(name, 1796052112.5) == pytest.approx(10.25)
+    # an older file name without the stamp: the uniqueid is not taken for one
+    assert dialplan_span("bench-floor-1796052101.599.wav", 1796052112.5) is None
+
+
+def test_a_slow_answer_to_the_bye_is_the_paths_lag_not_the_generators(tmp_path: Path) -> None:
+    plan = LoadPlan("+4930199002", 400, 3, tmp_path / "x.pcap", 1500, 2500)
+    (tmp_path / "sipp_1_rtt.csv").write_text(
+        "Date_ms;response_time_ms;rtd_no\n"
+        + "".join(
+            f"{1000 + 2.5 * n};4;setup\n{5000 + 2.5 * n};4010;call\n{6000 + 2.5 * n};900;bye\n"
+            for n in range(3)
+        )
+    )
+    result = LoadResult(plan, 0.0, 1.0, 0)
+
+    _read_rtt(result, tmp_path)
+
+    assert result.call_ms == [4010.0] * 3
+    assert result.bye_ms == [900.0] * 3
+    assert result.generator_limited is False  # calls kept 4 s; Asterisk took 0.9 s to hang up
+    result.call_ms = [4700.0] * 3  # SIPp sent its BYEs late: its own schedule slipped
+    assert result.generator_limited is True

@@ -32,6 +32,7 @@ from consentd.http_reports import add_routes as add_report_routes
 from consentd.journal import Journal
 from consentd.ledger import LedgerWriter
 from consentd.ledger_pg import DatabaseError, PostgresLedger, SchemaBehind
+from consentd.loop_health import LoopHealth
 from consentd.metrics import Metrics
 from consentd.owed_deletions import OwedDeletionSweeper
 from consentd.policy import PolicyBook
@@ -61,6 +62,7 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
     greetings = install_greetings(settings, book)
     journal = Journal(settings.journal_dir / f"{settings.node}.jsonl")
     registry = CollectorRegistry()
+    loop_health = LoopHealth(registry)
     metrics = Metrics(registry)
     writer = LedgerWriter(store, journal, observe_lag=metrics.ledger_stored)
     metrics.watch_journal(lambda: writer.journal_backlog)
@@ -264,6 +266,9 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         )
         for warning in book.warnings:
             log.warning("policy_warning", problem=str(warning))
+        # Start-up is done: what it made lives as long as the process.
+        loop_health.watch_gc(freeze=settings.gc_freeze)
+        probe_task = tg.create_task(loop_health.probe(), name="loop-health")
         await stop.wait()
 
         # New calls go on unrecorded from now; events keep flowing, so calls in
@@ -290,6 +295,8 @@ async def run_daemon(settings: Settings, book: PolicyBook, *, shutdown_grace: fl
         ami_task.cancel()
         for task in action_tasks:
             task.cancel()
+        probe_task.cancel()
+        loop_health.unwatch_gc()
         await http.cleanup()
     await store.close()
     log.info("consentd_stopped", stored=writer.stored, journalled=writer.journalled)

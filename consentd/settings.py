@@ -184,6 +184,9 @@ class Settings(BaseSettings):
     # dialplan (context consentd-unrecorded) instead of waiting.
     shed_after_seconds: float = 2.0
     max_calls: int = 10_000
+    # Freeze what start-up created so garbage collection never walks it again
+    # (consentd/loop_health.py); false only to compare its effect.
+    gc_freeze: bool = True
     # HTTP connections to Asterisk's ARI server (default sessionlimit 100):
     # keep most of them free for other clients.
     ari_connections: int = 16

@@ -63,9 +63,10 @@ demo: setup
 
 # Rising call rates through the floor, the dialplan baseline and consentd, side
 # by side; results in bench/results/. QUICK=1: three short steps (< 3 min).
-# STEPS=20:jitter,200:none runs only those steps; KEEP=1 leaves the stack up.
+# STEPS=20:jitter,200:none runs only those steps (RUNS=3: each three times, judged
+# on medians); KEEP=1 leaves the stack up.
 bench: setup
-	$(VENV)/python -m bench.run $(if $(QUICK),--quick) $(if $(STEPS),--steps $(STEPS)) $(if $(KEEP),--keep)
+	$(VENV)/python -m bench.run $(if $(QUICK),--quick) $(if $(STEPS),--steps $(STEPS)) $(if $(RUNS),--runs $(RUNS)) $(if $(KEEP),--keep)
 
 # Stops the stack and removes run-time state (database, logs, journal).
 clean: down

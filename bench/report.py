@@ -12,15 +12,19 @@ def _highest_clean(groups: list[dict[str, Any]], path: str, media: bool) -> floa
     every caller who pressed 3 and served every call (none went on unrecorded),
     in most of the step's runs.
 
-    A run where SIPp fell behind its plan does not count either way.
+    With media, a rate counts only when steady and jittered media were both
+    zero-failure there: a caller on a poor mobile link is a caller too. A run
+    where SIPp fell behind its plan does not count either way.
     """
-    best = None
+    verdicts: dict[float, list[bool]] = {}
     for group in groups:
         if group["path"] != path or (group["media"] != "none") != media:
             continue
-        if group["zero_failure"]:
-            best = max(best or 0, group["cps"])
-    return best
+        if group["generator_limited"]:
+            continue
+        verdicts.setdefault(group["cps"], []).append(group["zero_failure"])
+    clean = [cps for cps, these in verdicts.items() if all(these)]
+    return max(clean) if clean else None
 
 
 def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -288,3 +292,27 @@ def markdown(result: dict[str, Any]) -> str:
             )
         lines.append(line)
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.report RESULTS.json``: the tables and targets of a past run,
+    judged by the rules of this checkout (its steps are kept as measured)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="bench.report", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a bench/results/*.json file")
+    args = parser.parse_args(argv)
+    try:
+        result = json.loads(args.results.read_text())
+        steps = result["steps"]
+    except (OSError, ValueError, KeyError) as exc:
+        parser.error(f"{args.results}: not a bench result ({exc})")
+    result["medians"] = group_runs(steps)
+    result["summary"] = summarise(steps)
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

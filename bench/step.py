@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -83,6 +84,7 @@ class StepMeasure:
     run: int = 1
     runs: int = 1
     stranded: int = 0
+    stranded_where: dict[str, int] = field(default_factory=dict)
     fidelity: list[Fidelity] = field(default_factory=list)
     duration_errors: list[float] = field(default_factory=list)
     latency_wav_ms: list[float] = field(default_factory=list)
@@ -140,6 +142,7 @@ class StepMeasure:
             "failed": load.failed,
             "failure_reasons": dict(load.reasons),
             "stranded": self.stranded,
+            "stranded_where": self.stranded_where,
             "concurrent_calls": round(load.plan.cps * load.plan.call_ms / 1000),
             "generator_limited": self.generator_limited,
             "realised_cps": r(load.realised_cps, 2),
@@ -219,6 +222,8 @@ class StepMeasure:
             parts.append(
                 f"ARI LOCKOUT {j['fresh_ari_client_failures']}/{j['fresh_ari_client_probes']}"
             )
+        if j["stranded"]:
+            parts.append(f"STRANDED {j['stranded']}: {j['stranded_where']}")
         if j["generator_limited"]:
             parts.append("GENERATOR-LIMITED")
         return "; ".join(parts)
@@ -314,8 +319,16 @@ class StepMonitor:
             self.cpu_s = self._cpu() - self._cpu0
 
 
-async def wait_idle(timeout: float = 40.0) -> int:
-    """Wait until Asterisk has no channels; hang up and count what is still there."""
+def _where(channel: dict[str, Any]) -> str:
+    """A stranded channel in a word: its state and where in the dialplan it sits."""
+    plan = channel.get("dialplan") or {}
+    app = plan.get("app_name") or "-"
+    return f"{channel.get('state')} {plan.get('context')}/{app}"
+
+
+async def wait_idle(timeout: float = 40.0) -> Counter[str]:
+    """Wait until Asterisk has no channels; hang up what is still there and say
+    where those were (state, dialplan context and application), counted."""
     ari, headers = _ari()
     async with aiohttp.ClientSession(headers=headers) as http:
         deadline = time.monotonic() + timeout
@@ -328,20 +341,21 @@ async def wait_idle(timeout: float = 40.0) -> int:
                 pass  # Asterisk busy or locked out: ask again
             else:
                 if not channels:
-                    return 0
+                    return Counter()
             await asyncio.sleep(0.5)
         for channel in channels:
             async with http.delete(f"{ari}/channels/{channel['id']}"):
                 pass
         await asyncio.sleep(2)  # their hangups reach the ledger before it is counted
-        return len(channels)
+        return Counter(_where(channel) for channel in channels)
 
 
 async def measure_step(
     path: Path_, media: str, load: LoadResult, press_at_ms: int, monitor: StepMonitor
 ) -> StepMeasure:
     step = StepMeasure(path.name, load.plan.cps, media, load)
-    step.stranded = await wait_idle()
+    left = await wait_idle()
+    step.stranded, step.stranded_where = sum(left.values()), dict(left)
     step.cpu_s = monitor.cpu_s
     step.rss_peak_mb = monitor.peak_kb / 1024 if monitor.pid else None
     step.ari_probes, step.ari_probe_failures = monitor.probes, monitor.probe_failures

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import itertools
+import json
 import math
 import struct
 from datetime import UTC, datetime
@@ -217,18 +218,20 @@ def test_steps_are_parsed_with_a_clear_error() -> None:
         parse_steps("0:none")
 
 
+_ROW = {
+    key: None
+    for key in (
+        "setup_p50_ms setup_p99_ms latency_p50_ms latency_p99_ms ledger_latency_p50_ms"
+        " ledger_latency_p99_ms duration_error_p50_s duration_error_p99_s"
+        " duration_within_0_3s silent_blocks_p99 longest_gap_ms_max ledger_rows_expected"
+        " ledger_rows_found fresh_ari_client_failures cpu_s_per_1000_calls rss_peak_mb"
+        " asterisk_cpu_s_per_1000_calls"
+    ).split()
+}
+
+
 def test_markdown_table_has_a_row_per_step() -> None:
-    row = {
-        key: None
-        for key in (
-            "setup_p50_ms setup_p99_ms latency_p50_ms latency_p99_ms ledger_latency_p50_ms"
-            " ledger_latency_p99_ms duration_error_p50_s duration_error_p99_s"
-            " duration_within_0_3s silent_blocks_p99 longest_gap_ms_max ledger_rows_expected"
-            " ledger_rows_found fresh_ari_client_failures cpu_s_per_1000_calls rss_peak_mb"
-            " asterisk_cpu_s_per_1000_calls"
-        ).split()
-    }
-    steps = [{**row, **_step("consentd", 100), "offered": 10}]
+    steps = [{**_ROW, **_step("consentd", 100), "offered": 10}]
     result = {
         "created_at": "2026-11-30T00:00:00+00:00",
         "machine": {"cores": 2, "memory_gb": 24, "asterisk": "Asterisk 22", "kernel": "6"},
@@ -369,3 +372,46 @@ def test_a_slow_answer_to_the_bye_is_the_paths_lag_not_the_generators(tmp_path: 
     assert result.generator_limited is False  # calls kept 4 s; Asterisk took 0.9 s to hang up
     result.call_ms = [4700.0] * 3  # SIPp sent its BYEs late: its own schedule slipped
     assert result.generator_limited is True
+
+
+def test_a_media_rate_counts_only_when_steady_and_jittered_were_both_clean() -> None:
+    steps = [
+        _step("baseline", 80, media="steady"),
+        _step("baseline", 80, media="jitter"),
+        _step("consentd", 60, media="steady"),
+        _step("consentd", 60, media="jitter"),
+        _step("consentd", 80, media="steady"),
+        _step("consentd", 80, media="jitter", unserved=85),  # the poor-link callers shed
+    ]
+
+    summary = summarise(steps)
+
+    assert summary["with_media"]["highest_zero_failure_cps"]["consentd"] == 60
+    assert summary["with_media"]["consentd_to_baseline"] == 0.75
+
+
+def test_a_past_result_is_judged_again_from_its_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.report import main
+
+    steps = [_step("baseline", 100, offered=10), _step("consentd", 100, offered=10, failed=2)]
+    results = tmp_path / "r.json"
+    results.write_text(
+        json.dumps(
+            {
+                "created_at": "2026-11-30T00:00:00+00:00",
+                "machine": {"cores": 2, "memory_gb": 24, "asterisk": "Asterisk 22", "kernel": "6"},
+                "steps": [{**_ROW, **s} for s in steps],
+                "summary": {"stale": True},
+            }
+        )
+    )
+
+    main([str(results)])
+
+    out = capsys.readouterr().out
+    assert "signalling only: floor -, baseline 100 cps, consentd -" in out
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing.json")])
+    assert "not a bench result" in capsys.readouterr().err

@@ -100,14 +100,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _check_greeting_file(value: Path, info: ValidationInfo) -> Path:
+def _check_greeting_file(value: Path | None, info: ValidationInfo) -> Path | None:
     """Convert an operator's WAV (any shape) or MP3 now, not mid-call.
 
     Errors name the file and the reason (missing, empty, corrupt, too long);
     the converted file waits in the cache for ``GreetingLibrary.install``.
     A file named in a policy file must lie in its directory or a configured
-    greeting directory (``GreetingPlaces``), symbolic links resolved.
+    greeting directory (``GreetingPlaces``), symbolic links resolved. A key
+    left empty (``opt_in:``, YAML's null) names no file: the bundled greeting.
     """
+    if value is None:
+        return None
     context = info.context or {}
     base = context.get("base_dir")
     path = value if value.is_absolute() or base is None else Path(base) / value

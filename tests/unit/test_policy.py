@@ -483,6 +483,16 @@ def greeting_policy(tmp_path: Path, greeting: object) -> Path:
 GREETING_KEY = 'number "+4930100002", key greetings.opt_in'
 
 
+@pytest.mark.parametrize("empty", ["null", "", "~"])
+def test_a_greeting_key_left_empty_names_no_file_and_the_bundled_greeting_plays(
+    tmp_path: Path, empty: str
+) -> None:
+    # Found by the policy fuzz: ``opt_in: null`` raised AttributeError, not a clear result.
+    book = load_policies(greeting_policy(tmp_path, empty))
+
+    assert book.lookup("+4930100002").policy.greetings.call_recording_opt_in is None
+
+
 def test_custom_greeting_that_is_missing_is_reported_with_its_path(tmp_path: Path) -> None:
     missing = tmp_path / "greetings" / "hello.wav"
 

@@ -16,6 +16,12 @@ def _highest_clean(groups: list[dict[str, Any]], path: str, media: bool) -> floa
     zero-failure there: a caller on a poor mobile link is a caller too. A run
     where SIPp fell behind its plan does not count either way.
     """
+    clean = _clean_rates(groups, path, media)
+    return max(clean) if clean else None
+
+
+def _clean_rates(groups: list[dict[str, Any]], path: str, media: bool) -> set[float]:
+    """Every rate that counts as zero-failure for this path (see _highest_clean)."""
     verdicts: dict[float, list[bool]] = {}
     for group in groups:
         if group["path"] != path or (group["media"] != "none") != media:
@@ -23,8 +29,7 @@ def _highest_clean(groups: list[dict[str, Any]], path: str, media: bool) -> floa
         if group["generator_limited"]:
             continue
         verdicts.setdefault(group["cps"], []).append(group["zero_failure"])
-    clean = [cps for cps, these in verdicts.items() if all(these)]
-    return max(clean) if clean else None
+    return {cps for cps, these in verdicts.items() if all(these)}
 
 
 def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -46,7 +51,6 @@ def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
         if s["generator_limited"]
     ]
     summary["generator_limited_steps"] = limited
-    summary["runs_judged_on_medians"] = max((g["runs"] for g in groups), default=0) > 1
     summary["targets"] = _targets(steps, groups, summary)
     return summary
 
@@ -144,11 +148,8 @@ def _fidelity_target(groups: list[dict[str, Any]], summary: dict[str, Any]) -> d
     holds = _floor_holds(groups)
     judged: dict[str, Any] | None = at_top
     if holds is not None and top not in holds:
-        below = [
-            g["cps"] for g in groups
-            if g["path"] == "consentd" and g["media"] != "none" and g["zero_failure"]
-            and g["cps"] in holds
-        ]  # fmt: skip
+        # The same zero-failure rates as the capacity's, where the floor holds.
+        below = _clean_rates(groups, "consentd", media=True) & holds
         judged = _fidelity_at(groups, max(below)) if below else None
     if judged is None:
         return {**result, "measured": None, "at_highest_rate": at_top, "met": False}

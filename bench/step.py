@@ -164,7 +164,7 @@ class StepMeasure:
             else None,
             # Share of files within 0.3 s of this step's median error: how evenly
             # the files came out, whatever the path's constant offset (the
-            # floor's files start 0.18 s after its span does, at any rate).
+            # floor's files come out 0.18 s shorter than their span at any rate).
             "duration_spread_within_0_3s": r(100 * len(close) / len(self.duration_errors), 1)
             if self.duration_errors
             else None,

@@ -415,3 +415,19 @@ def test_a_past_result_is_judged_again_from_its_steps(
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.json")])
     assert "not a bench result" in capsys.readouterr().err
+
+
+def test_fidelity_falls_back_only_to_a_rate_clean_for_steady_and_jittered_alike() -> None:
+    steps = [_media("floor", cps, "steady", 100.0, spread) for cps, spread in
+             ((40, 100.0), (60, 100.0), (80, 50.0))]  # fmt: skip
+    for cps in (40, 60, 80):
+        steps.append(_media("consentd", cps, "steady", 100.0, 100.0))
+        jitter = _media("consentd", cps, "jitter", 100.0, 100.0)
+        if cps == 60:
+            jitter["unserved"] = 4  # jittered callers shed at 60: not a clean rate
+        steps.append(jitter)
+
+    target = summarise(steps)["targets"]["fidelity_at_highest_rate"]
+
+    assert target["at_highest_rate"]["cps"] == 80
+    assert target["cps"] == 40

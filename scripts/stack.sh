@@ -310,7 +310,9 @@ stop_asterisk() {
 }
 
 # --- PostgreSQL -------------------------------------------------------------
-as_pg() { runuser -u postgres -- "$@"; }
+# From /: the postgres user cannot enter a private checkout (mktemp -d is 0700),
+# and every tool would say so ("could not change directory"). Paths are absolute.
+as_pg() { (cd / && runuser -u postgres -- "$@"); }
 
 # The postgres user would need search (x) permission on every directory above
 # $PG_DATA, which a checkout under a private directory (/root) lacks. Instead of

@@ -127,7 +127,8 @@ class Journal:
         try:
             if not self._lines:
                 # The common case, once per stored batch: cheap, and safe
-                # unsynced (lines replayed after a crash are stored once).
+                # unsynced (lines replayed after a crash are stored once). A
+                # truncate changes no directory entry: no directory fsync either.
                 if self._path.exists():
                     os.truncate(self._path, 0)
             else:
@@ -137,7 +138,7 @@ class Journal:
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, self._path)
-            _fsync_dir(self._path.parent)
+                _fsync_dir(self._path.parent)
         except OSError as exc:
             self.disk_error = str(exc)
             self._log.error("journal_write_failed", path=str(self._path), error=str(exc))

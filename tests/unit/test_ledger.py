@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -88,6 +90,45 @@ async def test_submitted_events_are_stored(tmp_path: Path) -> None:
     assert list(store.events.values()) == events
     assert writer.stored == 3 and writer.journalled == 0
     assert (tmp_path / "pbx1.jsonl").read_bytes() == b""  # stored, so truncated
+
+
+async def test_a_batch_is_stored_as_submitted_not_parsed_back_from_the_journal(
+    tmp_path: Path,
+) -> None:
+    """The journal line is the durable copy; the store gets the event objects
+    themselves (parsing each line back cost as much as writing it)."""
+    store = WatchedLedger()
+    writer = LedgerWriter(store, Journal(tmp_path / "pbx1.jsonl"), retry_seconds=0.05)
+    submitted = [event(n) for n in range(3)]
+
+    async with running(writer):
+        for e in submitted:
+            writer.submit(e)
+        await until(lambda: len(store.events) == 3)
+
+    assert all(store.events[e.event_key] is e for e in submitted)
+
+
+async def test_a_fresh_batch_behind_an_older_journal_is_stored_after_it_in_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "pbx1.jsonl"
+    earlier = [event(n, call_id="pbx1:old") for n in range(3)]
+    Journal(path).append([e.to_json() for e in earlier])
+    store = WatchedLedger()
+    store.available = False
+    writer = LedgerWriter(store, Journal(path), retry_seconds=30)
+    fresh = [event(n, call_id="pbx1:new") for n in range(2)]
+
+    async with running(writer):
+        await until(lambda: writer.ready.is_set())
+        store.available = True
+        for e in fresh:
+            writer.submit(e)
+        await until(lambda: len(store.events) == 5)
+
+    assert store.appended == keys(earlier) + keys(fresh)
+    assert journal_empty(path)
 
 
 class DiskCheckingLedger(WatchedLedger):
@@ -320,6 +361,7 @@ def test_ledger_event_survives_a_json_round_trip(original: LedgerEvent) -> None:
     copy = LedgerEvent.from_json(line)
 
     assert "\n" not in line
+    assert sorted(json.loads(line)) == sorted(f.name for f in fields(LedgerEvent))
     assert copy == original
     assert copy.occurred_at.utcoffset() == original.occurred_at.utcoffset()
 

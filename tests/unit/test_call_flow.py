@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consentd.call_flow import handle, new_call
+from consentd.call_flow import Call, _Transition, handle, new_call
 from consentd.call_model import (
     Answer,
     Answered,
@@ -768,3 +769,20 @@ def test_a_refused_recording_start_counts_as_not_recording(facts: Facts) -> None
     call, _ = handle(call, CommandFailed(StartRecording(1, FILE_1), "No such channel", at(4.5)))
 
     assert call.recording is None
+
+
+def test_a_transition_updates_the_call_as_dataclasses_replace_would(facts: Facts) -> None:
+    """``_Transition.update`` is a fast ``replace``: same result, same refusal of
+    unknown names, and valid only while ``Call`` has no ``__post_init__``."""
+    call = new_call(facts())
+    transition = _Transition(call)
+
+    transition.update(phase=Phase.HOLDING, next_seq=7, pending_greetings=("hold",))
+
+    assert transition.call == replace(
+        call, phase=Phase.HOLDING, next_seq=7, pending_greetings=("hold",)
+    )
+    assert call.phase is Phase.GREETING and call.next_seq == 0  # the old one is untouched
+    assert not hasattr(Call, "__post_init__")
+    with pytest.raises(TypeError, match="no field colour"):
+        transition.update(colour="red")

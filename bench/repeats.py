@@ -26,6 +26,8 @@ MEDIAN_KEYS = (
     "duration_error_p99_s",
     "duration_within_0_3s",
     "duration_spread_within_0_3s",
+    "audio_start_late_p50_ms",
+    "audio_start_late_p99_ms",
     "silent_blocks_p99",
     "longest_gap_ms_max",
     "cpu_s_per_1000_calls",

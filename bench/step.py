@@ -87,6 +87,10 @@ class StepMeasure:
     stranded_where: dict[str, int] = field(default_factory=dict)
     fidelity: list[Fidelity] = field(default_factory=list)
     duration_errors: list[float] = field(default_factory=list)
+    #: Per file, ms from its span's start to where its audio begins (see
+    #: ``audio_start_late_ms``), and consentd's ledger stop minus the last write.
+    audio_start_late_ms: list[float] = field(default_factory=list)
+    stop_after_last_write_ms: list[float] = field(default_factory=list)
     latency_wav_ms: list[float] = field(default_factory=list)
     latency_ledger_ms: list[float] = field(default_factory=list)
     keypress_late_ms: list[float] = field(default_factory=list)
@@ -168,6 +172,12 @@ class StepMeasure:
             "duration_spread_within_0_3s": r(100 * len(close) / len(self.duration_errors), 1)
             if self.duration_errors
             else None,
+            # Where a file's missing or extra audio sits: at the start (late first
+            # audio) or the end (consentd's stop stamp against the file's last write).
+            "audio_start_late_p50_ms": r(_pct(self.audio_start_late_ms, 50)),
+            "audio_start_late_p99_ms": r(_pct(self.audio_start_late_ms, 99)),
+            "stop_after_last_write_p50_ms": r(_pct(self.stop_after_last_write_ms, 50)),
+            "stop_after_last_write_p99_ms": r(_pct(self.stop_after_last_write_ms, 99)),
             "silent_blocks_p99": r(_pct(silent, 99), 4),
             "longest_gap_ms_p99": r(_pct(gaps, 99)),
             "longest_gap_ms_max": r(max(gaps) if gaps else None),
@@ -373,8 +383,13 @@ async def measure_step(
                 fid = measure(wav)
                 step.fidelity.append(fid)
                 planned = plan.hold_ms / 1000 if path.name == "floor" else expected_after_key_s
-                span = dialplan_span(wav.name, wav.stat().st_mtime)
+                closed_at = wav.stat().st_mtime
+                span = dialplan_span(wav.name, closed_at)
                 step.duration_errors.append(fid.duration_s - (planned if span is None else span))
+                if span is not None:
+                    step.audio_start_late_ms.append(
+                        audio_start_late_ms(closed_at - span, closed_at, fid.duration_s)
+                    )
                 if path.name != "floor":
                     step.latency_wav_ms.append(1000 * (expected_after_key_s - fid.duration_s))
             wav.unlink()  # measured: a full run would otherwise leave gigabytes
@@ -398,6 +413,15 @@ def dialplan_span(name: str, closed_at: float) -> float | None:
     """
     found = _STAMPED.search(name)
     return None if found is None else closed_at - float(found.group(1))
+
+
+def audio_start_late_ms(span_start: float, closed_at: float, duration_s: float) -> float:
+    """How long after its span began a file's audio begins, in ms: its last write
+    (``closed_at``, the hang-up) minus its duration, against the span's start
+    (epoch seconds). Positive: audio from the start of the span is missing (or
+    frames were dropped on the way, which shows up here too); the stop is exact
+    to a few ms on every path, so this is where a short file's loss sits."""
+    return 1000 * (closed_at - duration_s - span_start)
 
 
 def _new_files(prefix: str, since: float) -> list[Path]:
@@ -505,9 +529,14 @@ async def _measure_consentd(
             wav.unlink()  # nothing to judge without media; don't leave it behind
             continue
         fid = measure(wav)
+        closed_at = wav.stat().st_mtime
         wav.unlink()
         step.fidelity.append(fid)
         span = (stopped[1] - started[1]).total_seconds()
+        step.audio_start_late_ms.append(
+            audio_start_late_ms(started[1].timestamp(), closed_at, fid.duration_s)
+        )
+        step.stop_after_last_write_ms.append(1000 * (stopped[1].timestamp() - closed_at))
         step.duration_errors.append(fid.duration_s - span)
         step.latency_wav_ms.append(1000 * (after_key_s - fid.duration_s))
     step.ledger_calls = len(calls)

@@ -17,7 +17,7 @@ from bench.repeats import group_runs, rotated
 from bench.report import markdown, summarise
 from bench.run import parse_steps
 from bench.sipp_load import LoadPlan, LoadResult, _read_rtt
-from bench.step import dialplan_span, required_rows
+from bench.step import StepMeasure, audio_start_late_ms, dialplan_span, required_rows
 from consentd.sipp_media import ALAW_PT, EVENT_PT, SSRC, MediaPlan, build_pcap, rtp_packets
 from tests.e2e.harness import write_tone
 
@@ -352,6 +352,34 @@ def test_dialplan_files_are_judged_against_their_own_span() -> None:
     assert dialplan_span(name, 1796052112.5) == pytest.approx(10.25)
     # an older file name without the stamp: the uniqueid is not taken for one
     assert dialplan_span("bench-floor-1796052101.599.wav", 1796052112.5) is None
+
+
+def test_a_short_file_says_whether_its_audio_began_late_or_ended_early(tmp_path: Path) -> None:
+    # Span 10:00.000-10:06.000; the file was last written at 10:06.002 and holds
+    # 5.79 s: its audio began 212 ms into the span, and the stop was exact.
+    start, closed = 36000.0, 36006.002
+    assert audio_start_late_ms(start, closed, 5.79) == pytest.approx(212.0)
+    assert audio_start_late_ms(start, closed, 6.002) == pytest.approx(0.0)
+    plan = LoadPlan("+4930199002", 60, 1, tmp_path / "x.pcap", 0, 10000)
+    step = StepMeasure("consentd", 60, "jitter", LoadResult(plan, 0.0, 1.0, 0))
+    step.audio_start_late_ms = [84.0, 212.0, 380.0]
+    step.stop_after_last_write_ms = [-2.0, -1.0, -15.0]
+
+    figures = step.as_json()
+
+    assert figures["audio_start_late_p50_ms"] == 212.0
+    assert figures["audio_start_late_p99_ms"] == 380.0
+    assert figures["stop_after_last_write_p50_ms"] == -2.0
+    table = markdown(
+        {
+            "created_at": "2026-11-30T00:00:00+00:00",
+            "machine": {"cores": 2, "memory_gb": 24, "asterisk": "Asterisk 22", "kernel": "6"},
+            "steps": [figures],
+            "summary": summarise([figures]),
+        }
+    )
+    assert "| audio start late p50/p99 ms |" in table
+    assert "| 212/380 |" in table
 
 
 def test_a_slow_answer_to_the_bye_is_the_paths_lag_not_the_generators(tmp_path: Path) -> None:

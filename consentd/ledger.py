@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -206,8 +206,6 @@ class LedgerWriter:
         self._in_flight = 0
         #: Set once the journal left by an earlier run has been replayed (or tried).
         self.ready = asyncio.Event()
-        #: The batch being stored, by its journal line (see ``_store_or_journal``).
-        self._fresh: dict[str, LedgerEvent] = {}
 
     def submit(self, event: LedgerEvent) -> None:
         self._queue.put_nowait(event)
@@ -338,11 +336,7 @@ class LedgerWriter:
             self._in_flight = 0
         # The replay stores these lines as the events they came from: parsing
         # back what was serialised a moment ago was half the writer's CPU.
-        self._fresh = dict(zip(lines, batch, strict=True))
-        try:
-            await self._replay_journal()
-        finally:
-            self._fresh = {}
+        await self._replay_journal(dict(zip(lines, batch, strict=True)))
         if self._journal.pending():
             # Replay stops at the first failure, so this batch is still waiting.
             self.journalled += len(batch)
@@ -352,11 +346,12 @@ class LedgerWriter:
         """The journal reached its bound: take no new calls until it drains."""
         return self._journal.full
 
-    async def _replay_journal(self) -> None:
+    async def _replay_journal(self, parsed: Mapping[str, LedgerEvent] | None = None) -> None:
+        """Store the journal in order; ``parsed`` gives lines' events already in memory."""
+        parsed = parsed or {}
         try:
             for chunk in self._journal.chunks(self._batch_size):
-                fresh = self._fresh
-                events = [fresh.get(line) or LedgerEvent.from_json(line) for line in chunk.lines]
+                events = [parsed.get(line) or LedgerEvent.from_json(line) for line in chunk.lines]
                 try:
                     await self._store.append(events)
                 except LedgerUnavailable as exc:

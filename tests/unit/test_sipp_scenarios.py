@@ -21,11 +21,16 @@ def _request_method(send: ET.Element) -> str:
     return (send.text or "").strip().split(" ", 1)[0]
 
 
+def _messages(path: Path) -> list[ET.Element]:
+    """The scenario's sent and expected messages, in order."""
+    return [m for m in ET.parse(path).getroot() if m.tag in ("send", "recv")]
+
+
 def _callers() -> list[Path]:
     """Scenarios that place calls: their first message is a sent INVITE."""
     found = []
     for path in sorted(SCENARIOS.glob("*.xml")):
-        messages = [m for m in ET.parse(path).getroot() if m.tag in ("send", "recv")]
+        messages = _messages(path)
         if messages and messages[0].tag == "send" and _request_method(messages[0]) == "INVITE":
             found.append(path)
     return found
@@ -38,7 +43,7 @@ def test_the_callers_are_found() -> None:
 
 @pytest.mark.parametrize("path", _callers(), ids=lambda p: p.name)
 def test_a_bye_is_answered_only_by_its_own_answer(path: Path) -> None:
-    messages = [m for m in ET.parse(path).getroot() if m.tag in ("send", "recv")]
+    messages = _messages(path)
     byes = [i for i, m in enumerate(messages) if m.tag == "send" and _request_method(m) == "BYE"]
     assert byes, f"{path.name} sends no BYE"
     for i in byes:
@@ -60,7 +65,7 @@ def test_a_bye_is_answered_only_by_its_own_answer(path: Path) -> None:
 def _bound_invites() -> list[Path]:
     """Callers whose INVITE starts a transaction (agent-call.xml binds only its
     BYE: digest authentication restarts the INVITE in a second one)."""
-    return [p for p in _callers() if ET.parse(p).getroot().find("send").get("start_txn")]  # type: ignore[union-attr]
+    return [p for p in _callers() if _messages(p)[0].get("start_txn")]
 
 
 def test_the_plain_callers_bind_their_invite() -> None:
@@ -71,7 +76,7 @@ def test_the_plain_callers_bind_their_invite() -> None:
 def test_an_invite_answered_in_a_transaction_is_acked_in_it(path: Path) -> None:
     """The ACK names the INVITE's transaction, so SIPp ACKs a retransmitted 200
     again instead of failing the call, and every answer to the INVITE is bound."""
-    messages = [m for m in ET.parse(path).getroot() if m.tag in ("send", "recv")]
+    messages = _messages(path)
     txn = messages[0].get("start_txn")
     acks = [m for m in messages if m.tag == "send" and _request_method(m) == "ACK"]
     assert acks and [a.get("ack_txn") for a in acks] == [txn] * len(acks)

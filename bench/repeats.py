@@ -30,6 +30,8 @@ MEDIAN_KEYS = (
     "audio_start_late_p99_ms",
     "silent_blocks_p99",
     "longest_gap_ms_max",
+    "files_with_cuts_percent",
+    "cuts_per_file_max",
     "cpu_s_per_1000_calls",
     "asterisk_cpu_s_per_1000_calls",
     "rss_peak_mb",

@@ -208,6 +208,7 @@ COLUMNS = (
     ("audio start late p50/p99 ms", ("audio_start_late_p50_ms", "audio_start_late_p99_ms")),
     ("silent blocks p99", "silent_blocks_p99"),
     ("longest gap max ms", "longest_gap_ms_max"),
+    ("files cut %", "files_with_cuts_percent"),
     ("ledger rows", None),
     ("fresh ARI client fails", "fresh_ari_client_failures"),
     ("consentd cpu s/1000", "cpu_s_per_1000_calls"),
@@ -232,6 +233,7 @@ MEDIAN_COLUMNS = (
     ("even (±0.3 s of median) %", "duration_spread_within_0_3s"),
     ("audio start late p50/p99 ms", ("audio_start_late_p50_ms", "audio_start_late_p99_ms")),
     ("longest gap max ms", "longest_gap_ms_max"),
+    ("files cut % / cuts max", ("files_with_cuts_percent", "cuts_per_file_max")),
     ("ledger rows (all runs)", None),
     ("consentd cpu s/1000", "cpu_s_per_1000_calls"),
     ("asterisk cpu s/1000", "asterisk_cpu_s_per_1000_calls"),
@@ -252,7 +254,7 @@ def _cell(step: dict[str, Any], key: Any, title: str) -> str:
         return f"{step['ledger_rows_found']}/{step['ledger_rows_expected']}"
     if isinstance(key, tuple):
         return "/".join("-" if step.get(k) is None else f"{step[k]:g}" for k in key)
-    value = step[key]
+    value = step.get(key)
     if value is None:
         return "-"
     if isinstance(value, bool):

@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.repeats import group_runs, rotated
 from bench.report import markdown, summarise
-from bench.sipp_load import REPO, LoadPlan, run_load
+from bench.sipp_load import MEDIA_SLOTS, REPO, LoadPlan, run_load
 from bench.step import PATHS, Path_, StepMeasure, StepMonitor, measure_step, wait_idle
 from consentd.sipp_media import MediaPlan, pcap_file
 
@@ -100,7 +100,15 @@ def _load_plan(spec: StepSpec, path: Path_, media_dir: Path) -> LoadPlan:
     if spec.media == "none":
         pcap = pcap_file(MediaPlan(200, 0, speech=False), media_dir)
         return LoadPlan(path.did, spec.cps, calls, pcap, lead_ms=1500, hold_ms=spec.call_ms - 1500)
-    media = MediaPlan(spec.call_ms, PRESS_AT_MS, jitter=spec.media == "jitter")
+    if spec.media == "jitter":
+        # Each call stalls at its own moments, as on a real link: with one pattern
+        # every caller's key ended inside the same 150 ms stall (seed 1).
+        first, *others = (
+            pcap_file(MediaPlan(spec.call_ms, PRESS_AT_MS, jitter=True, seed=seed), media_dir)
+            for seed in range(1, MEDIA_SLOTS + 1)
+        )
+        return LoadPlan(path.did, spec.cps, calls, first, 0, spec.call_ms, tuple(others))
+    media = MediaPlan(spec.call_ms, PRESS_AT_MS)
     return LoadPlan(path.did, spec.cps, calls, pcap_file(media, media_dir), 0, spec.call_ms)
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIO = REPO / "sipp-scenarios" / "bench-caller.xml"
+#: bench-caller.xml picks one of media0 ... media7 per call.
+MEDIA_SLOTS = 8
 _SIP_STATUS = re.compile(r"^SIP/2\.0 (\d{3} [^\r\n]*)", re.MULTILINE)
 
 
@@ -31,6 +33,13 @@ class LoadPlan:
     pcap: Path
     lead_ms: int
     hold_ms: int
+    #: More patterns of the same media (other jitter seeds): bench-caller.xml
+    #: plays one of ``pcaps`` per call, at random.
+    variants: tuple[Path, ...] = ()
+
+    @property
+    def pcaps(self) -> tuple[Path, ...]:
+        return (self.pcap, *self.variants)
 
     @property
     def call_ms(self) -> int:
@@ -87,7 +96,7 @@ async def run_load(
         "-r", f"{plan.cps:g}", "-m", str(plan.calls), "-l", str(limit),
         "-nostdin", "-timeout", f"{int(timeout_s)}s",
         "-recv_timeout", "30000", "-max_socket", "60000",
-        "-key", "media", str(plan.pcap),
+        "-key", "media", str(plan.pcap), *_media_keys(plan.pcaps),
         "-set", "lead", str(plan.lead_ms), "-set", "hold", str(plan.hold_ms),
         "-trace_stat", "-stf", "stat.csv", "-fd", "1",
         "-trace_rtt", "-rtt_freq", "1", "-trace_err", "-error_file", "errors.log",
@@ -110,6 +119,17 @@ async def run_load(
     _read_rtt(result, workdir)
     _read_errors(result, workdir / "errors.log", err.decode(errors="replace"))
     return result
+
+
+def _media_keys(pcaps: tuple[Path, ...]) -> list[str]:
+    """``-key media0 A -key media1 B ...`` for the scenario's eight media slots,
+    the patterns repeated to fill them (one pattern: the same file eight times)."""
+    if MEDIA_SLOTS % len(pcaps):
+        raise ValueError(f"{len(pcaps)} media patterns do not fill {MEDIA_SLOTS} slots evenly")
+    keys: list[str] = []
+    for slot in range(MEDIA_SLOTS):
+        keys += ["-key", f"media{slot}", str(pcaps[slot % len(pcaps)])]
+    return keys
 
 
 def _read_stats(result: LoadResult, path: Path) -> None:

@@ -132,6 +132,7 @@ class StepMeasure:
 
         silent = [f.silent_block_share for f in self.fidelity]
         gaps = [f.longest_gap_ms for f in self.fidelity]
+        cut = [f for f in self.fidelity if f.cuts]
         within = [e for e in self.duration_errors if abs(e) <= 0.3]
         middle = _pct(self.duration_errors, 50)
         close = [e for e in self.duration_errors if middle is not None and abs(e - middle) <= 0.3]
@@ -181,6 +182,12 @@ class StepMeasure:
             "silent_blocks_p99": r(_pct(silent, 99), 4),
             "longest_gap_ms_p99": r(_pct(gaps, 99)),
             "longest_gap_ms_max": r(max(gaps) if gaps else None),
+            # Files whose tone was cut somewhere (bench/fidelity.py): audio lost
+            # inside the recording rather than at its start.
+            "files_with_cuts_percent": r(100 * len(cut) / len(self.fidelity), 1)
+            if self.fidelity
+            else None,
+            "cuts_per_file_max": max((f.cuts for f in self.fidelity), default=None),
             "ledger_rows_expected": self.ledger_expected,
             "ledger_rows_found": self.ledger_found,
             "ledger_duplicates": self.ledger_duplicates,

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import struct
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,9 +16,9 @@ import pytest
 from bench.fidelity import measure, measure_samples
 from bench.repeats import group_runs, rotated
 from bench.report import markdown, summarise
-from bench.run import parse_steps
-from bench.sipp_load import LoadPlan, LoadResult, _read_rtt
-from bench.step import StepMeasure, audio_start_late_ms, dialplan_span, required_rows
+from bench.run import StepSpec, _load_plan, parse_steps
+from bench.sipp_load import MEDIA_SLOTS, REPO, LoadPlan, LoadResult, _media_keys, _read_rtt
+from bench.step import PATHS, StepMeasure, audio_start_late_ms, dialplan_span, required_rows
 from consentd.sipp_media import ALAW_PT, EVENT_PT, SSRC, MediaPlan, build_pcap, rtp_packets
 from tests.e2e.harness import write_tone
 
@@ -97,6 +98,32 @@ def test_fidelity_finds_silence_inserted_into_a_continuous_tone() -> None:
     assert result.duration_s == pytest.approx(2.12)
     assert result.longest_gap_ms == pytest.approx(120, abs=1)
     assert result.silent_block_share > 0
+
+
+def test_a_continuous_tone_has_no_cuts_and_each_dropped_stretch_is_one() -> None:
+    tone = _tone(6.0)
+    frame = 160  # 20 ms: MixMonitor's frames, and Asterisk's audiohook drops whole ones
+
+    def without(*stretches: tuple[float, int]) -> array.array[int]:
+        """The tone with ``frames`` frames dropped at each ``at`` seconds."""
+        out, last = array.array("h"), 0
+        for at, frames in stretches:
+            out += tone[last : int(at * 8000)]
+            last = int(at * 8000) + frames * frame
+        return out + tone[last:]
+
+    assert measure_samples(tone, 8000).cuts == 0
+    assert measure_samples(without((1.0, 6)), 8000).cuts == 1  # the audiohook's 120 ms
+    assert measure_samples(without((1.0, 6), (3.0, 1)), 8000).cuts == 2
+    assert measure_samples(without((1.00625, 6)), 8000).cuts == 1  # not on a frame edge
+    # The blind spot the docstring names: 100 ms is 44 whole cycles of 440 Hz.
+    assert measure_samples(without((1.0, 5)), 8000).cuts == 0
+
+
+def test_a_delay_inserted_into_the_tone_is_a_cut_too() -> None:
+    samples = _tone(1.0) + array.array("h", [0] * 480) + _tone(1.0)[:4000]  # 60 ms later
+
+    assert measure_samples(samples, 8000).cuts == 1
 
 
 def test_fidelity_reads_a_wav_file(tmp_path: Path) -> None:
@@ -478,3 +505,45 @@ def test_fidelity_falls_back_only_to_a_rate_clean_for_steady_and_jittered_alike(
     # it came through at), and its fidelity is judged there
     assert target["at_highest_rate"]["cps"] == 40
     assert target["cps"] == 40
+
+
+def test_each_jittered_call_stalls_at_its_own_moments(tmp_path: Path) -> None:
+    """One pattern for every call made each caller's key end inside the same
+    150 ms stall (seed 1): a burst that a recorder outside Asterisk's channel
+    thread always missed and the dialplan always kept."""
+    consentd = next(p for p in PATHS if p.name == "consentd")
+    jittered = _load_plan(StepSpec(20, "jitter", 10, 10000), consentd, tmp_path)
+    steady = _load_plan(StepSpec(20, "steady", 10, 10000), consentd, tmp_path)
+
+    assert len(set(jittered.pcaps)) == MEDIA_SLOTS
+    assert len({p.read_bytes() for p in jittered.pcaps}) == MEDIA_SLOTS
+    assert steady.pcaps == (steady.pcap,)
+    keys = _media_keys(jittered.pcaps)
+    assert keys[keys.index("media0") + 1] == str(jittered.pcap)
+    assert [keys[i + 1] for i, k in enumerate(keys) if k.startswith("media")] == [
+        str(p) for p in jittered.pcaps
+    ]
+    one = _media_keys(steady.pcaps)
+    assert [one[i + 1] for i, k in enumerate(one) if k.startswith("media")] == [
+        str(steady.pcap)
+    ] * MEDIA_SLOTS
+    with pytest.raises(ValueError, match="3 media patterns"):
+        _media_keys(tuple(jittered.pcaps[:3]))
+
+
+def test_the_bench_caller_picks_each_media_slot_as_often() -> None:
+    """bench-caller.xml branches to slot k with chance 1/(8-k) of the calls left."""
+    root = ET.parse(REPO / "sipp-scenarios" / "bench-caller.xml").getroot()
+    branches = [n for n in root if n.tag == "nop" and n.get("chance")]
+    played = [
+        e.get("play_pcap_audio") for e in root.iter("exec") if e.get("play_pcap_audio") is not None
+    ]
+    left, share = 1.0, {}
+    for nop in branches:
+        share[nop.get("next")] = left * float(nop.get("chance", "0"))
+        left -= share[nop.get("next")]
+
+    assert sorted(played) == sorted(f"[media{k}]" for k in range(MEDIA_SLOTS))
+    assert len(share) == MEDIA_SLOTS - 1
+    assert all(v == pytest.approx(1 / MEDIA_SLOTS, abs=1e-5) for v in share.values())
+    assert left == pytest.approx(1 / MEDIA_SLOTS, abs=1e-5)  # the last slot, by falling through

@@ -16,7 +16,10 @@ def _highest_clean(groups: list[dict[str, Any]], path: str, media: bool) -> floa
     lucky run does not sustain 600, so the first failing rate ends the count.
     With media, a rate counts only when steady and jittered media were both
     zero-failure there: a caller on a poor mobile link is a caller too. A run
-    where SIPp fell behind its plan does not count either way.
+    where SIPp fell behind its plan does not count either way, and a rate
+    where it fell behind in every run of a step was not shown to be sustained:
+    it ends the count too (a path is not given a rate the generator could not
+    offer it).
     """
     best = None
     for cps, clean in sorted(_verdicts(groups, path, media).items()):
@@ -31,16 +34,16 @@ def _clean_rates(groups: list[dict[str, Any]], path: str, media: bool) -> set[fl
     return {cps for cps, clean in _verdicts(groups, path, media).items() if clean}
 
 
-def _verdicts(groups: list[dict[str, Any]], path: str, media: bool) -> dict[float, bool]:
-    """Each judged rate of this path: zero-failure in every step there or not."""
-    verdicts: dict[float, list[bool]] = {}
+def _verdicts(groups: list[dict[str, Any]], path: str, media: bool) -> dict[float, bool | None]:
+    """Each rate of this path: zero-failure in every step there, or not, or None
+    where a step there had no run SIPp kept up with (not shown either way)."""
+    verdicts: dict[float, list[bool | None]] = {}
     for group in groups:
         if group["path"] != path or (group["media"] != "none") != media:
             continue
-        if group["generator_limited"]:
-            continue
-        verdicts.setdefault(group["cps"], []).append(group["zero_failure"])
-    return {cps: all(these) for cps, these in verdicts.items()}
+        shown = None if group["generator_limited"] else group["zero_failure"]
+        verdicts.setdefault(group["cps"], []).append(shown)
+    return {cps: None if None in these else all(these) for cps, these in verdicts.items()}
 
 
 def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:

@@ -220,7 +220,8 @@ class StepMeasure:
             parts.append(
                 f"{j['recordings']} files, dur err p50 {j['duration_error_p50_s']} s,"
                 f" {j['duration_within_0_3s']} % within 0.3 s,"
-                f" longest gap max {j['longest_gap_ms_max']} ms"
+                f" longest gap max {j['longest_gap_ms_max']} ms,"
+                f" {j['files_with_cuts_percent']} % cut"
             )
         if j["latency_p50_ms"] is not None:
             parts.append(f"latency p50/p99 {j['latency_p50_ms']}/{j['latency_p99_ms']} ms")

@@ -79,7 +79,8 @@ def test_kept_recordings_match_their_ledger_span_without_inserted_silence(
         if abs(error) > MAX_DURATION_ERROR_S or fidelity.longest_gap_ms > MAX_INSERTED_SILENCE_MS:
             problems.append(
                 f"{wav.name}: {fidelity.duration_s:.2f} s for a {_span(call):.2f} s span,"
-                f" longest silence {fidelity.longest_gap_ms:.0f} ms"
+                f" longest silence {fidelity.longest_gap_ms:.0f} ms,"
+                f" {fidelity.cuts} cuts in the tone (audio Asterisk's audiohook dropped)"
             )
     print(f"{did} {media}: {CALLS} recordings, {len(problems)} unfaithful")
     assert problems == []

@@ -462,6 +462,37 @@ def test_a_media_rate_counts_only_when_steady_and_jittered_were_both_clean() -> 
     assert summary["with_media"]["consentd_to_baseline"] == 0.75
 
 
+def test_a_rate_the_generator_never_kept_up_with_is_not_sustained() -> None:
+    """Seen in a full run on a slow day: consentd's steady step at 60/s was
+    generator-limited in all three runs, its jittered one clean; counting only
+    the jittered runs gave consentd 80 calls/s and a ratio of 1.33."""
+    limited = {"generator_limited": True}
+    steps = [
+        _step("baseline", 40, media="steady"),
+        _step("baseline", 40, media="jitter"),
+        _step("baseline", 60, media="steady"),
+        _step("baseline", 60, media="jitter"),
+        _step("baseline", 80, media="steady", **limited),
+        _step("baseline", 80, media="jitter", **limited),
+        _step("consentd", 40, media="steady"),
+        _step("consentd", 40, media="jitter"),
+        _step("consentd", 60, media="steady", **limited),
+        _step("consentd", 60, media="jitter"),
+        _step("consentd", 80, media="steady"),
+        _step("consentd", 80, media="jitter"),
+    ]
+
+    summary = summarise(steps)
+
+    assert summary["with_media"]["highest_zero_failure_cps"] == {
+        "floor": None,
+        "baseline": 60,
+        "consentd": 40,
+    }
+    assert summary["with_media"]["consentd_to_baseline"] == 0.67
+    assert summary["targets"]["capacity_with_media"]["met"] is False
+
+
 def test_a_past_result_is_judged_again_from_its_steps(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -167,7 +167,11 @@ def test_queue_call_details_match_the_policy(
         f"recording holds {measured:.2f} s, the caller was bridged {bridged:.2f} s"
     )
     assert abs(details["recording_time"] - bridged) <= 1.0
-    assert abs(details["not_recording_time"] - (case.plan.duration_s - bridged)) <= 1.0
+    # Whole seconds: not_recording_time is round(call) - round(recorded), so the two
+    # add up to the call's rounded length; the two roundings alone may cost 1 s.
+    # CI saw 6 against 4.9999 (a call 0.02 s longer than planned, both rounded the
+    # other way), so 0.5 s more for the call's own timing.
+    assert abs(details["not_recording_time"] - (case.plan.duration_s - bridged)) <= 1.5
 
 
 def test_greetings_play_in_order_before_the_queue(outcomes: dict[str, Outcome]) -> None:

@@ -147,6 +147,10 @@ class ChangeFeed:
                 count, known = stored, True
             except LedgerUnavailable as exc:
                 log.debug("change_feed_poll_failed", error=str(exc))
+            except Exception as exc:
+                # Anything else must not end the one poller every open page relies on:
+                # its pages would stay "live" and never hear of a call again.
+                log.warning("change_feed_poll_failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self._interval)
 
 

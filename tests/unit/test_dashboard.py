@@ -287,6 +287,24 @@ async def test_the_feed_keeps_polling_through_a_database_outage() -> None:
     await feed.close()
 
 
+async def test_the_feed_outlives_an_unexpected_error_in_a_poll() -> None:
+    reports = FakeReports()
+    failures = iter([RuntimeError("cannot perform operation: another operation is in progress")])
+
+    async def changes(after: datetime | None) -> tuple[datetime | None, int]:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return await reports.changes(after)
+
+    feed = ChangeFeed(changes, interval=0.01)
+    with feed.subscribe() as subscription:
+        await asyncio.sleep(0.05)
+        reports.latest = NOW + timedelta(seconds=3)
+        assert await subscription.wait(1)  # the poller is still there after the error
+    await feed.close()
+
+
 async def read_events(response: Any, count: int) -> list[bytes]:
     blocks: list[bytes] = []
     buffer = b""

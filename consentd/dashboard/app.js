@@ -18,7 +18,7 @@ const OUTCOME_LABELS = {
   no_decision: "no decision",
 };
 
-const state = { calls: [], selected: null, view: null, refreshTimer: null, stream: null, loads: 0 };
+const state = { calls: [], selected: null, view: null, refreshTimer: null, stream: null };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs, ...children) {
@@ -322,18 +322,58 @@ async function select(callId) {
   await guarded(loadDetail);
 }
 
-async function refresh() {
-  const load = ++state.loads;
-  const [list, agents] = await Promise.all([
-    api("/api/calls", { limit: "50", ...filters() }),
-    api("/api/reports/agents"),
-  ]);
-  if (load !== state.loads) return; // a later load (new filters) is under way
+// Runs `load` one at a time. Asking while it runs asks for one more run after it, at
+// least `gapMs` after the last one began. A slow load is never thrown away for a newer
+// one: on a busy ledger, where a load takes longer than the gap between ledger changes,
+// that kept the list from ever being drawn.
+function coalesced(load, gapMs) {
+  let running = false;
+  let again = false;
+  let last = 0;
+  return async function run() {
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    try {
+      do {
+        again = false;
+        const wait = last + gapMs - Date.now();
+        if (wait > 0) await sleep(wait);
+        last = Date.now();
+        await guarded(load);
+      } while (again && token());
+    } finally {
+      running = false;
+    }
+  };
+}
+
+async function loadCalls() {
+  const asked = JSON.stringify(filters());
+  const list = await api("/api/calls", { limit: "50", ...filters() });
+  if (asked !== JSON.stringify(filters())) return; // typed meanwhile: that asked again
   state.calls = list.calls;
   drawCalls(list.calls);
-  drawAgents(agents);
   await loadDetail();
   $("error").textContent = "";
+}
+
+// The agents' table sums a whole day of calls (seconds on a busy day): its own loads,
+// at most one every AGENTS_GAP_MS, so the calls never wait for it.
+const AGENTS_GAP_MS = 5000;
+
+async function loadAgents() {
+  drawAgents(await api("/api/reports/agents"));
+}
+
+const refreshCalls = coalesced(loadCalls, 0);
+const refreshAgents = coalesced(loadAgents, AGENTS_GAP_MS);
+
+function refresh() {
+  refreshCalls();
+  refreshAgents();
 }
 
 async function guarded(action) {
@@ -348,7 +388,7 @@ async function guarded(action) {
 // Several changes at once (a burst of ledger rows, typing) load once.
 function scheduleRefresh(delay = 150) {
   clearTimeout(state.refreshTimer);
-  state.refreshTimer = setTimeout(() => guarded(refresh), delay);
+  state.refreshTimer = setTimeout(refresh, delay);
 }
 
 // ------------------------------------------------------------------ live updates
@@ -421,12 +461,7 @@ async function openBoard() {
   $("login").hidden = true;
   $("board").hidden = false;
   $("logout").hidden = false;
-  try {
-    await refresh();
-  } catch (error) {
-    if (error instanceof Unauthorized) return forget("The daemon refused the token.");
-    $("error").textContent = `Could not load: ${error.message}`;
-  }
+  refresh();
   listen();
 }
 

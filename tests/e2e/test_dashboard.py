@@ -103,7 +103,11 @@ def wait_rows(
     seen = rows(page)
     while not good(seen):
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: the dashboard shows {seen}")
+            raise AssertionError(
+                f"{what}: the dashboard shows {seen}; live indicator"
+                f" {page.get_attribute('#live', 'class')!r}, error line"
+                f" {page.text_content('#error')!r}"
+            )
         page.wait_for_timeout(100)
         seen = rows(page)
     return seen
@@ -260,12 +264,17 @@ def test_the_dashboard_shows_live_calls_their_timelines_and_filters(
     only_always = {known["always"].plan.caller}
     wait_rows(page, lambda seen: {r["caller"] for r in seen} & ours == only_always, "a DID")
 
-    # The agents' table is the agent report.
-    agents = page.eval_on_selector_all(
-        "#agents tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
-    )
-    agent1 = next(row for row in agents if row[0] == "agent1")
-    assert int(agent1[1]) >= 1  # answered: this run's queue call at least
+    # The agents' table is the agent report; it loads on its own, at most every 5 s.
+    deadline = time.monotonic() + 15
+    while True:
+        agents = page.eval_on_selector_all(
+            "#agents tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
+        agent1 = next((row for row in agents if row[0] == "agent1"), None)
+        if agent1 is not None and int(agent1[1]) >= 1:
+            break  # answered: this run's queue call at least
+        assert time.monotonic() < deadline, f"agent1 answered nothing: {agents}"
+        page.wait_for_timeout(200)
 
     # The token went only in the Authorization header, never in an address.
     api_calls = [r for r in requests if "/api/" in r.url]

@@ -578,3 +578,44 @@ def test_the_bench_caller_picks_each_media_slot_as_often() -> None:
     assert len(share) == MEDIA_SLOTS - 1
     assert all(v == pytest.approx(1 / MEDIA_SLOTS, abs=1e-5) for v in share.values())
     assert left == pytest.approx(1 / MEDIA_SLOTS, abs=1e-5)  # the last slot, by falling through
+
+
+def test_the_prompt_capacity_also_needs_calls_set_up_within_a_second_at_p99() -> None:
+    """Seen in the full runs: the baseline completed every call at 400-600/s, but set
+    them up after 6-14 s at p99; the second figure stops each path where that begins."""
+    steps = [
+        _step("baseline", 100, setup_p99_ms=8.0),
+        _step("baseline", 200, setup_p99_ms=240.0),
+        _step("baseline", 300, setup_p99_ms=2072.0),
+        _step("baseline", 400, setup_p99_ms=20.0),  # after a slow rate: not sustained
+        _step("consentd", 100, setup_p99_ms=20.0),
+        _step("consentd", 200, setup_p99_ms=1000.0),  # the bound itself counts
+        _step("consentd", 300, setup_p99_ms=None),  # no setup measured: not shown
+        _step("floor", 100),  # an older result without the figure
+    ]
+
+    summary = summarise(steps)
+
+    signalling = summary["signalling_only"]
+    assert signalling["highest_zero_failure_cps"] == {
+        "floor": 100,
+        "baseline": 400,
+        "consentd": 300,
+    }
+    assert signalling["setup_p99_bound_ms"] == 1000.0
+    assert signalling["highest_prompt_zero_failure_cps"] == {
+        "floor": None,
+        "baseline": 200,
+        "consentd": 200,
+    }
+    assert signalling["prompt_consentd_to_baseline"] == 1.0
+    assert summary["with_media"]["highest_prompt_zero_failure_cps"] == dict.fromkeys(
+        ("floor", "baseline", "consentd")
+    )
+    machine = {"cores": 2, "memory_gb": 24, "asterisk": "Asterisk 22", "kernel": "6"}
+    rows = [{**_ROW, **step, "offered": 10} for step in steps]
+    table = markdown({"machine": machine, "created_at": "now", "steps": rows, "summary": summary})
+    assert (
+        "- the same, counting only rates whose calls were set up within 1000 ms at p99:"
+        " floor -, baseline 200 cps, consentd 200 cps; consentd/baseline 1.0"
+    ) in table

@@ -362,7 +362,7 @@ async function loadCalls() {
 
 // The agents' table sums a whole day of calls (seconds on a busy day): its own loads,
 // at most one every AGENTS_GAP_MS, so the calls never wait for it.
-const AGENTS_GAP_MS = 5000;
+const AGENTS_GAP_MS = 15000;
 
 async function loadAgents() {
   drawAgents(await api("/api/reports/agents"));

@@ -97,6 +97,11 @@ def _ratio(ours: float | None, base: float | None) -> float | None:
     return round(ours / base, 2) if ours and base else None
 
 
+def _rates_text(rates: dict[str, float | None]) -> str:
+    """Each path's rate for the summary lines: "floor 80 cps, baseline -, ..."."""
+    return ", ".join(f"{path} {'-' if v is None else f'{v:g} cps'}" for path, v in rates.items())
+
+
 def _targets(
     steps: list[dict[str, Any]], groups: list[dict[str, Any]], summary: dict[str, Any]
 ) -> dict[str, Any]:
@@ -321,7 +326,7 @@ def markdown(result: dict[str, Any]) -> str:
         rates = s[key]["highest_zero_failure_cps"]
         lines.append(
             f"- highest zero-failure rate, {key.replace('_', ' ')}: "
-            + ", ".join(f"{p} {'-' if v is None else f'{v:g} cps'}" for p, v in rates.items())
+            + _rates_text(rates)
             + f"; consentd/baseline {s[key]['consentd_to_baseline']}"
         )
         prompt = s[key].get("highest_prompt_zero_failure_cps")
@@ -329,7 +334,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"- the same, counting only rates whose calls were set up within"
                 f" {s[key]['setup_p99_bound_ms']:g} ms at p99: "
-                + ", ".join(f"{p} {'-' if v is None else f'{v:g} cps'}" for p, v in prompt.items())
+                + _rates_text(prompt)
                 + f"; consentd/baseline {s[key]['prompt_consentd_to_baseline']}"
             )
     if s["generator_limited_steps"]:

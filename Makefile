@@ -64,9 +64,10 @@ demo: setup
 # Rising call rates through the floor, the dialplan baseline and consentd, side
 # by side; results in bench/results/. QUICK=1: three short steps (< 3 min).
 # STEPS=20:jitter,200:none runs only those steps (RUNS=3: each three times, judged
-# on medians); KEEP=1 leaves the stack up.
+# on medians); KEEP=1 leaves the stack up; KEEP_WAVS=DIR keeps the measured
+# recordings there (one folder per step, run and path) instead of deleting them.
 bench: setup
-	$(VENV)/python -m bench.run $(if $(QUICK),--quick) $(if $(STEPS),--steps $(STEPS)) $(if $(RUNS),--runs $(RUNS)) $(if $(KEEP),--keep)
+	$(VENV)/python -m bench.run $(if $(QUICK),--quick) $(if $(STEPS),--steps $(STEPS)) $(if $(RUNS),--runs $(RUNS)) $(if $(KEEP),--keep) $(if $(KEEP_WAVS),--keep-wavs $(KEEP_WAVS))
 
 # Stops the stack and removes run-time state (database, logs, journal).
 clean: down

@@ -139,7 +139,11 @@ def machine() -> dict[str, Any]:
 
 
 async def run(
-    quick: bool, keep: bool, specs: list[StepSpec] | None = None, paths: tuple[str, ...] = ()
+    quick: bool,
+    keep: bool,
+    specs: list[StepSpec] | None = None,
+    paths: tuple[str, ...] = (),
+    keep_wavs: Path | None = None,
 ) -> Path:
     for tool in ("sipp", "chroot"):
         if shutil.which(tool) is None:
@@ -167,7 +171,12 @@ async def run(
                         work = Path(tmp) / f"{n}-{run_no}-{path.name}"
                         async with StepMonitor() as monitor:
                             load = await run_load(plan, work)
-                        step = await measure_step(path, spec.media, load, PRESS_AT_MS, monitor)
+                        wavs = None
+                        if keep_wavs is not None:
+                            wavs = keep_wavs / f"{label_dir(spec, run_no)}-{path.name}"
+                        step = await measure_step(
+                            path, spec.media, load, PRESS_AT_MS, monitor, wavs
+                        )
                         step.run, step.runs = run_no, spec.runs
                         steps.append(step)
                         print(f"    {step.one_line()}", flush=True)
@@ -193,6 +202,11 @@ async def run(
     return out
 
 
+def label_dir(spec: StepSpec, run_no: int) -> str:
+    """The folder name of one run of a step, for ``--keep-wavs``: ``40cps-jitter-run2``."""
+    return f"{spec.cps:g}cps-{spec.media}-run{run_no}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three short steps (under 3 min)")
@@ -204,18 +218,31 @@ def main(argv: list[str] | None = None) -> None:
         "--paths", default="", help="comma-separated subset of floor,baseline,consentd"
     )
     parser.add_argument(
+        "--keep-wavs",
+        type=Path,
+        metavar="DIR",
+        help="move the measured recordings to DIR/<cps>cps-<media>-run<n>-<path>/ (not deleted)",
+    )
+    parser.add_argument(
         "--runs", type=int, default=1, help="with --steps: run each step this often (medians)"
     )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs: at least 1")
+    if args.keep_wavs is not None:
+        # Checked before the first call: a folder that cannot be made would
+        # otherwise fail the run after its first step's measurements.
+        try:
+            args.keep_wavs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--keep-wavs {args.keep_wavs}: {exc.strerror or exc}")
     if args.steps and args.runs > 1:
         args.steps = [replace(spec, runs=args.runs) for spec in args.steps]
     paths = tuple(p for p in args.paths.split(",") if p)
     unknown = set(paths) - {p.name for p in PATHS}
     if unknown:
         parser.error(f"--paths: unknown {', '.join(sorted(unknown))}")
-    asyncio.run(run(args.quick, args.keep, args.steps, paths))
+    asyncio.run(run(args.quick, args.keep, args.steps, paths, args.keep_wavs))
 
 
 if __name__ == "__main__":

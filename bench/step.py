@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -369,8 +370,14 @@ async def wait_idle(timeout: float = 40.0) -> Counter[str]:
 
 
 async def measure_step(
-    path: Path_, media: str, load: LoadResult, press_at_ms: int, monitor: StepMonitor
+    path: Path_,
+    media: str,
+    load: LoadResult,
+    press_at_ms: int,
+    monitor: StepMonitor,
+    keep_wavs: Path | None = None,
 ) -> StepMeasure:
+    """``keep_wavs``: move each measured recording there instead of deleting it."""
     step = StepMeasure(path.name, load.plan.cps, media, load)
     left = await wait_idle()
     step.stranded, step.stranded_where = sum(left.values()), dict(left)
@@ -400,9 +407,9 @@ async def measure_step(
                     )
                 if path.name != "floor":
                     step.latency_wav_ms.append(1000 * (expected_after_key_s - fid.duration_s))
-            wav.unlink()  # measured: a full run would otherwise leave gigabytes
+            done_with(wav, keep_wavs)
         return step
-    await _measure_consentd(step, load, media, press_end_ms, expected_after_key_s)
+    await _measure_consentd(step, load, media, press_end_ms, expected_after_key_s, keep_wavs)
     return step
 
 
@@ -430,6 +437,16 @@ def audio_start_late_ms(span_start: float, closed_at: float, duration_s: float) 
     frames were dropped on the way, which shows up here too); the stop is exact
     to a few ms on every path, so this is where a short file's loss sits."""
     return 1000 * (closed_at - duration_s - span_start)
+
+
+def done_with(wav: Path, keep: Path | None) -> None:
+    """A measured recording is deleted (a full run would otherwise leave gigabytes),
+    or moved to ``keep`` for a closer look (where in a file the audio was cut)."""
+    if keep is None:
+        wav.unlink()
+        return
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.move(wav, keep / wav.name)
 
 
 def _new_files(prefix: str, since: float) -> list[Path]:
@@ -501,7 +518,12 @@ def required_rows(events: list[LedgerRow]) -> tuple[str, ...]:
 
 
 async def _measure_consentd(
-    step: StepMeasure, load: LoadResult, media: str, press_end_ms: int, after_key_s: float
+    step: StepMeasure,
+    load: LoadResult,
+    media: str,
+    press_end_ms: int,
+    after_key_s: float,
+    keep_wavs: Path | None,
 ) -> None:
     step.ledger_backlog_left = await ledger_drained()
     calls = await ledger_calls(load.plan.did, load.started - 1)
@@ -538,7 +560,7 @@ async def _measure_consentd(
             continue
         fid = measure(wav)
         closed_at = wav.stat().st_mtime
-        wav.unlink()
+        done_with(wav, keep_wavs)
         step.fidelity.append(fid)
         span = (stopped[1] - started[1]).total_seconds()
         step.audio_start_late_ms.append(

@@ -16,9 +16,17 @@ import pytest
 from bench.fidelity import measure, measure_samples
 from bench.repeats import group_runs, rotated
 from bench.report import markdown, summarise
-from bench.run import StepSpec, _load_plan, parse_steps
+from bench.run import StepSpec, _load_plan, label_dir, parse_steps
+from bench.run import main as bench_main
 from bench.sipp_load import MEDIA_SLOTS, REPO, LoadPlan, LoadResult, _media_keys, _read_rtt
-from bench.step import PATHS, StepMeasure, audio_start_late_ms, dialplan_span, required_rows
+from bench.step import (
+    PATHS,
+    StepMeasure,
+    audio_start_late_ms,
+    dialplan_span,
+    done_with,
+    required_rows,
+)
 from consentd.sipp_media import ALAW_PT, EVENT_PT, SSRC, MediaPlan, build_pcap, rtp_packets
 from tests.e2e.harness import write_tone
 
@@ -260,6 +268,37 @@ def test_steps_are_parsed_with_a_clear_error() -> None:
         parse_steps("20:loud")
     with pytest.raises(Exception, match="must be positive"):
         parse_steps("0:none")
+
+
+def test_measured_recordings_are_deleted_or_kept_in_their_run_s_folder(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.wav", tmp_path / "b.wav"
+    first.write_bytes(b"RIFF one")
+    second.write_bytes(b"RIFF two")
+
+    done_with(first, None)
+    folder = tmp_path / "kept" / f"{label_dir(parse_steps('40:jitter')[0], 2)}-consentd"
+    done_with(second, folder)
+
+    assert not first.exists() and not second.exists()
+    assert folder.name == "40cps-jitter-run2-consentd"
+    assert (folder / "b.wav").read_bytes() == b"RIFF two"
+
+
+def test_a_folder_for_kept_recordings_that_cannot_be_made_fails_before_any_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_stack(*args: object) -> Path:
+        raise AssertionError("the run began")
+
+    monkeypatch.setattr("bench.run.run", no_stack)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    with pytest.raises(SystemExit) as exited:
+        bench_main(["--steps", "5:steady", "--keep-wavs", str(blocker / "wavs")])
+
+    assert exited.value.code == 2
+    assert f"--keep-wavs {blocker / 'wavs'}: Not a directory" in capsys.readouterr().err
 
 
 _ROW = {

@@ -87,11 +87,12 @@ def write(tmp_path: Path, text: str, name: str = "policies.yaml") -> Path:
 
 
 def check(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]:
-    """(exit code, stderr lines) of ``consentd ARGV``, within a second."""
-    started = time.monotonic()
+    """(exit code, stderr lines) of ``consentd ARGV``, within a second of CPU time
+    (a busy shared machine stalls the wall clock; ``within`` stops a hang)."""
+    started = time.process_time()
     with within(5):
         code = main(list(argv))
-    assert time.monotonic() - started < 1
+    assert time.process_time() - started < 1
     return code, capsys.readouterr().err.splitlines()
 
 
@@ -567,9 +568,9 @@ async def test_a_hostile_file_on_reload_is_a_422_with_the_error_and_the_daemon_g
     )
 
     async with TestClient(TestServer(app), headers={"Authorization": "Bearer t"}) as client:
-        started = time.monotonic()
+        started = time.process_time()  # CPU time: see check()
         response = await client.post("/reload")
-        assert time.monotonic() - started < 1
+        assert time.process_time() - started < 1
 
         assert response.status == 422
         assert (await response.json())["errors"] == [

@@ -1,14 +1,15 @@
 """A fuzz of the policy loader (issue 11, point 5): whatever a file holds, loading it
-raises nothing but PolicyError, and takes well under a second.
+raises nothing but PolicyError, and takes well under a second of CPU time.
 
 Four kinds of input: arbitrary bytes; "YAML-ish" text built from the pieces
 hostile files are made of (anchors, aliases, merge keys, tags, brackets, dates,
 long numbers, control characters) between the policy file's own keys;
 policy-shaped data dumped as YAML with anchors and aliases; and valid policy
 files with a few pieces inserted, spans deleted or repeated, which reach the
-validators behind the parser. Each example runs
-under a hard time bound (SIGALRM) besides hypothesis's deadline, so a hang
-fails the test instead of stalling `make test`.
+validators behind the parser. Each example must take under a second of CPU
+time (not wall-clock time, which a busy shared machine stretches), and runs
+under a hard wall-clock bound (SIGALRM), so a hang fails the test instead of
+stalling `make test`.
 """
 
 from __future__ import annotations
@@ -56,13 +57,14 @@ max_greeting_seconds: 30
 """,
 ]
 
-#: Per example: hypothesis reports slower ones; the alarm stops a hang outright.
+#: Per example, in CPU time (a busy shared machine stalls the wall clock, not
+#: this); the alarm, on the wall clock, stops a hang outright.
 DEADLINE = timedelta(seconds=1)
 HARD_LIMIT_SECONDS = 5.0
 
 FUZZ = settings(
     max_examples=600,
-    deadline=DEADLINE,
+    deadline=None,  # hypothesis's is wall-clock time: load_only_policy_error checks CPU time
     database=None,  # nothing written into the checkout
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -259,7 +261,7 @@ def load_only_policy_error(workdir: Path, data: bytes) -> None:
     file = workdir / "policies" / "policies.yaml"
     file.parent.mkdir(exist_ok=True)
     file.write_bytes(data)
-    started = time.monotonic()
+    started = time.process_time()
     with hard_limit(HARD_LIMIT_SECONDS):
         try:
             load_policies(
@@ -271,7 +273,7 @@ def load_only_policy_error(workdir: Path, data: bytes) -> None:
             assert exc.problems, "a PolicyError names at least one problem"
             for problem in exc.problems:
                 str(problem)
-    assert time.monotonic() - started < DEADLINE.total_seconds()
+    assert time.process_time() - started < DEADLINE.total_seconds()
 
 
 @FUZZ

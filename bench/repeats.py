@@ -34,6 +34,9 @@ MEDIAN_KEYS = (
     "cuts_per_file_max",
     "cpu_s_per_1000_calls",
     "asterisk_cpu_s_per_1000_calls",
+    "postgres_cpu_s_per_1000_calls",
+    "sipp_cpu_s_per_1000_calls",
+    "stack_cpu_s_per_1000_calls",
     "rss_peak_mb",
 )
 #: Counts of a step summed over its runs: one lost row or stranded caller in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from bench.repeats import group_runs
@@ -81,6 +82,7 @@ def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
             "setup_p99_bound_ms": PROMPT_SETUP_P99_MS,
             "highest_prompt_zero_failure_cps": prompt,
             "prompt_consentd_to_baseline": _ratio(prompt["consentd"], prompt["baseline"]),
+            "cpu_ceiling": _cpu_ceiling(groups, media),
         }
     limited = [
         f"{s['path']}@{s['cps']:g}/{s['media']}"
@@ -91,6 +93,41 @@ def summarise(steps: list[dict[str, Any]]) -> dict[str, Any]:
     summary["generator_limited_steps"] = limited
     summary["targets"] = _targets(steps, groups, summary)
     return summary
+
+
+def _cpu_ceiling(groups: list[dict[str, Any]], media: bool) -> dict[str, Any] | None:
+    """What a call costs on each path, SIPp, Asterisk, PostgreSQL and consentd
+    together, and the capacity ratio that allows where they share the cores.
+
+    Once the cores run out, a path's rate falls as its CPU per call rises, so
+    consentd can sustain at most the baseline's CPU per call over its own,
+    whatever else is tuned. Taken only from rates where both paths were
+    zero-failure, SIPp kept its plan, and Asterisk still answered promptly
+    (call setup within PROMPT_SETUP_P99_MS at p99): a saturated machine
+    stretches a call's cost with contention, or caps it at what the cores
+    give. The median ratio over those steps; None without one.
+    """
+    key = "stack_cpu_s_per_1000_calls"
+    by_step: dict[tuple[float, str, Any], dict[str, dict[str, Any]]] = {}
+    for g in groups:
+        if (g["media"] != "none") == media and g["path"] in ("baseline", "consentd"):
+            by_step.setdefault((g["cps"], g["media"], g.get("concurrent_calls")), {})[g["path"]] = g
+    used = []
+    for (cps, kind, _), pair in sorted(by_step.items(), key=lambda item: item[0][:2]):
+        if len(pair) == 2 and all(
+            g["zero_failure"] and not g["generator_limited"] and g.get(key)
+            and (g.get("setup_p99_ms") or 0.0) <= PROMPT_SETUP_P99_MS
+            for g in pair.values()
+        ):  # fmt: skip
+            used.append((f"{cps:g}/{kind}", pair["baseline"][key], pair["consentd"][key]))
+    if not used:
+        return None
+    return {
+        "steps": [name for name, _, _ in used],
+        "baseline_cpu_s_per_1000_calls": round(statistics.median(b for _, b, _ in used), 2),
+        "consentd_cpu_s_per_1000_calls": round(statistics.median(c for _, _, c in used), 2),
+        "ceiling": round(statistics.median(b / c for _, b, c in used), 2),
+    }
 
 
 def _ratio(ours: float | None, base: float | None) -> float | None:
@@ -114,10 +151,13 @@ def _targets(
     targets: dict[str, Any] = {}
     for key in ("with_media", "signalling_only"):
         ratio = summary[key]["consentd_to_baseline"]
+        ceiling = summary[key]["cpu_ceiling"]
         targets[f"capacity_{key}"] = {
             "target": ">= 0.9 of the baseline",
             "measured": ratio,
             "met": ratio is not None and ratio >= 0.9,
+            # What the CPU per call allows on this machine (see _cpu_ceiling).
+            "cpu_ceiling": None if ceiling is None else ceiling["ceiling"],
         }
     stranded = sum(s.get("stranded", 0) for s in ours)
     targets["no_caller_stranded"] = {
@@ -249,6 +289,7 @@ COLUMNS = (
     ("fresh ARI client fails", "fresh_ari_client_failures"),
     ("consentd cpu s/1000", "cpu_s_per_1000_calls"),
     ("asterisk cpu s/1000", "asterisk_cpu_s_per_1000_calls"),
+    ("all cpu s/1000", "stack_cpu_s_per_1000_calls"),
     ("rss MB", "rss_peak_mb"),
     ("gen-limited", "generator_limited"),
 )
@@ -273,6 +314,7 @@ MEDIAN_COLUMNS = (
     ("ledger rows (all runs)", None),
     ("consentd cpu s/1000", "cpu_s_per_1000_calls"),
     ("asterisk cpu s/1000", "asterisk_cpu_s_per_1000_calls"),
+    ("all cpu s/1000", "stack_cpu_s_per_1000_calls"),
 )
 
 
@@ -336,6 +378,17 @@ def markdown(result: dict[str, Any]) -> str:
                 f" {s[key]['setup_p99_bound_ms']:g} ms at p99: "
                 + _rates_text(prompt)
                 + f"; consentd/baseline {s[key]['prompt_consentd_to_baseline']}"
+            )
+        ceiling = s[key].get("cpu_ceiling")
+        if ceiling is not None:
+            lines.append(
+                f"- CPU per call, {key.replace('_', ' ')}, where neither path failed and calls"
+                f" were set up promptly ({', '.join(ceiling['steps'])}): SIPp, Asterisk,"
+                f" PostgreSQL and consentd spent {ceiling['consentd_cpu_s_per_1000_calls']:g}"
+                f" CPU-s per 1,000 calls on consentd's path against"
+                f" {ceiling['baseline_cpu_s_per_1000_calls']:g} on the baseline's; sharing"
+                f" the cores, consentd can reach at most"
+                f" {ceiling['ceiling']:g} of the baseline's rate"
             )
     if s["generator_limited_steps"]:
         lines.append(f"- generator-limited (not judged): {', '.join(s['generator_limited_steps'])}")

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import time
 from collections import Counter
@@ -206,6 +207,14 @@ class StepMeasure:
             "postgres_cpu_s_per_1000_calls": r(
                 1000 * self.others_cpu_s.get("postgres", 0.0) / calls, 2
             ),
+            "sipp_cpu_s_per_1000_calls": r(1000 * self.others_cpu_s.get("sipp", 0.0) / calls, 2),
+            # What the call cost every process that serves or makes it, on the
+            # same cores: what bench/report.py::_cpu_ceiling compares.
+            "stack_cpu_s_per_1000_calls": r(
+                1000 * ((self.cpu_s or 0.0) + sum(self.others_cpu_s.values())) / calls, 2
+            )
+            if self.others_cpu_s
+            else None,
             "fresh_ari_client_probes": self.ari_probes,
             "fresh_ari_client_failures": self.ari_probe_failures,
         }
@@ -234,6 +243,7 @@ class StepMeasure:
         parts.append(
             f"cpu s/1000 calls: asterisk {j['asterisk_cpu_s_per_1000_calls']}"
             f" consentd {j['cpu_s_per_1000_calls']} postgres {j['postgres_cpu_s_per_1000_calls']}"
+            f" sipp {j['sipp_cpu_s_per_1000_calls']}, all {j['stack_cpu_s_per_1000_calls']}"
         )
         if j["rss_peak_mb"] is not None:
             parts.append(f"rss {j['rss_peak_mb']} MB")
@@ -255,6 +265,21 @@ def _cpu_of(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spent_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each part spent between two readings of StepMonitor._others.
+
+    Each process counts only its own growth: a PostgreSQL backend that ended
+    meanwhile is gone from the second reading (a sum over all of them would
+    drop by its whole life and come out negative), one that began counts from
+    zero. Readings keyed ``part:PID`` add up under ``part``.
+    """
+    spent: dict[str, float] = {"asterisk": 0.0, "postgres": 0.0, "sipp": 0.0}
+    for key, now in after.items():
+        part = key.split(":", 1)[0]
+        spent[part] = spent.get(part, 0.0) + max(0.0, now - before.get(key, 0.0))
+    return spent
 
 
 class StepMonitor:
@@ -279,18 +304,26 @@ class StepMonitor:
 
     @staticmethod
     def _others() -> dict[str, float]:
-        """CPU seconds so far of Asterisk and of PostgreSQL (all its processes)."""
+        """CPU seconds so far of Asterisk, of each PostgreSQL process
+        (``postgres:PID``) and of SIPp (the bench's own children, counted once
+        reaped: after each load).
+
+        Each process's own time, not /proc/stat's machine-wide ticks: those are
+        sampled at the timer tick, which media work keyed to 20 ms timers
+        dodges (seen here: a media step whose machine-wide busy time was less
+        than Asterisk's own)."""
         pid_file = REPO / ".state" / "run" / "asterisk.pid"
         asterisk = _cpu_of(int(pid_file.read_text())) if pid_file.exists() else 0.0
-        postgres = 0.0
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        found = {"asterisk": asterisk, "sipp": children.ru_utime + children.ru_stime}
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
                     if (entry / "comm").read_text().strip() == "postgres":
-                        postgres += _cpu_of(int(entry.name))
+                        found[f"postgres:{entry.name}"] = _cpu_of(int(entry.name))
                 except OSError:
                     pass
-        return {"asterisk": asterisk, "postgres": postgres}
+        return found
 
     def _rss_kb(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -332,8 +365,7 @@ class StepMonitor:
     async def __aexit__(self, *exc: object) -> None:
         for task in self._tasks:
             task.cancel()
-        others = self._others()
-        self.others_cpu_s = {k: others[k] - self._others0[k] for k in others}
+        self.others_cpu_s = spent_between(self._others0, self._others())
         if self.pid is not None:
             self.cpu_s = self._cpu() - self._cpu0
 

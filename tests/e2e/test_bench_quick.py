@@ -43,6 +43,10 @@ def test_quick_bench_runs_every_path_and_writes_results(
         assert STEP_FIELDS <= step.keys(), name
         assert step["offered"] > 0 and step["failed"] == 0 and step["stranded"] == 0, name
         assert step["fresh_ari_client_failures"] == 0, name
+        # Every process a call costs, SIPp's reaped children included.
+        sipp, asterisk = step["sipp_cpu_s_per_1000_calls"], step["asterisk_cpu_s_per_1000_calls"]
+        assert sipp > 0 and asterisk > 0, name
+        assert step["stack_cpu_s_per_1000_calls"] >= sipp + asterisk, name
         if step["media"] != "none":
             assert step["recordings"] == step["completed"], name
         if step["path"] == "consentd":
@@ -63,6 +67,12 @@ def test_quick_bench_runs_every_path_and_writes_results(
         assert group["offered"] == sum(s["offered"] for s in runs), group["path"]
     summary = result["summary"]
     assert summary["signalling_only"]["highest_zero_failure_cps"]["consentd"] is not None
+    for kind in ("with_media", "signalling_only"):
+        # Low rates, nothing failed: both paths' cost per call is compared.
+        ceiling = summary[kind]["cpu_ceiling"]
+        assert ceiling is not None and ceiling["steps"] and ceiling["ceiling"] > 0, kind
+        assert summary["targets"][f"capacity_{kind}"]["cpu_ceiling"] == ceiling["ceiling"]
     table = capsys.readouterr().out
     assert "| path | cps | media |" in table and "consentd/baseline" in table
     assert "Steps run more than once, as their medians" in table
+    assert "consentd can reach at most" in table

@@ -26,6 +26,7 @@ from bench.step import (
     dialplan_span,
     done_with,
     required_rows,
+    spent_between,
 )
 from consentd.sipp_media import ALAW_PT, EVENT_PT, SSRC, MediaPlan, build_pcap, rtp_packets
 from tests.e2e.harness import write_tone
@@ -178,6 +179,7 @@ def test_summary_takes_each_paths_highest_rate_without_failures_and_the_ratio() 
         "target": ">= 0.9 of the baseline",
         "measured": 0.5,
         "met": False,
+        "cpu_ceiling": None,  # no step measured the machine's CPU
     }
     assert summary["targets"]["no_caller_stranded"]["met"] is True
 
@@ -658,3 +660,95 @@ def test_the_prompt_capacity_also_needs_calls_set_up_within_a_second_at_p99() ->
         "- the same, counting only rates whose calls were set up within 1000 ms at p99:"
         " floor -, baseline 200 cps, consentd 200 cps; consentd/baseline 1.0"
     ) in table
+
+
+def test_a_calls_cost_adds_every_process_that_serves_or_makes_it(tmp_path: Path) -> None:
+    plan = LoadPlan("+4930199002", 100, 1, tmp_path / "x.pcap", 0, 4000)
+    step = StepMeasure("consentd", 100, "none", LoadResult(plan, 0.0, 1.0, 0, completed=1000))
+    step.cpu_s = 1.5
+    step.others_cpu_s = {"asterisk": 8.0, "postgres": 0.25, "sipp": 0.5}
+
+    figures = step.as_json()
+
+    assert figures["sipp_cpu_s_per_1000_calls"] == 0.5
+    assert figures["stack_cpu_s_per_1000_calls"] == 10.25
+    assert "sipp 0.5, all 10.25" in step.one_line()
+
+
+def test_a_database_process_that_ended_during_a_step_takes_nothing_off() -> None:
+    """Seen in a quick run: summed over the processes alive at each end, PostgreSQL's
+    CPU fell by a finished backend's whole life, and the step's total with it."""
+    before = {"asterisk": 10.0, "sipp": 1.0, "postgres:100": 5.0, "postgres:200": 40.0}
+    after = {"asterisk": 18.0, "sipp": 1.5, "postgres:100": 5.25, "postgres:300": 0.5}
+
+    assert spent_between(before, after) == {"asterisk": 8.0, "postgres": 0.75, "sipp": 0.5}
+    assert spent_between({}, {"asterisk": 1.0}) == {"asterisk": 1.0, "postgres": 0.0, "sipp": 0.0}
+
+
+def _cpu(
+    path: str, cps: float, cpu: float, setup_p99: float, media: str = "none", **extra: object
+) -> dict:
+    return _step(
+        path,
+        cps,
+        media=media,
+        stack_cpu_s_per_1000_calls=cpu,
+        setup_p99_ms=setup_p99,
+        **extra,
+    )
+
+
+def test_the_cpu_ceiling_compares_cost_per_call_where_neither_path_failed_or_saturated() -> None:
+    steps = [
+        _cpu("floor", 100, 5.0, 4),
+        _cpu("baseline", 100, 8.0, 8),
+        _cpu("consentd", 100, 10.0, 12),  # 0.8
+        _cpu("baseline", 200, 8.0, 20),
+        _cpu("consentd", 200, 12.5, 1000),  # 0.64
+        _cpu("baseline", 300, 9.0, 300),
+        _cpu("consentd", 300, 10.0, 900),  # 0.9
+        # Saturated (slow answers): contention stretches the cost: not used.
+        _cpu("baseline", 400, 9.0, 900),
+        _cpu("consentd", 400, 30.0, 1001),
+        # consentd failed here: not a rate both paths manage.
+        _cpu("baseline", 500, 9.0, 80),
+        _cpu("consentd", 500, 9.0, 80, unserved=3),
+        _cpu("baseline", 20, 30.0, 4, media="steady"),
+        _cpu("consentd", 20, 40.0, 4, media="steady"),
+    ]
+
+    summary = summarise(steps)
+
+    ceiling = summary["signalling_only"]["cpu_ceiling"]
+    assert ceiling == {
+        "steps": ["100/none", "200/none", "300/none"],
+        "baseline_cpu_s_per_1000_calls": 8.0,
+        "consentd_cpu_s_per_1000_calls": 10.0,
+        "ceiling": 0.8,
+    }
+    assert summary["with_media"]["cpu_ceiling"]["ceiling"] == 0.75
+    assert summary["targets"]["capacity_signalling_only"]["cpu_ceiling"] == 0.8
+    result = {
+        "created_at": "2026-12-01T00:00:00+00:00",
+        "machine": {"cores": 2, "memory_gb": 24, "asterisk": "Asterisk 22", "kernel": "6"},
+        "steps": [{**_ROW, **s, "offered": 10} for s in steps],
+        "summary": summary,
+    }
+    table = markdown(result)
+    assert (
+        "- CPU per call, signalling only, where neither path failed and calls were set up"
+        " promptly (100/none, 200/none, 300/none): SIPp, Asterisk, PostgreSQL and consentd"
+        " spent 10 CPU-s per 1,000 calls on consentd's path against 8 on the baseline's;"
+        " sharing the cores, consentd can reach at most 0.8 of the baseline's rate"
+    ) in table
+    assert "| 12.5 | - | no |" in table  # consentd's cost at 200/s, then rss and gen-limited
+
+
+def test_no_cpu_ceiling_without_a_step_both_paths_managed_unsaturated() -> None:
+    steps = [_cpu("baseline", 100, 8.0, 1200), _cpu("consentd", 100, 10.0, 8)]
+
+    assert summarise(steps)["signalling_only"]["cpu_ceiling"] is None
+    assert (
+        summarise([_step("baseline", 100), _step("consentd", 100)])["with_media"]["cpu_ceiling"]
+        is None
+    )

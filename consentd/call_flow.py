@@ -993,6 +993,7 @@ def _internal_error(t: _Transition, event: InternalError) -> None:
 
 
 def _end(t: _Transition, event: CallEnded) -> None:
+    _found_after_the_end(t, event)
     segment = t.call.recording
     delete_refused = t.call.deletes_captured
     if segment is not None and not segment.stopping:
@@ -1014,7 +1015,9 @@ def _end(t: _Transition, event: CallEnded) -> None:
             "voicemail_finished", event.at, state="hangup", duration=None, **_voicemail_data(t.call)
         )
         t.update(voicemail_active=False)
-    t.ledger("call_ended", event.at, cause=event.cause)
+    found = event.untracked_recordings
+    untracked = {"untracked_recordings": list(found)} if found else {}
+    t.ledger("call_ended", event.at, cause=event.cause, **untracked)
     t.update(phase=Phase.ENDED, greeting_playback=None)
     # No empty files left behind: a bridged-only recording whose caller never
     # reached an agent, or a voicemail hung up at the beep, holds only a header.
@@ -1024,6 +1027,22 @@ def _end(t: _Transition, event: CallEnded) -> None:
             t.do(DeleteIfEmpty(call.facts.recording_file(number)))
     if call.voicemail_requested:
         t.do(DeleteIfEmpty(call.facts.voicemail_file))
+
+
+def _found_after_the_end(t: _Transition, event: CallEnded) -> None:
+    """Files the ledger never knew, of a call that ended while no consentd ran: as on
+    adoption, the policy or a decision in the ledger may want it (kept, its rows
+    written now); otherwise it cannot have been consented, and it is deleted."""
+    for number in event.untracked_recordings:
+        if number <= t.call.segments_opened:
+            continue
+        t.update(segments_opened=number)
+        file = t.call.facts.recording_file(number)
+        if _should_record(t.call) and t.call.recording is None:
+            t.update(recording=Segment(number, file))
+            t.ledger("recording_started", event.at, **_segment_data(t.call, number), adopted=True)
+        else:
+            t.do(DeleteRecording(number, file))
 
 
 def _segment_data(call: Call, segment: int) -> dict[str, Any]:

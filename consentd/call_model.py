@@ -350,6 +350,10 @@ class EmptyFileRemoved:
 class CallEnded:
     at: datetime
     cause: str = "hangup"
+    #: Segments whose file is on disk but which the ledger never knew: consentd
+    #: died between MixMonitor's start and its row, and the call ended before a
+    #: consentd came back (its channel, and the id variables on it, are gone).
+    untracked_recordings: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from consentd.call_model import (
 )
 from consentd.greetings import GreetingLibrary
 from consentd.policy import GreetingKind, PolicyBook
+from consentd.recording_store import STORE_ERRORS
 from consentd.runner import MIXMONITOR_ID_PREFIX, CallRunner, Ports
 from consentd.safe_text import clean_network_text
 
@@ -562,8 +563,10 @@ class Dispatcher:
                 "dialplan": {"exten": started.get("did", "")},
                 "caller": {"number": started.get("caller", "")},
             }
-            runner = CallRunner(rebuild(self._facts(channel, [], call_id), rows), self._ports)
-            self._launch(channel_id, runner, CallEnded(now, cause="ended_while_consentd_was_away"))
+            call = rebuild(self._facts(channel, [], call_id), rows)
+            untracked = await self._untracked_files(call)
+            ended = CallEnded(now, "ended_while_consentd_was_away", untracked_recordings=untracked)
+            self._launch(channel_id, CallRunner(call, self._ports), ended)
 
     async def _adopt(
         self, channel: dict[str, Any], location: str, args: list[str], at: datetime
@@ -586,6 +589,23 @@ class Dispatcher:
         self._log.info("call_adopted", channel_id=channel_id, ledger=True, location=location)
         returned = (args[1] if len(args) > 1 else "") if args[:1] == ["after-queue"] else None
         self._launch(channel_id, runner, Adopted(at, location, playing, returned, untracked))
+
+    async def _untracked_files(self, call: Call) -> tuple[int, ...]:
+        """Recordings of an ended call past the last segment its ledger has: MixMonitor
+        started, then consentd died before the row. The channel's id variables went
+        with the channel, so the files themselves say it (two at most, as above)."""
+        found = []
+        for segment in range(call.segments_opened + 1, call.segments_opened + 3):
+            file = call.facts.recording_file(segment)
+            try:
+                empty = await self._ports.recordings.holds_no_audio(file)
+            except STORE_ERRORS as exc:
+                self._log.warning("untracked_recording_check_failed", file=file, error=str(exc))
+                break
+            if empty is None:
+                break
+            found.append(segment)
+        return tuple(found)
 
     async def _still_playing(self, call: Call) -> tuple[str, ...]:
         ids = (call.playback_id(CONSENT), call.playback_id(AVAILABLE))

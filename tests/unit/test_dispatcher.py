@@ -1437,23 +1437,32 @@ async def test_a_call_that_ended_while_no_consentd_ran_gets_its_final_rows(node:
     assert len(by_kind(await node.ledger(), "call_ended")) == 1
 
 
+async def _ended_meanwhile_with_a_file(
+    node: Node, chan: str, did: str, policy: str
+) -> tuple[list[LedgerEvent], Path]:
+    """A call whose ledger has only its start, a recording of segment 1 on disk, and
+    no channel left: what a consentd finds after a SIGKILL right after MixMonitor began.
+    Returns the call's rows after the reconnect, and the file."""
+    call_id = earlier_run(node.store, chan, did, policy=policy)
+    audio = node.recorder.host_path(recording_file(chan))
+    audio.parent.mkdir(parents=True, exist_ok=True)
+    audio.write_bytes(b"audio")
+    node.ari.live_channels = []
+
+    await node.feed({"type": CONNECTED})
+    await node.calls_done()
+
+    return [e for e in await node.ledger() if e.call_id == call_id], audio
+
+
 async def test_a_recording_the_ledger_never_knew_of_a_call_that_ended_meanwhile_is_deleted(
     node: Node,
 ) -> None:
     """Seen under fault injection: consentd was killed after MixMonitor started and
     before its rows reached the journal, and the caller hung up before a consentd came
     back. The file is on disk; nothing in the ledger consents to it."""
-    chan = "1764432017.1"
-    call_id = earlier_run(node.store, chan, "+4930100002", policy="opt_in")
-    audio = node.recorder.host_path(recording_file(chan))
-    audio.parent.mkdir(parents=True, exist_ok=True)
-    audio.write_bytes(b"audio nobody consented to")
-    node.ari.live_channels = []
+    rows, audio = await _ended_meanwhile_with_a_file(node, "1764432017.1", "+4930100002", "opt_in")
 
-    await node.feed({"type": CONNECTED})
-    await node.calls_done()
-
-    rows = [e for e in await node.ledger() if e.call_id == call_id]
     assert [e.kind for e in rows][-2:] == ["call_ended", "recording_deleted"]
     assert rows[-2].data["untracked_recordings"] == [1]
     assert rows[-1].data["segment"] == 1
@@ -1461,17 +1470,8 @@ async def test_a_recording_the_ledger_never_knew_of_a_call_that_ended_meanwhile_
 
 
 async def test_an_untracked_recording_the_policy_wants_is_kept_with_its_rows(node: Node) -> None:
-    chan = "1764432018.1"
-    call_id = earlier_run(node.store, chan, "+4930100001", policy="always")
-    audio = node.recorder.host_path(recording_file(chan))
-    audio.parent.mkdir(parents=True, exist_ok=True)
-    audio.write_bytes(b"audio the policy records")
-    node.ari.live_channels = []
+    rows, audio = await _ended_meanwhile_with_a_file(node, "1764432018.1", "+4930100001", "always")
 
-    await node.feed({"type": CONNECTED})
-    await node.calls_done()
-
-    rows = [e for e in await node.ledger() if e.call_id == call_id]
     assert [e.kind for e in rows][-3:] == ["recording_started", "recording_stopped", "call_ended"]
     assert rows[-3].data["adopted"] is True and rows[-3].data["segment"] == 1
     assert audio.exists()

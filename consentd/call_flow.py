@@ -921,14 +921,7 @@ def _adopt(t: _Transition, event: Adopted) -> None:
     for number, mixmonitor_id in event.untracked_recordings:
         if call.recording is not None and call.recording.number == number:
             continue
-        found = Segment(number, call.facts.recording_file(number), mixmonitor_id=mixmonitor_id)
-        t.update(segments_opened=max(t.call.segments_opened, number))
-        if _should_record(t.call) and t.call.recording is None:
-            t.update(recording=found)
-            t.ledger("recording_started", event.at, **_segment_data(call, number), adopted=True)
-        else:  # the ledger never knew it, so it cannot be consented: stop and delete
-            t.do(StopRecording(number, found.file, mixmonitor_id))
-            t.do(DeleteRecording(number, found.file))
+        _take_untracked(t, number, event.at, mixmonitor_id, live=True)
     for owed in call.owed_deletions:
         t.do(DeleteRecording(owed.number, owed.file))
     t.update(owed_deletions=())
@@ -1034,15 +1027,25 @@ def _found_after_the_end(t: _Transition, event: CallEnded) -> None:
     adoption, the policy or a decision in the ledger may want it (kept, its rows
     written now); otherwise it cannot have been consented, and it is deleted."""
     for number in event.untracked_recordings:
-        if number <= t.call.segments_opened:
-            continue
-        t.update(segments_opened=number)
-        file = t.call.facts.recording_file(number)
-        if _should_record(t.call) and t.call.recording is None:
-            t.update(recording=Segment(number, file))
-            t.ledger("recording_started", event.at, **_segment_data(t.call, number), adopted=True)
-        else:
-            t.do(DeleteRecording(number, file))
+        if number > t.call.segments_opened:
+            _take_untracked(t, number, event.at, None, live=False)
+
+
+def _take_untracked(
+    t: _Transition, number: int, at: datetime, mixmonitor_id: str | None, *, live: bool
+) -> None:
+    """A recording the ledger never knew: kept (its rows written now) where the policy
+    or a decision in the ledger wants audio and none is recording; otherwise it cannot
+    have been consented, and is deleted (stopped first while its channel ``live``s)."""
+    found = Segment(number, t.call.facts.recording_file(number), mixmonitor_id=mixmonitor_id)
+    t.update(segments_opened=max(t.call.segments_opened, number))
+    if _should_record(t.call) and t.call.recording is None:
+        t.update(recording=found)
+        t.ledger("recording_started", at, **_segment_data(t.call, number), adopted=True)
+        return
+    if live:
+        t.do(StopRecording(number, found.file, mixmonitor_id))
+    t.do(DeleteRecording(number, found.file))
 
 
 def _segment_data(call: Call, segment: int) -> dict[str, Any]:

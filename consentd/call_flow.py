@@ -318,9 +318,18 @@ def new_call(facts: CallFacts) -> Call:
 _AFTER_END = RecordingStopped | RecordingDeleted | EmptyFileRemoved
 
 
+def _after_end(event: Event) -> bool:
+    """What the hangup's own commands report back still goes into the ledger. A failed
+    delete above all: its ``command_failed`` row is how the after-call sweep
+    (consentd/owed_deletions.py) finds refused audio still on the PBX."""
+    if isinstance(event, CommandFailed):
+        return isinstance(event.command, DeleteRecording)
+    return isinstance(event, _AFTER_END)
+
+
 def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
     t = _Transition(call)
-    if call.ended and not isinstance(event, _AFTER_END):
+    if call.ended and not _after_end(event):
         return t.result()
     match event:
         case CallArrived():

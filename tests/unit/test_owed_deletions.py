@@ -18,7 +18,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 
-from consentd.ari import AriNotSent
+from consentd.ari import CONNECTED, AriNotSent
 from consentd.call_details import summarize
 from consentd.journal import Journal
 from consentd.ledger import LedgerEvent, LedgerWriter, MemoryLedger
@@ -30,6 +30,7 @@ from tests.unit.test_dispatcher import (
     Node,
     by_kind,
     dtmf,
+    earlier_run,
     playback_finished,
     running_node,
     stasis_end,
@@ -313,3 +314,45 @@ async def test_a_failed_delete_is_tried_again_while_the_call_lasts(ari_node: Nod
     assert kinds.index("command_failed") < kinds.index("recording_deleted")
     assert kinds.index("recording_deleted") < kinds.index("call_ended")
     assert kinds.count("recording_deleted") == 1
+
+
+async def test_a_recording_found_after_a_restart_whose_delete_failed_is_deleted_later(
+    ari_node: Node,
+) -> None:
+    """A SIGKILL right after MixMonitor began, the caller gone before a consentd came
+    back, and Asterisk refusing the delete of the file no ledger row ever named:
+    the failure row names segment and file, so the sweep finds it like any other."""
+    chan = "1764432100.11"
+    file = f"{ASTERISK_RECORDING_DIR}/consentd-pbx1_{chan}-1.wav"
+    call_id = earlier_run(ari_node.store, chan, "+4930100002", policy="opt_in")
+    audio = ari_node.recorder.host_path(file)
+    audio.parent.mkdir(parents=True, exist_ok=True)
+    audio.write_bytes(b"audio" * 100)
+    ari_node.ari.live_channels = []
+    ari_node.ari.failing["delete_stored_recording"] = AriNotSent("DELETE: connection refused")
+
+    await ari_node.feed({"type": CONNECTED})
+    await ari_node.calls_done()
+    rows = [e for e in await ari_node.ledger() if e.call_id == call_id]
+    assert [e.kind for e in rows][-2:] == ["call_ended", "command_failed"]
+    assert rows[-2].data["untracked_recordings"] == [1]
+    assert (rows[-1].data["segment"], rows[-1].data["file"]) == (1, file)
+    assert audio.exists()
+
+    sweeper = OwedDeletionSweeper("pbx1", ari_node.writer, ari_node.store_of_recordings, lambda: T0)
+    assert await sweeper.sweep() == 1  # Asterisk still refuses
+    del ari_node.ari.failing["delete_stored_recording"]
+    assert await sweeper.sweep() == 0
+    await stored(ari_node.writer)
+
+    assert not audio.exists()
+    rows = [e for e in await ari_node.ledger() if e.call_id == call_id]
+    assert rows[-1].kind == "recording_deleted"
+    assert rows[-1].data == {
+        "segment": 1,
+        "file": file,
+        "path": file,
+        "bridged_only": False,
+        "late": True,
+        "found": True,
+    }

@@ -38,7 +38,7 @@ class Reports(Protocol):
 
     async def call(self, key: str, now: datetime) -> CallView | None: ...
 
-    async def calls_started(
+    async def agent_calls_started(
         self, start: datetime, end: datetime, now: datetime
     ) -> list[dict[str, Any]]: ...
 
@@ -154,7 +154,7 @@ async def _agents(request: web.Request) -> web.Response:
     except BadParameter as exc:
         return _bad(exc)
     try:
-        calls = await request.app[REPORTS].calls_started(start, end, now)
+        calls = await request.app[REPORTS].agent_calls_started(start, end, now)
     except LedgerUnavailable as exc:
         return _unavailable(exc)
     rows = agent_report(calls)

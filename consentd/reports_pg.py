@@ -95,6 +95,16 @@ _RECENT = (
     " ORDER BY s.occurred_at DESC, s.id DESC LIMIT $1"
 )
 
+#: Calls started in [$1, $2) with an agent, as ``call_details.summarize`` names it: the
+#: first to answer (``agent_connected``, its own partial index), else the outbound
+#: call's agent.
+_AGENT_CALLS = (
+    "SELECT s.call_id FROM call_events s WHERE s.kind = 'call_started'"
+    " AND s.occurred_at >= $1 AND s.occurred_at < $2"
+    " AND (coalesce(s.data->>'agent', '') <> '' OR s.call_id IN ("
+    "   SELECT a.call_id FROM call_events a WHERE a.kind = 'agent_connected'))"
+)
+
 #: What the dashboard's change feed polls: the latest stored_at, and how many rows were
 #: stored after $1 (so a row stored late, behind the latest, still counts). Both
 #: read the stored_at index.
@@ -181,19 +191,16 @@ class LedgerReports:
             timeline=timeline(events, now),
         )
 
-    async def calls_started(
+    async def agent_calls_started(
         self, start: datetime, end: datetime, now: datetime
     ) -> list[dict[str, Any]]:
-        """Details of every call started in ``[start, end)``."""
+        """Details of every call started in ``[start, end)`` that an agent took part in
+        (one answered it, or placed it). Only those: on a busy day most calls had no
+        agent, and summing all of them took seconds (10 s for 92,000 calls)."""
         async with self._store.connection() as conn:
-            ids = await conn.fetch(
-                "SELECT DISTINCT call_id FROM call_events WHERE kind = 'call_started'"
-                " AND occurred_at >= $1 AND occurred_at < $2",
-                start,
-                end,
-            )
+            ids = await conn.fetch(_AGENT_CALLS, start, end)
             rows = await conn.fetch(_ROWS, [r["call_id"] for r in ids])
-        # A day of a busy node is tens of thousands of calls: seconds of pure Python.
+        # A day of a busy call centre is tens of thousands of calls: seconds of Python.
         # In a worker thread the event loop keeps handling calls meanwhile (it gets the
         # GIL back within the interpreter's switch interval).
         return await asyncio.to_thread(_summaries, rows, now)

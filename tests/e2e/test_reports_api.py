@@ -92,6 +92,9 @@ KNOWN: dict[int, list[str]] = {
     SECOND_B: [f"test:b.{i}" for i in range(MANY)],
     SECOND_C: [f"test:c.{i}" for i in range(7)],
 }
+#: An agent's outbound call and a call without agent, stored long before the export's
+#: seconds (the export tests page from BASE on): for the agents' report alone.
+OUTBOUND_SECOND = BASE - 5000
 #: Ended in second A, changed after ending in second D: served once, in D.
 CHANGED = "test:a.changed"
 
@@ -130,6 +133,10 @@ def schema_dsn(stack: Stack) -> Iterator[str]:
             rows += rows_of_call("test:a.999", SECOND_A, ended=False)  # still in progress
             rows += rows_of_call(CHANGED, SECOND_A, agent="agent7")
             rows += rows_of_call("test:agent.1", SECOND_C, agent="agent7")
+            outbound = rows_of_call("test:out.1", OUTBOUND_SECOND)
+            placed = {"direction": "outbound", "agent": "agent8", "callee": "+4930555"}
+            outbound[0] = (*outbound[0][:7], {**outbound[0][7], **placed})
+            rows += outbound + rows_of_call("test:out.none", OUTBOUND_SECOND)
             await insert(conn, rows)
             # The changed call's recording deleted after the call ended.
             await insert(
@@ -284,6 +291,23 @@ async def test_the_agent_report_over_the_known_ledger(client: TestClient[Any, An
                 "no_decision": 2,
             },
         }
+    ]
+
+
+async def test_the_agent_report_counts_outbound_agents_and_leaves_agentless_calls_out(
+    client: TestClient[Any, Any],
+) -> None:
+    """The report reads only calls an agent took part in (SQL picks them): an agent's
+    outbound call names the agent on its start row, without any agent_connected."""
+    status, report = await get(
+        client,
+        "/api/reports/agents",
+        **{"from": str(OUTBOUND_SECOND - 1000), "to": str(OUTBOUND_SECOND + 1000)},
+    )
+
+    assert status == 200
+    assert [(r["agent"], r["calls_placed"], r["calls_answered"]) for r in report["agents"]] == [
+        ("agent8", 1, 0)
     ]
 
 

@@ -66,7 +66,7 @@ class FakeReports:
     async def call(self, key: str, now: datetime) -> CallView | None:
         return None
 
-    async def calls_started(
+    async def agent_calls_started(
         self, start: datetime, end: datetime, now: datetime
     ) -> list[dict[str, Any]]:
         return []

@@ -102,7 +102,7 @@ class FakeReports:
         }
         return CallView(a_call(1), details, [], timeline=[GREETING_SPAN])
 
-    async def calls_started(
+    async def agent_calls_started(
         self, start: datetime, end: datetime, now: datetime
     ) -> list[dict[str, Any]]:
         self.windows.append((start, end))

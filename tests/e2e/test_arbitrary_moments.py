@@ -1,0 +1,256 @@
+"""Callers who press keys at arbitrary moments, over real SIP, all at once.
+
+The other e2e modules place each key at a chosen moment. Real callers press
+right at the answer, on the greeting's last syllable, twice in a row, another
+key first, or just before they hang up. Here every caller streams audio for
+the whole call and draws its keys, their moments and its hang-up at random
+(the seed is in every failure message; ``CONSENTD_MOMENTS_SEED`` replays one),
+and every call is checked the way an operator would check it:
+
+- the call is in ``consentd calls``, ended, with its number's policy;
+- consent was decided exactly when the caller pressed 3 with time to spare
+  (and never without a 3), withdrawn by a second 3 where the number allows it;
+- what is kept matches: a recording only where the policy and the decision
+  want one, its WAV as long as the span the caller allowed, and no file left
+  of any recording the details do not list;
+- recorded and unrecorded seconds add up to the call.
+
+A press within ``UNSURE_MS`` of the hang-up may or may not reach consentd
+before the hangup does: only the safety checks apply to such a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from consentd.sipp import CallPlan, CallResult, place_calls
+from tests.e2e.harness import (
+    SCENARIO,
+    SHORT_GREETING_S,
+    Stack,
+    consentd_calls,
+    ledger_rows,
+    wav_seconds,
+)
+
+pytestmark = pytest.mark.e2e
+
+#: Asterisk reports a digit when its RFC 2833 end packet arrives: 140 ms into the pcap.
+DTMF_END_S = 0.14
+TOLERANCE_S = 0.5
+#: A press this close to the hang-up may arrive after it.
+UNSURE_MS = 700
+CALLS = 36
+SEED = int(os.environ.get("CONSENTD_MOMENTS_SEED") or time.time_ns() % 1_000_000)
+
+#: (number, what it does): the policies of tests/e2e/harness.py's POLICIES.
+NUMBERS = [
+    ("+4930100001", "always"),
+    ("+4930100002", "opt_in"),  # German greeting, 6.4 s
+    ("+4930100007", "opt_in"),
+    ("+4930100003", "opt_out"),
+    ("+4930100004", "never"),
+    ("+4930100015", "withdrawable"),  # opt_in, a second 3 withdraws; 1 s greeting
+]
+OTHER_KEYS = "0124567"
+
+
+@dataclass(frozen=True)
+class Draw:
+    kind: str
+    plan: CallPlan
+
+    def presses(self) -> list[tuple[int, str]]:
+        """(ms after the answer, key) of each press."""
+        plan = self.plan
+        keys = [(plan.wait1_ms, plan.key1), (plan.wait1_ms + plan.wait2_ms, plan.key2)]
+        return [(at, key) for at, key in keys if key != "none"]
+
+    @property
+    def hangup_ms(self) -> int:
+        return self.plan.wait1_ms + self.plan.wait2_ms + self.plan.talk_ms
+
+    def threes(self) -> list[int]:
+        return [at for at, key in self.presses() if key == "3"]
+
+    def unsure(self) -> bool:
+        return any(self.hangup_ms - at < UNSURE_MS for at, _ in self.presses())
+
+
+def _moment(rng: random.Random, greeting_ms: int) -> int:
+    """Mostly anywhere in the first seven seconds; often right at the answer or
+    around the greeting's end, where the call changes state."""
+    edge = rng.random()
+    if edge < 0.2:
+        return rng.choice([0, 20, 60, 120, 250])
+    if edge < 0.4:
+        return max(0, greeting_ms + rng.randint(-300, 300))
+    return rng.randint(0, 7000)
+
+
+def draw_calls(stack: Stack, seed: int, count: int) -> list[Draw]:
+    rng = random.Random(seed)
+    greetings = {
+        "+4930100002": stack.greeting_seconds("de"),
+        "+4930100007": stack.greeting_seconds("en"),
+        "+4930100003": stack.greeting_seconds("en", "opt_out"),
+        "+4930100015": SHORT_GREETING_S,
+    }
+    draws = []
+    for n in range(count):
+        did, kind = NUMBERS[n % len(NUMBERS)]
+        greeting_ms = int(greetings.get(did, 0.0) * 1000)
+        key1 = rng.choices(["3", rng.choice(OTHER_KEYS), "none"], [5, 2, 3])[0]
+        key2 = (
+            "none"
+            if key1 == "none"
+            else rng.choices(["3", rng.choice(OTHER_KEYS), "none"], [4, 1, 5])[0]
+        )
+        wait1 = _moment(rng, greeting_ms) if key1 != "none" else 0
+        wait2 = rng.randint(300, 3000) if key2 != "none" else 0
+        talk = rng.choice([rng.randint(200, 1000), rng.randint(1000, 5000)])
+        caller = f"+491770{seed % 1000:03d}{n:03d}"
+        plan = CallPlan(did, caller, wait1, key1, wait2, key2, talk_ms=talk, speak=True)
+        draws.append(Draw(kind, plan))
+    return draws
+
+
+@dataclass(frozen=True)
+class Outcome:
+    draw: Draw
+    result: CallResult
+    details: dict[str, Any]
+    ledger: list[dict[str, Any]]
+
+    def describe(self) -> str:
+        plan = self.draw.plan
+        return (
+            f"seed {SEED} ({self.draw.kind} {plan.did}, caller {plan.caller}): presses "
+            f"{self.draw.presses()} ms after the answer, hang-up at {self.draw.hangup_ms} ms; "
+            f"details {self.details}; ledger {[r['kind'] for r in self.ledger]}"
+        )
+
+
+@pytest.fixture(scope="module")
+def outcomes(stack: Stack) -> list[Outcome]:
+    draws = draw_calls(stack, SEED, CALLS)
+    since = datetime.now(UTC)
+    results = asyncio.run(place_calls([d.plan for d in draws], SCENARIO, first_sip_port=5300))
+    wanted = {d.plan.caller for d in draws}
+    by_caller: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        by_caller = {c["caller"]: c for c in consentd_calls(since=since) if c["ended_at"]}
+        if wanted <= by_caller.keys():
+            break
+        time.sleep(0.5)
+    return [
+        Outcome(
+            draw,
+            result,
+            by_caller.get(draw.plan.caller, {}),
+            ledger_rows(by_caller[draw.plan.caller]["id"]) if draw.plan.caller in by_caller else [],
+        )
+        for draw, result in zip(draws, results, strict=True)
+    ]
+
+
+def _expected_action(draw: Draw) -> str | None:
+    """The decision the caller's keys make; the draw is not unsure."""
+    threes = draw.threes()
+    if draw.kind in ("opt_in", "withdrawable") and threes:
+        return (
+            "caller_withdrew"
+            if draw.kind == "withdrawable" and len(threes) > 1
+            else "caller_opted_in"
+        )
+    if draw.kind == "opt_out" and threes:
+        return "caller_opted_out"
+    return None
+
+
+def _expected_audio(draw: Draw, stack: Stack) -> float | None:
+    """Seconds of audio the kept recording holds, or None for no recording; the
+    draw is not unsure. An opt-out call records from the end of its greeting."""
+    duration = draw.hangup_ms / 1000
+    action = _expected_action(draw)
+    if draw.kind == "always":
+        return duration
+    if action == "caller_opted_in":
+        return duration - draw.threes()[0] / 1000 - DTMF_END_S
+    if draw.kind == "opt_out" and action is None:
+        left = duration - stack.greeting_seconds("en", "opt_out")
+        return left if left > 0 else None
+    return None
+
+
+def test_every_call_is_answered_and_ends_in_the_ledger(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        assert outcome.result.ok, f"{outcome.describe()}\n{outcome.result.output[-1500:]}"
+        assert outcome.details.get("ended_at"), outcome.describe()
+        kinds = [r["kind"] for r in outcome.ledger]
+        assert kinds.count("call_started") == 1 and kinds.count("call_ended") == 1, (
+            outcome.describe()
+        )
+        total = outcome.details["recording_time"] + outcome.details["not_recording_time"]
+        assert abs(total - outcome.draw.hangup_ms / 1000) <= 1.5, outcome.describe()
+
+
+def test_no_file_is_left_that_the_details_do_not_list(
+    outcomes: list[Outcome], stack: Stack
+) -> None:
+    """Whatever the moments: refused, withdrawn or never-wanted audio is gone."""
+    for outcome in outcomes:
+        listed = set(outcome.details.get("recordings") or [])
+        for path in listed:
+            assert stack.host_path(path.removeprefix(str(stack.root))).exists(), (
+                f"{path} listed but missing: {outcome.describe()}"
+            )
+        for row in outcome.ledger:
+            if row["kind"] != "recording_started":
+                continue
+            path = stack.host_path(row["data"]["file"])
+            if str(path) not in listed:
+                assert not path.exists(), f"{path} kept but not listed: {outcome.describe()}"
+        action = outcome.details.get("call_recording_consent_action")
+        if outcome.draw.kind == "never" or action in ("caller_opted_out", "caller_withdrew"):
+            assert not listed, outcome.describe()
+        if outcome.draw.kind in ("opt_in", "withdrawable") and action != "caller_opted_in":
+            assert not listed, outcome.describe()
+
+
+def test_consent_follows_the_keys_and_nothing_else(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        action = outcome.details.get("call_recording_consent_action")
+        if action is not None:
+            assert outcome.draw.threes(), f"a decision without a 3: {outcome.describe()}"
+        if outcome.draw.unsure():
+            continue
+        assert action == _expected_action(outcome.draw), outcome.describe()
+
+
+def test_a_kept_recording_holds_the_span_the_caller_allowed(
+    outcomes: list[Outcome], stack: Stack
+) -> None:
+    for outcome in outcomes:
+        if outcome.draw.unsure():
+            continue
+        expected = _expected_audio(outcome.draw, stack)
+        listed = outcome.details.get("recordings") or []
+        if expected is None or expected < TOLERANCE_S:
+            if expected is None:
+                assert listed == [], outcome.describe()
+            continue
+        assert len(listed) == 1, outcome.describe()
+        measured = wav_seconds(stack.host_path(listed[0].removeprefix(str(stack.root))))
+        assert abs(measured - expected) <= TOLERANCE_S, (
+            f"WAV {measured:.2f} s, expected {expected:.2f} s: {outcome.describe()}"
+        )

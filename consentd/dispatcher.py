@@ -624,7 +624,8 @@ class Dispatcher:
         found = []
         for segment in range(known + 1, known + 3):
             try:
-                value = await self._ports.ari.variable(channel_id, f"CONSENTD_MIXMONITOR_{segment}")
+                name = f"{MIXMONITOR_ID_PREFIX}{segment}"
+                value = await self._ports.ari.variable(channel_id, name)
             except AriError:
                 break
             if not value:

@@ -221,7 +221,13 @@ class _Transition:
         self.call = new
 
     def start_recording(self, *, bridged_only: bool | None = None) -> None:
-        """``bridged_only`` (MixMonitor b) defaults to: routed to a group of agents."""
+        """``bridged_only`` (MixMonitor b) defaults to: routed to a group of agents.
+
+        Not once the caller has hung up (ChannelHangupRequest): a MixMonitor on the
+        dying channel was still confirmed by AMI, and the ledger then named a
+        recording that never got a file, its start after the call's end."""
+        if self.call.hanging_up:
+            return
         number = self.call.segments_opened + 1
         file = self.call.facts.recording_file(number)
         if bridged_only is None:
@@ -262,6 +268,8 @@ class _Transition:
         """After a greeting (or none): the next greeting, the menu's wait for a key,
         the queue, voicemail, the number's route, or holding."""
         call = self.call
+        if call.hanging_up:
+            return  # the caller is gone: no greeting, queue, route or recording starts
         if call.phase is Phase.VOICEMAIL:
             group = call.facts.group
             seconds = group.voicemail_max_seconds if group else DEFAULT_VOICEMAIL_SECONDS

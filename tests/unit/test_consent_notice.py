@@ -158,10 +158,27 @@ def test_a_greeting_cut_off_by_the_hangup_is_a_normal_end(facts: Facts) -> None:
         CallEnded(at(2.02)),
     )
 
-    # As before this check existed: the greeting ended, the call ended with it.
-    assert kinds(commands) == ["greeting_finished", "recording_stopped", "call_ended"]
-    assert ledger(commands)[1].data["reason"] == "hangup"
-    assert call.decision is None
+    # The greeting ended, the call ended with it. Nothing starts recording on the
+    # way out: found with callers hanging up mid-greeting under load, where the
+    # ledger then named a recording (started after the call's end) with no file.
+    assert kinds(commands) == ["greeting_finished", "call_ended"]
+    assert not [c for c in actions(commands) if isinstance(c, StartRecording)]
+    assert call.decision is None and call.segments_opened == 0
+
+
+def test_a_3_that_reaches_consentd_after_the_hangup_request_starts_nothing(
+    facts: Facts,
+) -> None:
+    """The caller's last press and the BYE cross: the decision is the caller's and is
+    written; a recording on a channel that is going away would hold nothing."""
+    call = arrived(facts("opt_in"))
+
+    call, _ = handle(call, HangupRequested(at(2)))
+    call, commands = press(call, "3", seconds=2.01)
+
+    assert "consent_decided" in kinds(commands)
+    assert not [c for c in actions(commands) if isinstance(c, StartRecording)]
+    assert call.recording is None
 
 
 def test_the_hangup_request_alone_writes_nothing(facts: Facts) -> None:

@@ -17,6 +17,12 @@ and every call is checked the way an operator would check it:
 
 A press within ``UNSURE_MS`` of the hang-up may or may not reach consentd
 before the hangup does: only the safety checks apply to such a call.
+
+They call into a busy PBX: a load of opt-in callers (tone, key 3 at 2 s, 9 s
+calls, 20 a second: about 180 at once; ``CONSENTD_MOMENTS_LOAD_CPS``, 0 for
+none) runs beside them. Only under load did a caller who hung up during the
+opt-out greeting get a recording started on the dying channel (the ledger then
+named a file that never existed).
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.sipp_load import LoadPlan, run_load
 from consentd.sipp import CallPlan, CallResult, place_calls
+from consentd.sipp_media import MediaPlan, pcap_file
 from tests.e2e.harness import (
     SCENARIO,
     SHORT_GREETING_S,
@@ -50,6 +59,7 @@ TOLERANCE_S = 0.5
 UNSURE_MS = 700
 CALLS = 36
 SEED = int(os.environ.get("CONSENTD_MOMENTS_SEED") or time.time_ns() % 1_000_000)
+LOAD_CPS = float(os.environ.get("CONSENTD_MOMENTS_LOAD_CPS") or 20)
 
 #: (number, what it does): the policies of tests/e2e/harness.py's POLICIES.
 NUMBERS = [
@@ -140,15 +150,18 @@ class Outcome:
 
 
 @pytest.fixture(scope="module")
-def outcomes(stack: Stack) -> list[Outcome]:
+def outcomes(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> list[Outcome]:
     draws = draw_calls(stack, SEED, CALLS)
     since = datetime.now(UTC)
-    results = asyncio.run(place_calls([d.plan for d in draws], SCENARIO, first_sip_port=5300))
+    results = asyncio.run(
+        _placed_with_load([d.plan for d in draws], tmp_path_factory.mktemp("load"))
+    )
     wanted = {d.plan.caller for d in draws}
     by_caller: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        by_caller = {c["caller"]: c for c in consentd_calls(since=since) if c["ended_at"]}
+        calls = consentd_calls(limit=200 + int(LOAD_CPS * 25), since=since)
+        by_caller = {c["caller"]: c for c in calls if c["ended_at"]}
         if wanted <= by_caller.keys():
             break
         time.sleep(0.5)
@@ -161,6 +174,18 @@ def outcomes(stack: Stack) -> list[Outcome]:
         )
         for draw, result in zip(draws, results, strict=True)
     ]
+
+
+async def _placed_with_load(plans: list[CallPlan], workdir: Path) -> list[CallResult]:
+    if not LOAD_CPS:
+        return await place_calls(plans, SCENARIO, first_sip_port=5300)
+    media = MediaPlan(9000, 2000)
+    load = LoadPlan("+4930100007", LOAD_CPS, int(LOAD_CPS * 25), pcap_file(media, workdir), 0, 9000)
+    loading = asyncio.create_task(run_load(load, workdir, port=5700))
+    await asyncio.sleep(8)  # the PBX busy before the first caller dials
+    results = await place_calls(plans, SCENARIO, first_sip_port=5300)
+    await loading
+    return results
 
 
 def _expected_action(draw: Draw) -> str | None:

@@ -57,7 +57,7 @@ DTMF_END_S = 0.14
 TOLERANCE_S = 0.5
 #: A press this close to the hang-up may arrive after it.
 UNSURE_MS = 700
-CALLS = 36
+CALLS = 42
 SEED = int(os.environ.get("CONSENTD_MOMENTS_SEED") or time.time_ns() % 1_000_000)
 LOAD_CPS = float(os.environ.get("CONSENTD_MOMENTS_LOAD_CPS") or 20)
 
@@ -67,6 +67,7 @@ NUMBERS = [
     ("+4930100002", "opt_in"),  # German greeting, 6.4 s
     ("+4930100007", "opt_in"),
     ("+4930100003", "opt_out"),
+    ("+4930100006", "opt_out_keep"),  # keep_partial_on_opt_out: the audio before the 3 stays
     ("+4930100004", "never"),
     ("+4930100015", "withdrawable"),  # opt_in, a second 3 withdraws; 1 s greeting
 ]
@@ -112,6 +113,7 @@ def draw_calls(stack: Stack, seed: int, count: int) -> list[Draw]:
         "+4930100002": stack.greeting_seconds("de"),
         "+4930100007": stack.greeting_seconds("en"),
         "+4930100003": stack.greeting_seconds("en", "opt_out"),
+        "+4930100006": stack.greeting_seconds("en", "opt_out"),
         "+4930100015": SHORT_GREETING_S,
     }
     draws = []
@@ -197,7 +199,7 @@ def _expected_action(draw: Draw) -> str | None:
             if draw.kind == "withdrawable" and len(threes) > 1
             else "caller_opted_in"
         )
-    if draw.kind == "opt_out" and threes:
+    if draw.kind in ("opt_out", "opt_out_keep") and threes:
         return "caller_opted_out"
     return None
 
@@ -211,9 +213,13 @@ def _expected_audio(draw: Draw, stack: Stack) -> float | None:
         return duration
     if action == "caller_opted_in":
         return duration - draw.threes()[0] / 1000 - DTMF_END_S
-    if draw.kind == "opt_out" and action is None:
-        left = duration - stack.greeting_seconds("en", "opt_out")
+    greeting = stack.greeting_seconds("en", "opt_out")
+    if draw.kind in ("opt_out", "opt_out_keep") and action is None:
+        left = duration - greeting
         return left if left > 0 else None
+    if draw.kind == "opt_out_keep" and action == "caller_opted_out":
+        kept = draw.threes()[0] / 1000 + DTMF_END_S - greeting
+        return kept if kept > 0 else None
     return None
 
 
@@ -246,7 +252,10 @@ def test_no_file_is_left_that_the_details_do_not_list(
             if str(path) not in listed:
                 assert not path.exists(), f"{path} kept but not listed: {outcome.describe()}"
         action = outcome.details.get("call_recording_consent_action")
-        if outcome.draw.kind == "never" or action in ("caller_opted_out", "caller_withdrew"):
+        refused = action == "caller_withdrew" or (
+            action == "caller_opted_out" and outcome.draw.kind != "opt_out_keep"
+        )
+        if outcome.draw.kind == "never" or refused:
             assert not listed, outcome.describe()
         if outcome.draw.kind in ("opt_in", "withdrawable") and action != "caller_opted_in":
             assert not listed, outcome.describe()

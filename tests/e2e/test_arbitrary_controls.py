@@ -1,0 +1,247 @@
+"""An agent's pause and resume at arbitrary moments, over real SIP and the HTTP API.
+
+test_agent_controls.py pauses at 3 s and resumes at 6 s. An agent clicks
+whenever: twice in a row, resume first, right at the answer, as the caller
+hangs up. Here ten speaking callers on "always" numbers (five with
+pause_gap silence, five with skip) each get one to four pauses or resumes
+at random moments (the seed is in every failure message;
+``CONSENTD_CONTROLS_SEED`` replays one). Afterwards, from outside:
+
+- every answer is 200, 404 (the call had ended) or 409 with its reason, and
+  each 200 left its row in the ledger, once;
+- pause_gap silence: one WAV holds the call's timeline, silent wherever the
+  ledger says the recording was paused and holding the caller's tone
+  wherever it was not;
+- pause_gap skip: one file per recorded span, each as long as its span
+  (``recording_started`` to ``recording_stopped``), with no silence inside;
+- recorded and unrecorded seconds add up to the call.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import os
+import random
+import time
+import wave
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from consentd.local_stack import LocalStack
+from consentd.sipp import CallPlan, CallResult, place_call
+from tests.e2e.harness import SCENARIO, Stack, collect_outcomes, wav_seconds
+from tests.e2e.test_agent_controls import _call_id
+
+pytestmark = pytest.mark.e2e
+
+SEED = int(os.environ.get("CONSENTD_CONTROLS_SEED") or time.time_ns() % 1_000_000)
+SILENCE, SKIP = "+4930100001", "+4930100016"
+CALLS = 10
+BLOCK_S = 0.1
+#: Around a pause or resume the file may go either way for this long; a resume's
+#: beep (0.25 s, whispered to the caller) and a late first packet add to it.
+EDGE_S = 0.35
+
+
+@dataclass
+class Control:
+    at_s: float
+    action: str
+    status: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Plan:
+    call: CallPlan
+    controls: list[Control] = field(default_factory=list)
+
+
+def draw_plans(seed: int) -> list[Plan]:
+    rng = random.Random(seed)
+    plans = []
+    for n in range(CALLS):
+        did = SILENCE if n % 2 == 0 else SKIP
+        talk_ms = rng.randint(4000, 9000)
+        caller = f"+491780{seed % 1000:03d}{n:03d}"
+        moments = sorted(rng.uniform(0, talk_ms / 1000 + 0.5) for _ in range(rng.randint(1, 4)))
+        controls = [Control(at, rng.choice(["pause", "resume"])) for at in moments]
+        plans.append(Plan(CallPlan(did, caller, talk_ms=talk_ms, speak=True), controls))
+    return plans
+
+
+async def _agent(http: aiohttp.ClientSession, stack: LocalStack, plan: Plan) -> None:
+    """Clicks the plan's controls, from the moment the call shows up as in progress."""
+    auth = {"Authorization": f"Bearer {stack.api_token}"}
+    call_id = await _call_id(http, stack.http, plan.call.caller)
+    started = asyncio.get_running_loop().time()
+    for control in plan.controls:
+        await asyncio.sleep(max(0.0, control.at_s - (asyncio.get_running_loop().time() - started)))
+        path = f"{stack.http}/api/calls/{call_id}/recording/{control.action}"
+        async with http.post(path, headers=auth) as response:
+            control.status = response.status
+            body = await response.json()
+        if response.status != 200:
+            control.error = body["error"]["id"]
+
+
+async def _run(plans: list[Plan]) -> list[CallResult]:
+    stack = LocalStack.load()
+    async with aiohttp.ClientSession() as http:
+        callers = [
+            asyncio.create_task(
+                place_call(p.call, SCENARIO, sip_port=5400 + n, media_port=18100 + 10 * n)
+            )
+            for n, p in enumerate(plans)
+        ]
+        await asyncio.gather(*(_agent(http, stack, p) for p in plans))
+        return list(await asyncio.gather(*callers))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    plan: Plan
+    result: CallResult
+    details: dict[str, Any]
+    ledger: list[dict[str, Any]]
+
+    def describe(self) -> str:
+        controls = [(round(c.at_s, 2), c.action, c.status, c.error) for c in self.plan.controls]
+        return (
+            f"seed {SEED} ({self.plan.call.did}, caller {self.plan.call.caller}, "
+            f"{self.plan.call.talk_ms} ms): controls {controls}; "
+            f"ledger {[(r['kind'], r['occurred_at'].isoformat()) for r in self.ledger]}"
+        )
+
+    def at(self, row: dict[str, Any]) -> float:
+        """A row's moment in seconds after the call's start."""
+        start = self.ledger[0]["occurred_at"]
+        return float((row["occurred_at"] - start).total_seconds())
+
+    def rows(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.ledger if r["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def outcomes(stack: Stack) -> list[Outcome]:
+    plans = draw_plans(SEED)
+    since = datetime.now(UTC)
+    results = asyncio.run(_run(plans))
+    found = collect_outcomes(
+        {p.call.caller: (r, None) for p, r in zip(plans, results, strict=True)}, since
+    )
+    return [
+        Outcome(p, r, found[p.call.caller].details, found[p.call.caller].ledger)
+        for p, r in zip(plans, results, strict=True)
+    ]
+
+
+def silent_blocks(path: Path) -> list[bool]:
+    """Per 100 ms block of the WAV: True where it holds no tone (peak under 200)."""
+    with wave.open(str(path), "rb") as wav:
+        rate = wav.getframerate()
+        samples = array.array("h", wav.readframes(wav.getnframes()))
+    size = int(rate * BLOCK_S)
+    return [
+        max((abs(x) for x in samples[i : i + size]), default=0) < 200
+        for i in range(0, len(samples) - size + 1, size)
+    ]
+
+
+def _paused_spans(outcome: Outcome, end: float) -> list[tuple[float, float]]:
+    """(pause, resume or the call's end) in seconds after the call's start."""
+    spans, paused_at = [], None
+    for row in outcome.ledger:
+        if row["kind"] == "recording_paused" and paused_at is None:
+            paused_at = outcome.at(row)
+        elif row["kind"] == "recording_resumed" and paused_at is not None:
+            spans.append((paused_at, outcome.at(row)))
+            paused_at = None
+    if paused_at is not None:
+        spans.append((paused_at, end))
+    return spans
+
+
+def test_every_answer_is_a_success_or_a_reason_and_each_success_is_in_the_ledger(
+    outcomes: list[Outcome],
+) -> None:
+    for outcome in outcomes:
+        assert outcome.result.ok, f"{outcome.describe()}\n{outcome.result.output[-1500:]}"
+        controls = outcome.plan.controls
+        for control in controls:
+            assert (control.status, control.error) in {
+                (200, None),
+                (404, "no-such-call"),
+                (409, "recording-not-active"),
+                (409, "recording-not-paused"),
+            }, outcome.describe()
+        for action, kind in (("pause", "recording_paused"), ("resume", "recording_resumed")):
+            done = sum(c.status == 200 and c.action == action for c in controls)
+            assert len(outcome.rows(kind)) == done, outcome.describe()
+        assert outcome.details["recording_control_interactions"] == sum(
+            c.status == 200 for c in controls
+        ), outcome.describe()
+        total = outcome.details["recording_time"] + outcome.details["not_recording_time"]
+        assert abs(total - outcome.at(outcome.rows("call_ended")[0])) <= 1.0, outcome.describe()
+
+
+def test_silence_mode_is_silent_exactly_where_the_ledger_says_paused(
+    outcomes: list[Outcome], stack: Stack
+) -> None:
+    for outcome in outcomes:
+        if outcome.plan.call.did != SILENCE:
+            continue
+        (recording,) = outcome.details["recordings"]
+        wav = stack.host_path(recording.removeprefix(str(stack.root)))
+        blocks = silent_blocks(wav)
+        offset = outcome.at(outcome.rows("recording_started")[0])
+        end = outcome.at(outcome.rows("call_ended")[0])
+        paused = [(p - offset, r - offset) for p, r in _paused_spans(outcome, end)]
+        edges = [t for span in paused for t in span]
+        length = len(blocks) * BLOCK_S
+        for n, silent in enumerate(blocks):
+            start, stop = n * BLOCK_S, (n + 1) * BLOCK_S
+            if start < EDGE_S or stop > length - EDGE_S:
+                continue
+            if any(start - EDGE_S < t < stop + EDGE_S for t in edges):
+                continue
+            inside = any(p <= start and stop <= r for p, r in paused)
+            assert silent == inside, (
+                f"{wav.name} at {start:.1f} s: {'silent' if silent else 'tone'} "
+                f"(paused spans {paused}): {outcome.describe()}"
+            )
+
+
+def test_skip_mode_keeps_one_file_per_recorded_span_and_nothing_else(
+    outcomes: list[Outcome], stack: Stack
+) -> None:
+    for outcome in outcomes:
+        if outcome.plan.call.did != SKIP:
+            continue
+        starts = outcome.rows("recording_started")
+        stops = outcome.rows("recording_stopped")
+        assert len(starts) == len(stops), outcome.describe()
+        listed = set(outcome.details["recordings"])
+        kept = 0.0
+        for start, stop in zip(starts, stops, strict=True):
+            span = outcome.at(stop) - outcome.at(start)
+            path = stack.host_path(start["data"]["file"])
+            kept += span
+            if span < 0.5:
+                continue  # a click right after a resume: a file of a few frames, or none
+            assert str(path) in listed, f"{path.name} not listed: {outcome.describe()}"
+            measured = wav_seconds(path)
+            assert abs(measured - span) <= 0.3, (
+                f"{path.name}: {measured:.2f} s for a {span:.2f} s span: {outcome.describe()}"
+            )
+            quiet = silent_blocks(path)[3:-3]
+            assert not any(all(quiet[i : i + 4]) for i in range(len(quiet))), (
+                f"{path.name}: 0.4 s of silence inside: {outcome.describe()}"
+            )
+        assert abs(outcome.details["recording_time"] - kept) <= 1.0, outcome.describe()

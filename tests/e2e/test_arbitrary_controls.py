@@ -15,6 +15,11 @@ at random moments (the seed is in every failure message;
 - pause_gap skip: one file per recorded span, each as long as its span
   (``recording_started`` to ``recording_stopped``), with no silence inside;
 - recorded and unrecorded seconds add up to the call.
+
+Then three queue calls, one after the other, where agent1 dials its own codes
+(pause ``*7``, resume ``#8``) at random moments from its answer: every code
+in time makes its row, once, by agent1, a code that changes nothing makes
+none, and the bridged WAV is silent exactly where the ledger says paused.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ import aiohttp
 import pytest
 
 from consentd.local_stack import LocalStack
-from consentd.sipp import CallPlan, CallResult, place_call
-from tests.e2e.harness import SCENARIO, Stack, collect_outcomes, wav_seconds
+from consentd.sipp import AgentResult, CallPlan, CallResult, agent_media, place_call, run_agent
+from tests.e2e.harness import REPO, SCENARIO, CallOutcome, Stack, collect_outcomes, wav_seconds
 from tests.e2e.test_agent_controls import _call_id
 
 pytestmark = pytest.mark.e2e
@@ -191,6 +196,25 @@ def test_every_answer_is_a_success_or_a_reason_and_each_success_is_in_the_ledger
         assert abs(total - outcome.at(outcome.rows("call_ended")[0])) <= 1.0, outcome.describe()
 
 
+def assert_silent_where_paused(wav: Path, paused: list[tuple[float, float]], describe: str) -> None:
+    """``paused``: (from, to) in seconds into the WAV. Silent inside each, the
+    caller's tone everywhere else, ``EDGE_S`` either side of a change excepted."""
+    blocks = silent_blocks(wav)
+    edges = [t for span in paused for t in span]
+    length = len(blocks) * BLOCK_S
+    for n, silent in enumerate(blocks):
+        start, stop = n * BLOCK_S, (n + 1) * BLOCK_S
+        if start < EDGE_S or stop > length - EDGE_S:
+            continue
+        if any(start - EDGE_S < t < stop + EDGE_S for t in edges):
+            continue
+        inside = any(p <= start and stop <= r for p, r in paused)
+        assert silent == inside, (
+            f"{wav.name} at {start:.1f} s: {'silent' if silent else 'tone'} "
+            f"(paused spans {paused}): {describe}"
+        )
+
+
 def test_silence_mode_is_silent_exactly_where_the_ledger_says_paused(
     outcomes: list[Outcome], stack: Stack
 ) -> None:
@@ -199,23 +223,10 @@ def test_silence_mode_is_silent_exactly_where_the_ledger_says_paused(
             continue
         (recording,) = outcome.details["recordings"]
         wav = stack.host_path(recording.removeprefix(str(stack.root)))
-        blocks = silent_blocks(wav)
         offset = outcome.at(outcome.rows("recording_started")[0])
         end = outcome.at(outcome.rows("call_ended")[0])
         paused = [(p - offset, r - offset) for p, r in _paused_spans(outcome, end)]
-        edges = [t for span in paused for t in span]
-        length = len(blocks) * BLOCK_S
-        for n, silent in enumerate(blocks):
-            start, stop = n * BLOCK_S, (n + 1) * BLOCK_S
-            if start < EDGE_S or stop > length - EDGE_S:
-                continue
-            if any(start - EDGE_S < t < stop + EDGE_S for t in edges):
-                continue
-            inside = any(p <= start and stop <= r for p, r in paused)
-            assert silent == inside, (
-                f"{wav.name} at {start:.1f} s: {'silent' if silent else 'tone'} "
-                f"(paused spans {paused}): {outcome.describe()}"
-            )
+        assert_silent_where_paused(wav, paused, outcome.describe())
 
 
 def test_skip_mode_keeps_one_file_per_recorded_span_and_nothing_else(
@@ -245,3 +256,125 @@ def test_skip_mode_keeps_one_file_per_recorded_span_and_nothing_else(
                 f"{path.name}: 0.4 s of silence inside: {outcome.describe()}"
             )
         assert abs(outcome.details["recording_time"] - kept) <= 1.0, outcome.describe()
+
+
+# ---------------------------------------------------------------- the agent's own codes
+
+AGENT_PHONE = REPO / "sipp-scenarios" / "agent.xml"
+#: "always", routed to the support queue: bridged-only, the file starts at the answer.
+QUEUED = "+4930100012"
+#: The test policy's agent_controls (tests/e2e/harness.py).
+CODES = {"pause": "*7", "resume": "#8"}
+AGENT_CALLS = 3
+#: The queue's greeting (short.wav) and agent1's ringing before it answers.
+ANSWER_AFTER_MS = 2500
+
+
+@dataclass(frozen=True)
+class CodePlan:
+    caller: CallPlan
+    #: (ms after the agent's answer, action), at least 0.7 s apart.
+    codes: tuple[tuple[int, str], ...]
+    talk_ms: int
+
+    def keys(self) -> tuple[tuple[int, str], ...]:
+        return tuple(
+            (at + 300 * i, key) for at, action in self.codes for i, key in enumerate(CODES[action])
+        )
+
+
+def draw_code_plans(seed: int) -> list[CodePlan]:
+    rng = random.Random(seed + 1)
+    plans = []
+    for n in range(AGENT_CALLS):
+        talk_ms = rng.randint(5000, 9000)  # from the agent's answer to the caller's hang-up
+        codes, at = [], rng.choice([0, 200, 700, 1500])
+        while at < talk_ms - 300 and len(codes) < 5:
+            codes.append((at, rng.choice(["pause", "resume", "pause"])))
+            at += rng.randint(700, 2500)
+        caller = f"+491781{seed % 1000:03d}{n:03d}"
+        call = CallPlan(QUEUED, caller, talk_ms=ANSWER_AFTER_MS + talk_ms, speak=True)
+        plans.append(CodePlan(call, tuple(codes), talk_ms))
+    return plans
+
+
+async def _code_calls(plans: list[CodePlan]) -> list[tuple[CallResult, AgentResult]]:
+    """One call after the other: the ringall queue's one agent phone answers each."""
+    done = []
+    for n, plan in enumerate(plans):
+        media = agent_media(plan.talk_ms + 1000, plan.keys())
+        agent = asyncio.create_task(
+            run_agent(AGENT_PHONE, port=5071, answer_ms=1000, media_port=16100, media=media)
+        )
+        await asyncio.sleep(0.3)
+        caller = await place_call(plan.caller, SCENARIO, sip_port=5450 + n, media_port=18300)
+        done.append((caller, await agent))
+    return done
+
+
+@pytest.fixture(scope="module")
+def code_outcomes(stack: Stack) -> list[tuple[CodePlan, CallOutcome]]:
+    plans = draw_code_plans(SEED)
+    since = datetime.now(UTC)
+    results = asyncio.run(_code_calls(plans))
+    found = collect_outcomes(
+        {p.caller.caller: pair for p, pair in zip(plans, results, strict=True)}, since
+    )
+    return [(p, found[p.caller.caller]) for p in plans]
+
+
+def _expected_controls(plan: CodePlan, hangup_s: float) -> list[str]:
+    """The rows the codes make, each changing the recording's state, if dialled in time."""
+    rows, paused = [], False
+    for at, action in plan.codes:
+        if at / 1000 + 0.3 > hangup_s - 0.7:
+            break  # its last key may cross the hang-up
+        if (action == "pause") != paused:
+            rows.append(f"recording_{action}d")
+            paused = action == "pause"
+    return rows
+
+
+def test_agent_codes_at_any_moment_pause_and_resume_exactly_as_the_ledger_says(
+    code_outcomes: list[tuple[CodePlan, CallOutcome]], stack: Stack
+) -> None:
+    for plan, outcome in code_outcomes:
+        describe = (
+            f"seed {SEED}: codes {plan.codes} ms after agent1's answer, hang-up "
+            f"{plan.talk_ms} ms after it; ledger "
+            f"{[(r['kind'], round(outcome.seconds(r['kind']), 2)) for r in outcome.ledger]}"
+        )
+        assert outcome.caller.ok, f"{describe}\n{outcome.caller.output[-1500:]}"
+        assert outcome.agent is not None and outcome.agent.ok, describe
+        answered = outcome.seconds("agent_connected")
+        hangup = outcome.seconds("call_ended") - answered
+        controls = [
+            r for r in outcome.ledger if r["kind"] in ("recording_paused", "recording_resumed")
+        ]
+        kinds = [r["kind"] for r in controls]
+        expected = _expected_controls(plan, hangup)
+        assert kinds[: len(expected)] == expected, describe
+        assert len(kinds) <= len(expected) + 1, describe  # a code at the hang-up, perhaps
+        assert {r["data"]["by"] for r in controls} <= {"agent1"}, describe
+        paused = _spans_after(controls, outcome, answered, hangup)
+        ((_, file),) = [(r["data"]["segment"], r["data"]["file"]) for r in outcome.rows(
+            "recording_started")]  # fmt: skip
+        assert_silent_where_paused(stack.host_path(file), paused, describe)
+
+
+def _spans_after(
+    controls: list[dict[str, Any]], outcome: CallOutcome, answered: float, end: float
+) -> list[tuple[float, float]]:
+    """Paused spans in seconds after the agent's answer (where the bridged file begins)."""
+    spans, paused_at = [], None
+    began = outcome.first("call_started")["occurred_at"]
+    for row in controls:
+        at = (row["occurred_at"] - began).total_seconds()
+        if row["kind"] == "recording_paused" and paused_at is None:
+            paused_at = at - answered
+        elif row["kind"] == "recording_resumed" and paused_at is not None:
+            spans.append((paused_at, at - answered))
+            paused_at = None
+    if paused_at is not None:
+        spans.append((paused_at, end))
+    return spans

@@ -6,7 +6,7 @@ prove it. Field names follow the Zendesk Talk call object where one exists.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -313,12 +313,34 @@ def _wait_and_talk(
     return waited, round(max(0.0, (bridge[1] - bridge[0]).total_seconds()))
 
 
+def voicemail_left(ordered: Sequence[LedgerEvent]) -> LedgerEvent | None:
+    """The ``voicemail_started`` row of a message that has a file, rows in ledger order.
+
+    None when the call took no voicemail, or took one that holds nothing: consentd
+    deleted the file as empty after the hangup (``empty_file_deleted``), or Asterisk
+    never wrote one. A caller who hangs up during the beep ends ARI's recording
+    before its file is opened; its ``RecordingFinished`` then carries no duration
+    (res_stasis_recording.c gives one only once the recording ran).
+    """
+    started = next((e for e in ordered if e.kind == "voicemail_started"), None)
+    if started is None:
+        return None
+    file = started.data.get("file")
+    if any(e.kind == "empty_file_deleted" and e.data.get("file") == file for e in ordered):
+        return None
+    finished = next((e for e in ordered if e.kind == "voicemail_finished"), None)
+    if finished is not None and finished.data.get("state") not in (None, "hangup"):
+        if finished.data.get("duration") is None:
+            return None  # ARI's own end, without a duration: nothing was written
+    return started
+
+
 def _voicemail(
     ordered: list[LedgerEvent], until: datetime
 ) -> tuple[str, tuple[datetime, datetime], str] | None:
     """(host path, (start, end), path on Asterisk) of the voicemail message, if the
     caller left one."""
-    started = next((e for e in ordered if e.kind == "voicemail_started"), None)
+    started = voicemail_left(ordered)
     if started is None:
         return None
     finished = next((e for e in ordered if e.kind == "voicemail_finished"), None)

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from consentd.call_details import location
+from consentd.call_details import location, voicemail_left
 from consentd.ledger import LedgerEvent
 from consentd.settings import Settings, SettingsProblem, env_name
 
@@ -193,14 +193,12 @@ def retry_delay(attempts: int, cap: float) -> float:
 
 def voicemail_of(events: Sequence[LedgerEvent]) -> dict[str, Any] | None:
     """The call's voicemail message from its ledger rows, or None when it left none
-    (no ``voicemail_started``, or the file was deleted as empty after the hangup)."""
+    (``call_details.voicemail_left``: none taken, or none with audio)."""
     ordered = sorted(events, key=lambda e: e.seq)
-    started = next((e for e in ordered if e.kind == "voicemail_started"), None)
+    started = voicemail_left(ordered)
     if started is None:
         return None
     file = started.data.get("file")
-    if any(e.kind == "empty_file_deleted" and e.data.get("file") == file for e in ordered):
-        return None
     finished = next((e for e in ordered if e.kind == "voicemail_finished"), None)
     return {
         "file": file,  # as Asterisk names it

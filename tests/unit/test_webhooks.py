@@ -248,6 +248,10 @@ def test_the_voicemail_comes_from_the_ledger_and_an_empty_one_is_none() -> None:
     assert voicemail_of(events[:1]) is None
     emptied = [*events, _event(5, "empty_file_deleted", 14.3, file=VOICEMAIL["file"])]
     assert voicemail_of(emptied) is None
+    # Hung up during the beep: ARI never opened the file, and gives no duration.
+    unwritten = [*events[:2], _event(3, "voicemail_finished", 10.2, state="done", duration=None,
+                                     **VOICEMAIL), events[3]]  # fmt: skip
+    assert voicemail_of(unwritten) is None
 
 
 def test_the_body_carries_id_type_time_and_the_call_record_with_its_recordings() -> None:

@@ -8,9 +8,6 @@ the whole call and draws its keys, their moments and its hang-up at random
 and every call is checked the way an operator would check it:
 
 - the call is in ``consentd calls``, ended, with its number's policy;
-  (six more callers key through the IVR menu: for them, only what follows
-  holds whatever the menu's routes make of a 3: no decision without a 3, no
-  file unlisted, no recording but their own voicemail without consent)
 - consent was decided exactly when the caller pressed 3 with time to spare
   (and never without a 3), withdrawn by a second 3 where the number allows it;
 - what is kept matches: a recording only where the policy and the decision
@@ -19,7 +16,11 @@ and every call is checked the way an operator would check it:
 - recorded and unrecorded seconds add up to the call.
 
 A press within ``UNSURE_MS`` of the hang-up may or may not reach consentd
-before the hangup does: only the safety checks apply to such a call.
+before the hangup does: only the safety checks apply to such a call. So do
+they to six more callers who key through the IVR menu, whose routes decide
+what a 3 then means: no decision without a 3, no file unlisted, and without
+consent nothing kept but their own voicemail (which found a hang-up during
+the voicemail beep listed as a message Asterisk never wrote).
 
 They call into a busy PBX: a load of opt-in callers (tone, key 3 at 2 s, 9 s
 calls, 20 a second: about 180 at once; ``CONSENTD_MOMENTS_LOAD_CPS``, 0 for

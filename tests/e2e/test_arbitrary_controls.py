@@ -159,17 +159,22 @@ def silent_blocks(path: Path) -> list[bool]:
     ]
 
 
-def _paused_spans(outcome: Outcome, end: float) -> list[tuple[float, float]]:
-    """(pause, resume or the call's end) in seconds after the call's start."""
+def paused_spans(
+    ledger: list[dict[str, Any]], since: float, until: float
+) -> list[tuple[float, float]]:
+    """(pause, resume) from the ledger, in seconds after ``since``; a pause still open
+    ends at ``until``. ``since`` and ``until`` in seconds after the call's start."""
+    began = ledger[0]["occurred_at"]  # call_started
     spans, paused_at = [], None
-    for row in outcome.ledger:
+    for row in ledger:
+        at = (row["occurred_at"] - began).total_seconds() - since
         if row["kind"] == "recording_paused" and paused_at is None:
-            paused_at = outcome.at(row)
+            paused_at = at
         elif row["kind"] == "recording_resumed" and paused_at is not None:
-            spans.append((paused_at, outcome.at(row)))
+            spans.append((paused_at, at))
             paused_at = None
     if paused_at is not None:
-        spans.append((paused_at, end))
+        spans.append((paused_at, until - since))
     return spans
 
 
@@ -225,7 +230,7 @@ def test_silence_mode_is_silent_exactly_where_the_ledger_says_paused(
         wav = stack.host_path(recording.removeprefix(str(stack.root)))
         offset = outcome.at(outcome.rows("recording_started")[0])
         end = outcome.at(outcome.rows("call_ended")[0])
-        paused = [(p - offset, r - offset) for p, r in _paused_spans(outcome, end)]
+        paused = paused_spans(outcome.ledger, offset, end)
         assert_silent_where_paused(wav, paused, outcome.describe())
 
 
@@ -356,25 +361,8 @@ def test_agent_codes_at_any_moment_pause_and_resume_exactly_as_the_ledger_says(
         assert kinds[: len(expected)] == expected, describe
         assert len(kinds) <= len(expected) + 1, describe  # a code at the hang-up, perhaps
         assert {r["data"]["by"] for r in controls} <= {"agent1"}, describe
-        paused = _spans_after(controls, outcome, answered, hangup)
+        # The bridged file begins at the agent's answer.
+        paused = paused_spans(outcome.ledger, answered, outcome.seconds("call_ended"))
         ((_, file),) = [(r["data"]["segment"], r["data"]["file"]) for r in outcome.rows(
             "recording_started")]  # fmt: skip
         assert_silent_where_paused(stack.host_path(file), paused, describe)
-
-
-def _spans_after(
-    controls: list[dict[str, Any]], outcome: CallOutcome, answered: float, end: float
-) -> list[tuple[float, float]]:
-    """Paused spans in seconds after the agent's answer (where the bridged file begins)."""
-    spans, paused_at = [], None
-    began = outcome.first("call_started")["occurred_at"]
-    for row in controls:
-        at = (row["occurred_at"] - began).total_seconds()
-        if row["kind"] == "recording_paused" and paused_at is None:
-            paused_at = at - answered
-        elif row["kind"] == "recording_resumed" and paused_at is not None:
-            spans.append((paused_at, at - answered))
-            paused_at = None
-    if paused_at is not None:
-        spans.append((paused_at, end))
-    return spans

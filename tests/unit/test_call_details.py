@@ -441,17 +441,23 @@ def test_voicemail_is_counted_as_recorded_and_listed_with_the_recordings(
     assert details["agent"] is None
 
 
+def recording_a_voicemail(facts: Facts, script: Script) -> Any:
+    """Nobody answered within 20 s; the voicemail greeting ended and the message began."""
+    call = routed_call(facts, script, "never")
+    call.wait(20)
+    call.send(ReturnedFromQueue("TIMEOUT", call.clock()))
+    call.greeting_ends()
+    call.send(VoicemailStarted(call.clock()))
+    return call
+
+
 def test_a_voicemail_asterisk_never_wrote_is_neither_listed_nor_counted(
     facts: Facts, script: Script
 ) -> None:
     """The caller hung up during the beep: ARI ends the recording before opening its
     file, and its RecordingFinished has no duration (found by
     tests/e2e/test_arbitrary_moments.py: details listed a file that never existed)."""
-    call = routed_call(facts, script, "never")
-    call.wait(20)
-    call.send(ReturnedFromQueue("TIMEOUT", call.clock()))
-    call.greeting_ends()
-    call.send(VoicemailStarted(call.clock()))
+    call = recording_a_voicemail(facts, script)
     call.wait(0.2)
     call.send(VoicemailFinished("done", None, call.clock()))
     call.hang_up()
@@ -465,11 +471,7 @@ def test_a_voicemail_asterisk_never_wrote_is_neither_listed_nor_counted(
 
 def test_a_voicemail_cut_by_the_hangup_is_still_listed(facts: Facts, script: Script) -> None:
     """No RecordingFinished before the hangup (state "hangup"): the message may hold audio."""
-    call = routed_call(facts, script, "never")
-    call.wait(20)
-    call.send(ReturnedFromQueue("TIMEOUT", call.clock()))
-    call.greeting_ends()
-    call.send(VoicemailStarted(call.clock()))
+    call = recording_a_voicemail(facts, script)
     call.wait(5)
     call.hang_up()
 

@@ -313,8 +313,11 @@ def _wait_and_talk(
     return waited, round(max(0.0, (bridge[1] - bridge[0]).total_seconds()))
 
 
-def voicemail_left(ordered: Sequence[LedgerEvent]) -> LedgerEvent | None:
-    """The ``voicemail_started`` row of a message that has a file, rows in ledger order.
+def voicemail_left(
+    ordered: Sequence[LedgerEvent],
+) -> tuple[LedgerEvent, LedgerEvent | None] | None:
+    """The ``voicemail_started`` and (if any) ``voicemail_finished`` rows of a message
+    that has a file, rows in ledger order.
 
     None when the call took no voicemail, or took one that holds nothing: consentd
     deleted the file as empty after the hangup (``empty_file_deleted``), or Asterisk
@@ -332,7 +335,7 @@ def voicemail_left(ordered: Sequence[LedgerEvent]) -> LedgerEvent | None:
     if finished is not None and finished.data.get("state") not in (None, "hangup"):
         if finished.data.get("duration") is None:
             return None  # ARI's own end, without a duration: nothing was written
-    return started
+    return started, finished
 
 
 def _voicemail(
@@ -340,10 +343,10 @@ def _voicemail(
 ) -> tuple[str, tuple[datetime, datetime], str] | None:
     """(host path, (start, end), path on Asterisk) of the voicemail message, if the
     caller left one."""
-    started = voicemail_left(ordered)
-    if started is None:
+    left = voicemail_left(ordered)
+    if left is None:
         return None
-    finished = next((e for e in ordered if e.kind == "voicemail_finished"), None)
+    started, finished = left
     stop = finished.occurred_at if finished else until
     span = (started.occurred_at, max(stop, started.occurred_at))
     return started.data["path"], span, str(started.data.get("file") or started.data["path"])

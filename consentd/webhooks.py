@@ -195,11 +195,11 @@ def voicemail_of(events: Sequence[LedgerEvent]) -> dict[str, Any] | None:
     """The call's voicemail message from its ledger rows, or None when it left none
     (``call_details.voicemail_left``: none taken, or none with audio)."""
     ordered = sorted(events, key=lambda e: e.seq)
-    started = voicemail_left(ordered)
-    if started is None:
+    left = voicemail_left(ordered)
+    if left is None:
         return None
+    started, finished = left
     file = started.data.get("file")
-    finished = next((e for e in ordered if e.kind == "voicemail_finished"), None)
     return {
         "file": file,  # as Asterisk names it
         "path": started.data.get("path"),  # on the consentd host

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -51,6 +51,8 @@ from consentd.runner import MIXMONITOR_ID_PREFIX, CallRunner, Ports
 from consentd.safe_text import clean_network_text
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
+
+_Found = TypeVar("_Found")
 
 #: How far back a restart looks for calls that never got their call_ended row.
 OPEN_CALL_HOURS = 24
@@ -584,7 +586,7 @@ class Dispatcher:
             channel = {**channel, "dialplan": {**(channel.get("dialplan") or {}), "exten": did}}
         call = rebuild(self._facts(channel, args, history[0].call_id), history)
         playing = await self._still_playing(call)
-        untracked = await self._untracked_recordings(channel_id, call.segments_opened)
+        untracked = await self._untracked_recordings(channel_id, call)
         runner = CallRunner(call, self._ports)
         self._log.info("call_adopted", channel_id=channel_id, ledger=True, location=location)
         returned = (args[1] if len(args) > 1 else "") if args[:1] == ["after-queue"] else None
@@ -593,19 +595,18 @@ class Dispatcher:
     async def _untracked_files(self, call: Call) -> tuple[int, ...]:
         """Recordings of an ended call past the last segment its ledger has: MixMonitor
         started, then consentd died before the row. The channel's id variables went
-        with the channel, so the files themselves say it (two at most, as above)."""
-        found = []
-        for segment in range(call.segments_opened + 1, call.segments_opened + 3):
+        with the channel, so the files themselves say it."""
+
+        async def on_disk(segment: int) -> bool | None:
             file = call.facts.recording_file(segment)
             try:
                 empty = await self._ports.recordings.holds_no_audio(file)
             except STORE_ERRORS as exc:
                 self._log.warning("untracked_recording_check_failed", file=file, error=str(exc))
-                break
-            if empty is None:
-                break
-            found.append(segment)
-        return tuple(found)
+                return None
+            return None if empty is None else True
+
+        return tuple(segment for segment, _ in await _past_the_ledger(call, on_disk))
 
     async def _still_playing(self, call: Call) -> tuple[str, ...]:
         ids = (call.playback_id(CONSENT), call.playback_id(AVAILABLE))
@@ -617,21 +618,35 @@ class Dispatcher:
         return tuple(found)
 
     async def _untracked_recordings(
-        self, channel_id: str, known: int
+        self, channel_id: str, call: Call
     ) -> tuple[tuple[int, str], ...]:
         """MixMonitors started after the last segment the ledger has (the process died
         between the start and its row): their ids are in the channel's variables."""
-        found = []
-        for segment in range(known + 1, known + 3):
+
+        async def mixmonitor_id(segment: int) -> str | None:
             try:
-                name = f"{MIXMONITOR_ID_PREFIX}{segment}"
-                value = await self._ports.ari.variable(channel_id, name)
+                value = await self._ports.ari.variable(
+                    channel_id, f"{MIXMONITOR_ID_PREFIX}{segment}"
+                )
             except AriError:
-                break
-            if not value:
-                break
-            found.append((segment, value))
-        return tuple(found)
+                return None
+            return value or None
+
+        return tuple(await _past_the_ledger(call, mixmonitor_id))
+
+
+async def _past_the_ledger(
+    call: Call, probe: Callable[[int], Awaitable[_Found | None]]
+) -> list[tuple[int, _Found]]:
+    """The segments after the last one ``call``'s ledger has that ``probe`` finds, up to
+    the first it does not (MixMonitor's segments come in order), two at most."""
+    found = []
+    for segment in range(call.segments_opened + 1, call.segments_opened + 3):
+        value = await probe(segment)
+        if value is None:
+            break
+        found.append((segment, value))
+    return found
 
 
 _CONTROL_MESSAGES = {

@@ -17,10 +17,13 @@ and every call is checked the way an operator would check it:
 
 A press within ``UNSURE_MS`` of the hang-up may or may not reach consentd
 before the hangup does: only the safety checks apply to such a call. So do
-they to six more callers who key through the IVR menu, whose routes decide
+they to eight more callers who key through the IVR menu, whose routes decide
 what a 3 then means: no decision without a 3, no file unlisted, and without
 consent nothing kept but their own voicemail (which found a hang-up during
-the voicemail beep listed as a message Asterisk never wrote).
+the voicemail beep listed as a message Asterisk never wrote). Many of them
+wait long enough for the PBX to hang up first: the menu's timeouts, its last
+miss after two wrong keys, the nested menu's timeout. Callers of the hand-off
+number hang up while the PBX's own dialplan rings the desk phone.
 
 They call into a busy PBX: a load of opt-in callers (tone, key 3 at 2 s, 9 s
 calls, 20 a second: about 180 at once; ``CONSENTD_MOMENTS_LOAD_CPS``, 0 for
@@ -74,20 +77,24 @@ NUMBERS = [
     ("+4930100006", "opt_out_keep"),  # keep_partial_on_opt_out: the audio before the 3 stays
     ("+4930100004", "never"),
     ("+4930100015", "withdrawable"),  # opt_in, a second 3 withdraws; 1 s greeting
+    # opt_out, 1 s greeting, then handed to the PBX's dialplan (pbx-extensions 200),
+    # whose Dial() rings a desk phone nobody answers for 30 s: a 3 still decides.
+    ("+4930100021", "handoff_opt_out"),
 ]
 OTHER_KEYS = "0124567"
-#: The IVR number (opt_in; menu main: 1 the support group, 2 voicemail, 3 consent).
-#: Its callers hang up within 2.8 s, before the menu's own timeout would, and press
-#: at most one invalid key (a second is the menu's last miss: Asterisk hangs up, and
-#: caller.xml cannot take a BYE; so can keys 4 and 9, which lead elsewhere).
-IVR, IVR_CALLS, IVR_LONGEST_MS = "+4930100020", 6, 2800
-IVR_KEYS, IVR_INVALID = "123", "56"
+#: The IVR number (opt_in; menu main: 1 the support group, 2 voicemail, 3 consent,
+#: 4 the hand-off, 9 the nested menu; 2 s timeout, one retry, then the PBX hangs up).
+#: Its callers stay up to 9 s: long enough for the PBX to end many of the calls.
+IVR, IVR_CALLS, IVR_LONGEST_MS = "+4930100020", 8, 9000
+IVR_KEYS, IVR_INVALID = "12349", "5678"
 
 
 @dataclass(frozen=True)
 class Draw:
     kind: str
     plan: CallPlan
+    #: Drawn so that the PBX hangs up well before the caller would.
+    pbx_ends: bool = False
 
     def presses(self) -> list[tuple[int, str]]:
         """(ms after the answer, key) of each press."""
@@ -125,6 +132,7 @@ def draw_calls(stack: Stack, seed: int, count: int) -> list[Draw]:
         "+4930100003": stack.greeting_seconds("en", "opt_out"),
         "+4930100006": stack.greeting_seconds("en", "opt_out"),
         "+4930100015": SHORT_GREETING_S,
+        "+4930100021": SHORT_GREETING_S,
     }
     draws = []
     for n in range(count):
@@ -142,11 +150,19 @@ def draw_calls(stack: Stack, seed: int, count: int) -> list[Draw]:
         caller = f"+491770{seed % 1000:03d}{n:03d}"
         plan = CallPlan(did, caller, wait1, key1, wait2, key2, talk_ms=talk, speak=True)
         draws.append(Draw(kind, plan))
-    for n in range(count, count + IVR_CALLS):
+    # Two IVR callers always outstay the menu: one presses nothing (the PBX hangs
+    # up after the retry, about 7 s in), one presses 9 (the nested menu's single
+    # 2 s timeout ends the call about 3 s later).
+    for n, key in ((count, "none"), (count + 1, "9")):
+        wait1 = rng.randint(0, 1500) if key != "none" else 0
+        caller = f"+491770{seed % 1000:03d}{n:03d}"
+        plan = CallPlan(IVR, caller, wait1, key, talk_ms=IVR_LONGEST_MS - wait1, speak=True)
+        draws.append(Draw("ivr", plan, pbx_ends=True))
+    for n in range(count + 2, count + IVR_CALLS):
         key1 = rng.choice([*IVR_KEYS, *IVR_INVALID, "3", "none"])
-        key2 = "none" if key1 == "none" else rng.choice([*IVR_KEYS, "none"])
-        wait1 = rng.choice([0, 60, rng.randint(0, 1500)]) if key1 != "none" else 0
-        wait2 = rng.randint(300, 800) if key2 != "none" else 0
+        key2 = "none" if key1 == "none" else rng.choice([*IVR_KEYS, *IVR_INVALID, "none"])
+        wait1 = rng.choice([0, 60, rng.randint(0, 4000)]) if key1 != "none" else 0
+        wait2 = rng.randint(300, 3000) if key2 != "none" else 0
         talk = rng.randint(200, max(200, IVR_LONGEST_MS - wait1 - wait2))
         caller = f"+491770{seed % 1000:03d}{n:03d}"
         plan = CallPlan(IVR, caller, wait1, key1, wait2, key2, talk_ms=talk, speak=True)
@@ -218,7 +234,7 @@ def _expected_action(draw: Draw) -> str | None:
             if draw.kind == "withdrawable" and len(threes) > 1
             else "caller_opted_in"
         )
-    if draw.kind in ("opt_out", "opt_out_keep") and threes:
+    if draw.kind in ("opt_out", "opt_out_keep", "handoff_opt_out") and threes:
         return "caller_opted_out"
     return None
 
@@ -232,8 +248,12 @@ def _expected_audio(draw: Draw, stack: Stack) -> float | None:
         return duration
     if action == "caller_opted_in":
         return duration - draw.threes()[0] / 1000 - DTMF_END_S
-    greeting = stack.greeting_seconds("en", "opt_out")
-    if draw.kind in ("opt_out", "opt_out_keep") and action is None:
+    greeting = (
+        SHORT_GREETING_S
+        if draw.kind == "handoff_opt_out"
+        else stack.greeting_seconds("en", "opt_out")
+    )
+    if draw.kind in ("opt_out", "opt_out_keep", "handoff_opt_out") and action is None:
         left = duration - greeting
         return left if left > 0 else None
     if draw.kind == "opt_out_keep" and action == "caller_opted_out":
@@ -254,6 +274,18 @@ def test_every_call_is_answered_and_ends_in_the_ledger(outcomes: list[Outcome]) 
             continue  # a voicemail's seconds count apart
         total = outcome.details["recording_time"] + outcome.details["not_recording_time"]
         assert abs(total - outcome.draw.hangup_ms / 1000) <= 1.5, outcome.describe()
+
+
+def test_the_pbx_may_hang_up_first(outcomes: list[Outcome]) -> None:
+    """The menu's timeouts end the call from the PBX's side, while the caller
+    still streams audio: the caller takes that BYE (sipp-scenarios/caller.xml)."""
+    ended_by_pbx = [o for o in outcomes if o.draw.pbx_ends]
+    assert len(ended_by_pbx) == 2
+    for outcome in ended_by_pbx:
+        lasted = outcome.result.finished - outcome.result.started
+        assert lasted < outcome.draw.hangup_ms / 1000 - 1.0, (
+            f"the call lasted {lasted:.1f} s: {outcome.describe()}"
+        )
 
 
 def test_no_file_is_left_that_the_details_do_not_list(

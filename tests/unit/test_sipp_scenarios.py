@@ -9,6 +9,10 @@ PBX kept a channel whose caller was gone (the bench's "ghost" channels at
 transaction, and the answer it waits for must name it.
 """
 
+import shutil
+import socket
+import subprocess
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -83,3 +87,100 @@ def test_an_invite_answered_in_a_transaction_is_acked_in_it(path: Path) -> None:
     first_ack = messages.index(acks[0])
     for answer in messages[1:first_ack]:
         assert answer.get("response_txn") == txn, f"{path.name}: {answer.attrib} is not bound"
+
+
+#: SIPp loads every pcap a scenario names at start, played or not (Debian's sip-tester).
+KEY_PCAP = "/usr/share/sip-tester/dtmf_2833_3.pcap"
+
+#: A PBX that answers and hangs up first after ``hangup_ms``, as an IVR's
+#: timeout or a hand-off whose Dial() gives up does.
+HANGING_UP_PBX = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a PBX that hangs up first">
+  <Global variables="hangup_ms"/>
+  <recv request="INVITE" crlf="true" rrs="true">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller_from"/>
+      <ereg regexp=".*" search_in="hdr" header="To:" assign_to="caller_to"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]PBX[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:pbx@[local_ip]:[local_port]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=pbx 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 8 101
+a=rtpmap:8 PCMA/8000
+a=rtpmap:101 telephone-event/8000
+  ]]></send>
+  <recv request="ACK" crlf="true"/>
+  <nop><action><todouble assign_to="hangup" variable="hangup_ms"/></action></nop>
+  <pause variable="hangup"/>
+  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: [$caller_to];tag=[pid]PBX[call_number]
+To: [$caller_from]
+Call-ID: [call_id]
+CSeq: 1 BYE
+Content-Length: 0
+  ]]></send>
+  <recv response="200" crlf="true"/>
+</scenario>
+"""
+
+
+def test_the_caller_answers_a_bye_from_the_pbx_at_any_step(tmp_path: Path) -> None:
+    """An IVR's timeout ends the call from the PBX's side while the caller is
+    still pausing before a key: caller.xml answers that BYE and succeeds.
+    Two real SIPp processes on loopback (the PBX ends the call after 1 s; the
+    caller meant to wait 5 s for its key and hang up 10 s later)."""
+    if shutil.which("sipp") is None:
+        pytest.fail("sipp is not installed: run `make setup`")
+    pbx_scenario = tmp_path / "pbx.xml"
+    pbx_scenario.write_text(HANGING_UP_PBX)
+    pbx_port, caller_port = _free_udp_port(), _free_udp_port()
+    pbx = subprocess.Popen(
+        ["sipp", "-sf", str(pbx_scenario), "-i", "127.0.0.1", "-p", str(pbx_port),
+         "-mp", "18600", "-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error",
+         "-set", "hangup_ms", "1000", "-trace_err", "-error_file", str(tmp_path / "pbx.err")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        caller = subprocess.run(
+            ["sipp", f"127.0.0.1:{pbx_port}", "-sf", str(SCENARIOS / "caller.xml"),
+             "-s", "+4930100020", "-m", "1", "-i", "127.0.0.1", "-p", str(caller_port),
+             "-mp", "18700", "-nostdin", "-timeout", "20s", "-timeout_error",
+             "-set", "caller", "+4915100000001", "-set", "wait1", "5000", "-set", "press1", "0",
+             "-key", "pcap1", KEY_PCAP, "-set", "wait2", "0", "-set", "press2", "0",
+             "-key", "pcap2", KEY_PCAP, "-set", "talk", "10000", "-set", "speak", "0",
+             "-key", "media", KEY_PCAP],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        took = time.monotonic() - started
+        pbx_output, _ = pbx.communicate(timeout=30)
+    finally:
+        if pbx.poll() is None:
+            pbx.kill()
+            pbx.wait()
+    assert caller.returncode == 0, caller.stdout[-2000:] + caller.stderr[-2000:]
+    assert took < 4, f"the caller ran {took:.1f} s: it did not end with the PBX's BYE"
+    assert pbx.returncode == 0, f"the PBX's BYE was not answered with 200:\n{pbx_output[-2000:]}"
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

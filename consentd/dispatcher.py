@@ -438,9 +438,7 @@ class Dispatcher:
         channel_id = str(channel["id"])
         try:
             agent = await self._ports.ari.variable(channel_id, "CHANNEL(endpoint)") or ""
-            requested = await self._ports.ari.variable(
-                channel_id, f"PJSIP_HEADER(read,{NUMBER_HEADER})"
-            )
+            requested = await self._requested_number(channel_id)
         except AriError as exc:
             self._log.warning("outbound_lookup_failed", channel_id=channel_id, error=str(exc))
             agent, requested = "", None
@@ -471,6 +469,21 @@ class Dispatcher:
             runner.log.warning("outbound_refused", agent=agent, reason=why, requested=requested)
         self.calls_started += 1
         self._launch(channel_id, runner, CallArrived(at, refused=None if number else why))
+
+    async def _requested_number(self, channel_id: str) -> str | None:
+        """The operator number the agent's INVITE asks for, or None without the header.
+
+        Asterisk's PJSIP_HEADER fails to read a header the INVITE lacks, and ARI
+        answers that with a 500 ("Unable to read provided function"): a phone
+        that sends no such header (every ordinary one) calls as its agent's own
+        number. Taking that 500 for a failed lookup refused every such call.
+        """
+        try:
+            return await self._ports.ari.variable(channel_id, f"PJSIP_HEADER(read,{NUMBER_HEADER})")
+        except AriError as exc:
+            if exc.status == 500:
+                return None
+            raise
 
     def hand_off_all(self) -> None:
         """Stopping: each call finishes what it is doing, writes ``call_handed_off`` and is

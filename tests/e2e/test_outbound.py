@@ -134,6 +134,21 @@ def test_an_outbound_call_follows_the_policy_of_the_operator_number(
     )
 
 
+def test_a_phone_that_sends_no_header_calls_as_its_agents_own_number(stack: Stack) -> None:
+    """Ordinary phones send no X-Consentd-Number. Asterisk then fails to read the
+    header (ARI 500), which consentd once took for a failed lookup: every such
+    call was refused with 403."""
+    since = datetime.now(UTC)
+    dialled = asyncio.run(_dial(None))
+    assert dialled.agent.ok, dialled.agent.output[-2000:]
+    assert dialled.callee.ok, dialled.callee.output[-2000:]
+    details = _outcome(dialled, since).details
+    assert (details["direction"], details["phone_number"], details["agent"]) == (
+        "outbound", "+4930100031", "agent1",
+    )  # fmt: skip
+    assert len([p for p in details["recordings"] if "/monitor/" in p]) == 1  # "always"
+
+
 def test_a_number_that_is_not_the_operators_is_refused_and_the_trunk_never_rings(
     stack: Stack,
 ) -> None:

@@ -16,7 +16,7 @@ import structlog
 import structlog.testing
 
 from consentd.ami import AmiNotSent, Recorder
-from consentd.ari import CONNECTED, AriClient, AriNotFound
+from consentd.ari import CONNECTED, AriClient, AriError, AriNotFound
 from consentd.call_model import Media, Phase
 from consentd.dispatcher import Dispatcher, NodeConfig, clean_caller, parse_ari_time
 from consentd.greetings import GreetingLibrary
@@ -190,6 +190,13 @@ class FakeAri:
 
     async def variable(self, channel_id: str, name: str) -> str | None:
         self._record("variable", channel_id, name)
+        if (channel_id, name) not in self.variables and name.startswith("PJSIP_HEADER("):
+            # As Asterisk: reading a header the INVITE lacks is a failed function read.
+            raise AriError(
+                f"GET /channels/{channel_id}/variable: status 500 "
+                "{'message': 'Unable to read provided function'}",
+                500,
+            )
         return self.variables.get((channel_id, name))
 
     async def continue_in_dialplan(

@@ -20,6 +20,8 @@ Then three queue calls, one after the other, where agent1 dials its own codes
 (pause ``*7``, resume ``#8``) at random moments from its answer: every code
 in time makes its row, once, by agent1, a code that changes nothing makes
 none, and the bridged WAV is silent exactly where the ledger says paused.
+Last, three outbound calls of agent1's, the callee answering after a random
+ring, with the same codes at random moments and the same checks.
 """
 
 from __future__ import annotations
@@ -39,9 +41,27 @@ import aiohttp
 import pytest
 
 from consentd.local_stack import LocalStack
-from consentd.sipp import AgentResult, CallPlan, CallResult, agent_media, place_call, run_agent
-from tests.e2e.harness import REPO, SCENARIO, CallOutcome, Stack, collect_outcomes, wav_seconds
+from consentd.sipp import (
+    AgentResult,
+    CallPlan,
+    CallResult,
+    agent_media,
+    place_agent_call,
+    place_call,
+    run_agent,
+)
+from tests.e2e.harness import (
+    REPO,
+    SCENARIO,
+    CallOutcome,
+    Stack,
+    collect_outcomes,
+    consentd_calls,
+    ledger_rows,
+    wav_seconds,
+)
 from tests.e2e.test_agent_controls import _call_id
+from tests.e2e.test_outbound import agent_password
 
 pytestmark = pytest.mark.e2e
 
@@ -288,18 +308,24 @@ class CodePlan:
         )
 
 
+def _draw_codes(rng: random.Random, talk_ms: int) -> tuple[tuple[int, str], ...]:
+    """Codes from the answer on, at least 0.7 s apart, pause more often than resume."""
+    codes, at = [], rng.choice([0, 200, 700, 1500])
+    while at < talk_ms - 300 and len(codes) < 5:
+        codes.append((at, rng.choice(["pause", "resume", "pause"])))
+        at += rng.randint(700, 2500)
+    return tuple(codes)
+
+
 def draw_code_plans(seed: int) -> list[CodePlan]:
     rng = random.Random(seed + 1)
     plans = []
     for n in range(AGENT_CALLS):
         talk_ms = rng.randint(5000, 9000)  # from the agent's answer to the caller's hang-up
-        codes, at = [], rng.choice([0, 200, 700, 1500])
-        while at < talk_ms - 300 and len(codes) < 5:
-            codes.append((at, rng.choice(["pause", "resume", "pause"])))
-            at += rng.randint(700, 2500)
+        codes = _draw_codes(rng, talk_ms)
         caller = f"+491781{seed % 1000:03d}{n:03d}"
         call = CallPlan(QUEUED, caller, talk_ms=ANSWER_AFTER_MS + talk_ms, speak=True)
-        plans.append(CodePlan(call, tuple(codes), talk_ms))
+        plans.append(CodePlan(call, codes, talk_ms))
     return plans
 
 
@@ -366,3 +392,107 @@ def test_agent_codes_at_any_moment_pause_and_resume_exactly_as_the_ledger_says(
         ((_, file),) = [(r["data"]["segment"], r["data"]["file"]) for r in outcome.rows(
             "recording_started")]  # fmt: skip
         assert_silent_where_paused(stack.host_path(file), paused, describe)
+
+
+# ---------------------------------------------------------------- the codes on outbound calls
+
+AGENT_CALL = REPO / "sipp-scenarios" / "agent-call.xml"
+#: agent1's own operator number ("always"): the file starts at the callee's answer.
+OUTBOUND_CALLEE = "+4917699990001"
+
+
+@dataclass(frozen=True)
+class OutboundPlan:
+    #: How long the callee's phone rings before it answers.
+    ring_ms: int
+    #: (ms after the callee's answer, action) of agent1's codes.
+    codes: tuple[tuple[int, str], ...]
+    #: From the answer to agent1's hang-up.
+    talk_ms: int
+
+    def keys(self) -> tuple[tuple[int, str], ...]:
+        return CodePlan(CallPlan(OUTBOUND_CALLEE, "agent1"), self.codes, self.talk_ms).keys()
+
+
+def draw_outbound_plans(seed: int) -> list[OutboundPlan]:
+    rng = random.Random(seed + 3)
+    plans = []
+    for _ in range(AGENT_CALLS):
+        talk_ms = rng.randint(4000, 8000)
+        plans.append(OutboundPlan(rng.randint(300, 3000), _draw_codes(rng, talk_ms), talk_ms))
+    return plans
+
+
+async def _outbound_call(plan: OutboundPlan) -> tuple[AgentResult, AgentResult]:
+    callee = asyncio.create_task(
+        run_agent(AGENT_PHONE, port=5062, answer_ms=plan.ring_ms, media_port=16620, timeout=30)
+    )
+    await asyncio.sleep(0.3)  # listening before the trunk rings it
+    agent = await place_agent_call(
+        AGENT_CALL,
+        agent="agent1",
+        password=agent_password("agent1"),
+        number=OUTBOUND_CALLEE,
+        port=5071,
+        media_port=16610,
+        talk_ms=plan.talk_ms,
+        timeout=30,
+        media=agent_media(plan.talk_ms + 1000, plan.keys()),
+    )
+    return agent, await callee
+
+
+@pytest.fixture(scope="module")
+def outbound_outcomes(stack: Stack) -> list[tuple[OutboundPlan, CallOutcome]]:
+    done = []
+    for plan in draw_outbound_plans(SEED):
+        since = datetime.now(UTC)
+        agent, callee = asyncio.run(_outbound_call(plan))
+        details = _ended_call_of("agent1", since)
+        ledger = ledger_rows(details["id"]) if details else []
+        as_call = CallResult(
+            CallPlan(OUTBOUND_CALLEE, "agent1"), agent.returncode, 0, 0, agent.output
+        )
+        done.append((plan, CallOutcome(as_call, callee, details, ledger)))
+    return done
+
+
+def _ended_call_of(caller: str, since: datetime) -> dict[str, Any]:
+    """The details of ``caller``'s call since ``since``, once it has ended (15 s at most)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        ended = [c for c in consentd_calls(since=since) if c["caller"] == caller and c["ended_at"]]
+        if ended:
+            return ended[0]
+        time.sleep(0.5)
+    return {}
+
+
+def test_agent_codes_on_an_outbound_call_pause_and_resume_exactly_as_the_ledger_says(
+    outbound_outcomes: list[tuple[OutboundPlan, CallOutcome]], stack: Stack
+) -> None:
+    for plan, outcome in outbound_outcomes:
+        describe = (
+            f"seed {SEED}: callee rings {plan.ring_ms} ms; codes {plan.codes} ms after its "
+            f"answer, agent1 hangs up {plan.talk_ms} ms after it; ledger "
+            f"{[(r['kind'], round(outcome.seconds(r['kind']), 2)) for r in outcome.ledger]}"
+        )
+        assert outcome.caller.ok, f"{describe}\n{outcome.caller.output[-1500:]}"
+        assert outcome.details["direction"] == "outbound", describe
+        answered = outcome.seconds("callee_answered")
+        ended = outcome.seconds("call_ended")
+        controls = [
+            r for r in outcome.ledger if r["kind"] in ("recording_paused", "recording_resumed")
+        ]
+        kinds = [r["kind"] for r in controls]
+        expected = _expected_controls(
+            CodePlan(CallPlan(OUTBOUND_CALLEE, "agent1"), plan.codes, plan.talk_ms),
+            ended - answered,
+        )
+        assert kinds[: len(expected)] == expected, describe
+        assert len(kinds) <= len(expected) + 1, describe
+        assert {r["data"]["by"] for r in controls} <= {"agent1"}, describe
+        (recording,) = [p for p in outcome.details["recordings"] if "/monitor/" in p]
+        wav = stack.host_path(recording.removeprefix(str(stack.root)))
+        assert abs(wav_seconds(wav) - (ended - answered)) <= 0.5, describe
+        assert_silent_where_paused(wav, paused_spans(outcome.ledger, answered, ended), describe)

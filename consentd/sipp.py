@@ -247,16 +247,19 @@ async def run_agent(
     media_port: int,
     timeout: float = 60.0,
     media: Path | None = None,
+    hangup_ms: int = 0,
 ) -> AgentResult:
     """One agent's phone (a SIPp UAS on the port its AOR names): ring, answer, talk.
 
     ``media``: what the agent sends once answered (``agent_media``); else a tone.
+    ``hangup_ms``: the agent hangs up this long after its answer; 0 waits for the BYE.
     """
     args = [
         "sipp", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(port),
         "-mp", str(media_port), "-m", "1", "-nostdin",
         "-timeout", f"{int(timeout)}s", "-timeout_error",
-        "-set", "answer_ms", str(answer_ms), *_agent_audio(media, 660),
+        "-set", "answer_ms", str(answer_ms), "-set", "hangup_ms", str(hangup_ms),
+        *_agent_audio(media, 660),
     ]  # fmt: skip
     returncode, output = await _run_sipp(args, timeout + 10)
     return AgentResult(port, returncode, output)

@@ -4,8 +4,9 @@ A caller on a group-routed number hears the availability greeting and the
 consent greeting, waits in the queue while the agent's phone rings, then talks
 to the agent. Real callers press 3 in any of those phases, or another key, or
 none, and hang up whenever they like: while still queued, or mid-conversation.
-The agent picks up after a ring of its own. Every caller streams audio for the
-whole call; the seed is in every failure message (``CONSENTD_MOMENTS_SEED``).
+The agent picks up after a ring of its own, and half the time hangs up first
+(the PBX then ends the caller's call). Every caller streams audio for the whole
+call; the seed is in every failure message (``CONSENTD_MOMENTS_SEED``).
 
 The rules checked are the product's: a 3 decides (consent on the opt-in
 number, refusal on the opt-out one) in whichever phase it comes, nothing
@@ -47,6 +48,8 @@ CALLS = 6
 QUEUED_AFTER_MS = int(2 * SHORT_GREETING_S * 1000)
 #: A press this close to the hang-up may arrive after it.
 UNSURE_MS = 700
+#: How far the agent's hang-up may land from where the plan puts it.
+AGENT_END_SLACK_MS = 1000
 #: Asterisk reports a digit when its RFC 2833 end packet arrives: 140 ms into the pcap.
 DTMF_END_S = 0.14
 TOLERANCE_S = 0.5
@@ -59,6 +62,8 @@ class Draw:
     plan: CallPlan
     #: How long agent1's phone rings before it answers.
     answer_ms: int
+    #: agent1 hangs up this long after answering (0: it waits for the caller's BYE).
+    agent_hangup_ms: int = 0
 
     def presses(self) -> list[tuple[int, str]]:
         plan = self.plan
@@ -69,17 +74,40 @@ class Draw:
     def hangup_ms(self) -> int:
         return self.plan.wait1_ms + self.plan.wait2_ms + self.plan.talk_ms
 
+    @property
+    def agent_ends(self) -> bool:
+        """agent1 hangs up before the caller would (about when: the queue's ringing
+        adds its own latency to the answer, hence ``AGENT_END_SLACK_MS``)."""
+        answered = QUEUED_AFTER_MS + self.answer_ms
+        return bool(self.agent_hangup_ms) and answered + self.agent_hangup_ms < self.hangup_ms
+
+    @property
+    def end_ms(self) -> int:
+        if self.agent_ends:
+            return QUEUED_AFTER_MS + self.answer_ms + self.agent_hangup_ms
+        return self.hangup_ms
+
     def threes(self) -> list[int]:
+        """Every 3 the caller means to press (a press after the call's end never is)."""
         return [at for at, key in self.presses() if key == "3"]
 
+    def decided_threes(self) -> list[int]:
+        """The 3s surely pressed before the call ended."""
+        margin = UNSURE_MS + (AGENT_END_SLACK_MS if self.agent_ends else 0)
+        return [at for at in self.threes() if at < self.end_ms - margin]
+
     def unsure(self) -> bool:
-        return any(self.hangup_ms - at < UNSURE_MS for at, _ in self.presses())
+        """A press near the end may or may not be in the call."""
+        slack = AGENT_END_SLACK_MS if self.agent_ends else 0
+        margin = UNSURE_MS + slack
+        return any(self.end_ms - margin <= at < self.end_ms + slack for at, _ in self.presses())
 
     def describe(self) -> str:
         return (
             f"seed {SEED} ({self.policy} {self.plan.did}, caller {self.plan.caller}): presses "
             f"{self.presses()} ms after the answer, agent answers {self.answer_ms} ms after "
-            f"the ring, hang-up at {self.hangup_ms} ms"
+            f"the ring and hangs up {self.agent_hangup_ms or 'never'} ms after that, "
+            f"the caller's hang-up at {self.hangup_ms} ms"
         )
 
 
@@ -114,7 +142,8 @@ def draw_calls(seed: int) -> list[Draw]:
             talk = rng.randint(200, 3000)
         caller = f"+491790{seed % 1000:03d}{n:03d}"
         plan = CallPlan(did, caller, wait1, key1, wait2, key2, talk_ms=talk, speak=True)
-        draws.append(Draw(policy, plan, answer_ms))
+        agent_hangup = rng.choice([0, rng.randint(500, 4000)])
+        draws.append(Draw(policy, plan, answer_ms, agent_hangup))
     return draws
 
 
@@ -129,6 +158,7 @@ async def _calls(draws: list[Draw]) -> list[tuple[CallResult, AgentResult]]:
                 answer_ms=draw.answer_ms,
                 media_port=16100,
                 timeout=draw.hangup_ms / 1000 + 10,
+                hangup_ms=draw.agent_hangup_ms,
             )
         )
         await asyncio.sleep(0.3)  # listening before Asterisk rings it
@@ -171,7 +201,7 @@ def test_a_3_in_any_phase_decides_and_nothing_else_does(
         if draw.unsure():
             continue
         expected = None
-        if draw.threes():
+        if draw.decided_threes():
             expected = "caller_opted_in" if draw.policy == "opt_in" else "caller_opted_out"
         assert action == expected, _describe(draw, outcome)
 

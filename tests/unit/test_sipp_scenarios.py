@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from consentd.sipp import tone_file
+
 SCENARIOS = Path(__file__).resolve().parents[2] / "sipp-scenarios"
 
 
@@ -86,6 +88,8 @@ def test_an_invite_answered_in_a_transaction_is_acked_in_it(path: Path) -> None:
     assert acks and [a.get("ack_txn") for a in acks] == [txn] * len(acks)
     first_ack = messages.index(acks[0])
     for answer in messages[1:first_ack]:
+        if answer.get("request"):
+            continue  # the PBX's own BYE, taken at any step: not an answer to the INVITE
         assert answer.get("response_txn") == txn, f"{path.name}: {answer.attrib} is not bound"
 
 
@@ -159,16 +163,7 @@ def test_the_caller_answers_a_bye_from_the_pbx_at_any_step(tmp_path: Path) -> No
     try:
         time.sleep(0.3)
         started = time.monotonic()
-        caller = subprocess.run(
-            ["sipp", f"127.0.0.1:{pbx_port}", "-sf", str(SCENARIOS / "caller.xml"),
-             "-s", "+4930100020", "-m", "1", "-i", "127.0.0.1", "-p", str(caller_port),
-             "-mp", "18700", "-nostdin", "-timeout", "20s", "-timeout_error",
-             "-set", "caller", "+4915100000001", "-set", "wait1", "5000", "-set", "press1", "0",
-             "-key", "pcap1", KEY_PCAP, "-set", "wait2", "0", "-set", "press2", "0",
-             "-key", "pcap2", KEY_PCAP, "-set", "talk", "10000", "-set", "speak", "0",
-             "-key", "media", KEY_PCAP],
-            cwd=tmp_path, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+        caller = _caller_of(pbx_port, caller_port, tmp_path)
         took = time.monotonic() - started
         pbx_output, _ = pbx.communicate(timeout=30)
     finally:
@@ -178,6 +173,48 @@ def test_the_caller_answers_a_bye_from_the_pbx_at_any_step(tmp_path: Path) -> No
     assert caller.returncode == 0, caller.stdout[-2000:] + caller.stderr[-2000:]
     assert took < 4, f"the caller ran {took:.1f} s: it did not end with the PBX's BYE"
     assert pbx.returncode == 0, f"the PBX's BYE was not answered with 200:\n{pbx_output[-2000:]}"
+
+
+def test_the_agents_phone_hangs_up_first_when_told(tmp_path: Path) -> None:
+    """agent.xml with hangup_ms sends its own BYE after that long, and the caller
+    (caller.xml, dialling the phone directly) takes it: both end successfully."""
+    if shutil.which("sipp") is None:
+        pytest.fail("sipp is not installed: run `make setup`")
+    phone_port, caller_port = _free_udp_port(), _free_udp_port()
+    phone = subprocess.Popen(
+        ["sipp", "-sf", str(SCENARIOS / "agent.xml"), "-i", "127.0.0.1", "-p", str(phone_port),
+         "-mp", "18800", "-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error",
+         "-set", "answer_ms", "300", "-set", "hangup_ms", "1000",
+         "-key", "audio", f"{tone_file()},-1,8", "-set", "pcap", "0", "-key", "media", KEY_PCAP],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        caller = _caller_of(phone_port, caller_port, tmp_path)
+        took = time.monotonic() - started
+        phone_output, _ = phone.communicate(timeout=30)
+    finally:
+        if phone.poll() is None:
+            phone.kill()
+            phone.wait()
+    assert caller.returncode == 0, caller.stdout[-2000:] + caller.stderr[-2000:]
+    assert took < 4, f"the caller ran {took:.1f} s: the phone did not hang up"
+    assert phone.returncode == 0, f"the phone's BYE went unanswered:\n{phone_output[-2000:]}"
+
+
+def _caller_of(port: int, caller_port: int, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """caller.xml dialling 127.0.0.1:``port``: a key wait of 5 s, then 10 s of talk."""
+    return subprocess.run(
+        ["sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIOS / "caller.xml"),
+         "-s", "+4930100020", "-m", "1", "-i", "127.0.0.1", "-p", str(caller_port),
+         "-mp", "18700", "-nostdin", "-timeout", "20s", "-timeout_error",
+         "-set", "caller", "+4915100000001", "-set", "wait1", "5000", "-set", "press1", "0",
+         "-key", "pcap1", KEY_PCAP, "-set", "wait2", "0", "-set", "press2", "0",
+         "-key", "pcap2", KEY_PCAP, "-set", "talk", "10000", "-set", "speak", "0",
+         "-key", "media", KEY_PCAP],
+        cwd=cwd, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
 
 
 def _free_udp_port() -> int:

@@ -21,7 +21,8 @@ Then three queue calls, one after the other, where agent1 dials its own codes
 in time makes its row, once, by agent1, a code that changes nothing makes
 none, and the bridged WAV is silent exactly where the ledger says paused.
 Last, three outbound calls of agent1's, the callee answering after a random
-ring, with the same codes at random moments and the same checks.
+ring (and often hanging up first), with the same codes at random moments and
+the same checks.
 """
 
 from __future__ import annotations
@@ -409,6 +410,8 @@ class OutboundPlan:
     codes: tuple[tuple[int, str], ...]
     #: From the answer to agent1's hang-up.
     talk_ms: int
+    #: The callee hangs up this long after answering (0: it waits for agent1's BYE).
+    callee_hangup_ms: int = 0
 
     def keys(self) -> tuple[tuple[int, str], ...]:
         return CodePlan(CallPlan(OUTBOUND_CALLEE, "agent1"), self.codes, self.talk_ms).keys()
@@ -419,13 +422,22 @@ def draw_outbound_plans(seed: int) -> list[OutboundPlan]:
     plans = []
     for _ in range(AGENT_CALLS):
         talk_ms = rng.randint(4000, 8000)
-        plans.append(OutboundPlan(rng.randint(300, 3000), _draw_codes(rng, talk_ms), talk_ms))
+        codes = _draw_codes(rng, talk_ms)
+        callee_hangup = rng.choice([0, rng.randint(1500, talk_ms)])
+        plans.append(OutboundPlan(rng.randint(300, 3000), codes, talk_ms, callee_hangup))
     return plans
 
 
 async def _outbound_call(plan: OutboundPlan) -> tuple[AgentResult, AgentResult]:
     callee = asyncio.create_task(
-        run_agent(AGENT_PHONE, port=5062, answer_ms=plan.ring_ms, media_port=16620, timeout=30)
+        run_agent(
+            AGENT_PHONE,
+            port=5062,
+            answer_ms=plan.ring_ms,
+            media_port=16620,
+            timeout=30,
+            hangup_ms=plan.callee_hangup_ms,
+        )
     )
     await asyncio.sleep(0.3)  # listening before the trunk rings it
     agent = await place_agent_call(
@@ -474,7 +486,8 @@ def test_agent_codes_on_an_outbound_call_pause_and_resume_exactly_as_the_ledger_
     for plan, outcome in outbound_outcomes:
         describe = (
             f"seed {SEED}: callee rings {plan.ring_ms} ms; codes {plan.codes} ms after its "
-            f"answer, agent1 hangs up {plan.talk_ms} ms after it; ledger "
+            f"answer, agent1 hangs up {plan.talk_ms} ms after it, the callee "
+            f"{plan.callee_hangup_ms or 'never'}; ledger "
             f"{[(r['kind'], round(outcome.seconds(r['kind']), 2)) for r in outcome.ledger]}"
         )
         assert outcome.caller.ok, f"{describe}\n{outcome.caller.output[-1500:]}"

@@ -12,7 +12,9 @@ The rules checked are the product's: a 3 decides (consent on the opt-in
 number, refusal on the opt-out one) in whichever phase it comes, nothing
 decides without one, and what is kept is the talk time with the agent alone,
 from the agent's answer (or the consent, if that came later) to the hang-up.
-A call that never reached the agent keeps nothing.
+A call that never reached the agent keeps nothing. Calls to the hand-off
+number go the same way through the PBX's own dialplan to a desk phone, and
+are recorded from the end of their opt-out greeting unless refused.
 """
 
 from __future__ import annotations
@@ -41,11 +43,19 @@ pytestmark = pytest.mark.e2e
 
 SEED = int(os.environ.get("CONSENTD_MOMENTS_SEED") or time.time_ns() % 1_000_000)
 AGENT_PHONE = REPO / "sipp-scenarios" / "agent.xml"
-#: (number, policy): both routed to the support queue, one-second greetings.
-NUMBERS = [("+4930100010", "opt_in"), ("+4930100011", "opt_out")]
-CALLS = 6
 #: The availability greeting, then the consent greeting: the caller joins the queue.
 QUEUED_AFTER_MS = int(2 * SHORT_GREETING_S * 1000)
+#: The hand-off number's opt-out greeting, then the PBX's dialplan rings the desk phone.
+HANDED_OFF_AFTER_MS = int(SHORT_GREETING_S * 1000)
+#: (number, policy, when the phone starts ringing, the phone's port): two numbers
+#: routed to the support queue (agent1), and one handed to the PBX's own dialplan
+#: (pbx-extensions 200: Dial() of the desk phone agent-ext200).
+NUMBERS = [
+    ("+4930100010", "opt_in", QUEUED_AFTER_MS, 5071),
+    ("+4930100011", "opt_out", QUEUED_AFTER_MS, 5071),
+    ("+4930100021", "handoff_opt_out", HANDED_OFF_AFTER_MS, 5074),
+]
+CALLS = 9
 #: A press this close to the hang-up may arrive after it.
 UNSURE_MS = 700
 #: How far the agent's hang-up may land from where the plan puts it.
@@ -60,9 +70,13 @@ OTHER_KEYS = "0124567"
 class Draw:
     policy: str
     plan: CallPlan
-    #: How long agent1's phone rings before it answers.
+    #: When the phone starts ringing, in ms after the caller's answer.
+    rings_at_ms: int
+    #: Its SIP port (asterisk-conf/pjsip.conf): agent1, or the desk phone.
+    phone_port: int
+    #: How long the phone rings before it answers.
     answer_ms: int
-    #: agent1 hangs up this long after answering (0: it waits for the caller's BYE).
+    #: The phone hangs up this long after answering (0: it waits for the caller's BYE).
     agent_hangup_ms: int = 0
 
     def presses(self) -> list[tuple[int, str]]:
@@ -78,13 +92,13 @@ class Draw:
     def agent_ends(self) -> bool:
         """agent1 hangs up before the caller would (about when: the queue's ringing
         adds its own latency to the answer, hence ``AGENT_END_SLACK_MS``)."""
-        answered = QUEUED_AFTER_MS + self.answer_ms
+        answered = self.rings_at_ms + self.answer_ms
         return bool(self.agent_hangup_ms) and answered + self.agent_hangup_ms < self.hangup_ms
 
     @property
     def end_ms(self) -> int:
         if self.agent_ends:
-            return QUEUED_AFTER_MS + self.answer_ms + self.agent_hangup_ms
+            return self.rings_at_ms + self.answer_ms + self.agent_hangup_ms
         return self.hangup_ms
 
     def threes(self) -> list[int]:
@@ -111,50 +125,49 @@ class Draw:
         )
 
 
-def _moment(rng: random.Random, answer_ms: int) -> int:
-    """At the answer, at a greeting's end, while the agent's phone rings, or in the talk."""
+def _moment(rng: random.Random, rings_at: int, answer_ms: int) -> int:
+    """At the answer, at a greeting's end, while the phone rings, or in the talk."""
     phase = rng.random()
     if phase < 0.2:
         return rng.choice([0, 60, 250])
     if phase < 0.4:
-        return max(0, rng.choice([1000, QUEUED_AFTER_MS]) + rng.randint(-300, 300))
+        return max(0, rng.choice([1000, rings_at]) + rng.randint(-300, 300))
     if phase < 0.6:
-        return QUEUED_AFTER_MS + rng.randint(0, answer_ms)
-    return QUEUED_AFTER_MS + answer_ms + rng.randint(0, 4000)
+        return rings_at + rng.randint(0, answer_ms)
+    return rings_at + answer_ms + rng.randint(0, 4000)
 
 
 def draw_calls(seed: int) -> list[Draw]:
     rng = random.Random(seed + 2)
     draws = []
     for n in range(CALLS):
-        did, policy = NUMBERS[n % len(NUMBERS)]
+        did, policy, rings_at, port = NUMBERS[n % len(NUMBERS)]
         answer_ms = rng.choice([300, rng.randint(500, 4000)])
         key1 = rng.choices(["3", rng.choice(OTHER_KEYS), "none"], [5, 2, 2])[0]
         key2 = "none" if key1 == "none" else rng.choices(["3", "none"], [2, 3])[0]
-        wait1 = _moment(rng, answer_ms) if key1 != "none" else 0
+        wait1 = _moment(rng, rings_at, answer_ms) if key1 != "none" else 0
         wait2 = rng.randint(300, 3000) if key2 != "none" else 0
-        # Hang up while still queued (the phone has rung: its INVITE was sent), or talking.
-        end = rng.choice(
-            [QUEUED_AFTER_MS + 800 + rng.randint(0, answer_ms), QUEUED_AFTER_MS + answer_ms + 4000]
-        )
+        # Hang up while the phone rings (its INVITE was sent), or talking.
+        end = rng.choice([rings_at + 800 + rng.randint(0, answer_ms), rings_at + answer_ms + 4000])
         talk = end - wait1 - wait2
         if talk < 200:  # the keys come later: hang up soon after them
             talk = rng.randint(200, 3000)
         caller = f"+491790{seed % 1000:03d}{n:03d}"
         plan = CallPlan(did, caller, wait1, key1, wait2, key2, talk_ms=talk, speak=True)
         agent_hangup = rng.choice([0, rng.randint(500, 4000)])
-        draws.append(Draw(policy, plan, answer_ms, agent_hangup))
+        draws.append(Draw(policy, plan, rings_at, port, answer_ms, agent_hangup))
     return draws
 
 
 async def _calls(draws: list[Draw]) -> list[tuple[CallResult, AgentResult]]:
-    """One call after the other: the ringall queue's one listening phone takes each."""
+    """One call after the other: the one listening phone takes each (for the queue,
+    agent1: the ringall queue's other members do not answer)."""
     done = []
     for n, draw in enumerate(draws):
         agent = asyncio.create_task(
             run_agent(
                 AGENT_PHONE,
-                port=5071,
+                port=draw.phone_port,
                 answer_ms=draw.answer_ms,
                 media_port=16100,
                 timeout=draw.hangup_ms / 1000 + 10,
@@ -208,6 +221,12 @@ def test_a_3_in_any_phase_decides_and_nothing_else_does(
 
 def _expected_talk(draw: Draw, outcome: CallOutcome) -> float | None:
     """Seconds the kept recording holds, from the ledger's own times; None: nothing kept."""
+    if draw.policy == "handoff_opt_out":
+        # Not a queue: recorded from the opt-out greeting's end, ringing included.
+        refused = outcome.details.get("call_recording_consent_action") == "caller_opted_out"
+        if refused or not outcome.rows("greeting_finished"):
+            return None
+        return outcome.seconds("call_ended") - outcome.seconds("greeting_finished")
     if not outcome.rows("agent_connected"):
         return None  # hung up in the queue: no talk time
     answered, ended = outcome.seconds("agent_connected"), outcome.seconds("call_ended")

@@ -96,7 +96,17 @@ class CallPlan:
 
     @property
     def duration_s(self) -> float:
-        return (self.wait1_ms + self.wait2_ms + self.talk_ms) / 1000
+        return self.hangup_ms / 1000
+
+    @property
+    def hangup_ms(self) -> int:
+        """When the caller hangs up, in ms after the answer (if the PBX has not first)."""
+        return self.wait1_ms + self.wait2_ms + self.talk_ms
+
+    def presses(self) -> list[tuple[int, str]]:
+        """(ms after the answer, key) of each press."""
+        keys = [(self.wait1_ms, self.key1), (self.wait1_ms + self.wait2_ms, self.key2)]
+        return [(at, key) for at, key in keys if key != "none"]
 
 
 @dataclass(frozen=True)

@@ -304,9 +304,12 @@ class CodePlan:
     talk_ms: int
 
     def keys(self) -> tuple[tuple[int, str], ...]:
-        return tuple(
-            (at + 300 * i, key) for at, action in self.codes for i, key in enumerate(CODES[action])
-        )
+        return code_keys(self.codes)
+
+
+def code_keys(codes: tuple[tuple[int, str], ...]) -> tuple[tuple[int, str], ...]:
+    """(ms, key) of each code's keys, 300 ms apart."""
+    return tuple((at + 300 * i, key) for at, action in codes for i, key in enumerate(CODES[action]))
 
 
 def _draw_codes(rng: random.Random, talk_ms: int) -> tuple[tuple[int, str], ...]:
@@ -355,16 +358,29 @@ def code_outcomes(stack: Stack) -> list[tuple[CodePlan, CallOutcome]]:
     return [(p, found[p.caller.caller]) for p in plans]
 
 
-def _expected_controls(plan: CodePlan, hangup_s: float) -> list[str]:
+def _expected_controls(codes: tuple[tuple[int, str], ...], hangup_s: float) -> list[str]:
     """The rows the codes make, each changing the recording's state, if dialled in time."""
     rows, paused = [], False
-    for at, action in plan.codes:
+    for at, action in codes:
         if at / 1000 + 0.3 > hangup_s - 0.7:
             break  # its last key may cross the hang-up
         if (action == "pause") != paused:
             rows.append(f"recording_{action}d")
             paused = action == "pause"
     return rows
+
+
+def assert_codes_made_their_rows(
+    codes: tuple[tuple[int, str], ...], outcome: CallOutcome, answered: float, describe: str
+) -> None:
+    """Every code in time made its row once, by agent1; a code that changed nothing
+    made none. ``codes`` are in ms after ``answered`` (seconds into the call)."""
+    controls = [r for r in outcome.ledger if r["kind"] in ("recording_paused", "recording_resumed")]
+    kinds = [r["kind"] for r in controls]
+    expected = _expected_controls(codes, outcome.seconds("call_ended") - answered)
+    assert kinds[: len(expected)] == expected, describe
+    assert len(kinds) <= len(expected) + 1, describe  # a code at the hang-up, perhaps
+    assert {r["data"]["by"] for r in controls} <= {"agent1"}, describe
 
 
 def test_agent_codes_at_any_moment_pause_and_resume_exactly_as_the_ledger_says(
@@ -379,15 +395,7 @@ def test_agent_codes_at_any_moment_pause_and_resume_exactly_as_the_ledger_says(
         assert outcome.caller.ok, f"{describe}\n{outcome.caller.output[-1500:]}"
         assert outcome.agent is not None and outcome.agent.ok, describe
         answered = outcome.seconds("agent_connected")
-        hangup = outcome.seconds("call_ended") - answered
-        controls = [
-            r for r in outcome.ledger if r["kind"] in ("recording_paused", "recording_resumed")
-        ]
-        kinds = [r["kind"] for r in controls]
-        expected = _expected_controls(plan, hangup)
-        assert kinds[: len(expected)] == expected, describe
-        assert len(kinds) <= len(expected) + 1, describe  # a code at the hang-up, perhaps
-        assert {r["data"]["by"] for r in controls} <= {"agent1"}, describe
+        assert_codes_made_their_rows(plan.codes, outcome, answered, describe)
         # The bridged file begins at the agent's answer.
         paused = paused_spans(outcome.ledger, answered, outcome.seconds("call_ended"))
         ((_, file),) = [(r["data"]["segment"], r["data"]["file"]) for r in outcome.rows(
@@ -414,7 +422,7 @@ class OutboundPlan:
     callee_hangup_ms: int = 0
 
     def keys(self) -> tuple[tuple[int, str], ...]:
-        return CodePlan(CallPlan(OUTBOUND_CALLEE, "agent1"), self.codes, self.talk_ms).keys()
+        return code_keys(self.codes)
 
 
 def draw_outbound_plans(seed: int) -> list[OutboundPlan]:
@@ -494,17 +502,7 @@ def test_agent_codes_on_an_outbound_call_pause_and_resume_exactly_as_the_ledger_
         assert outcome.details["direction"] == "outbound", describe
         answered = outcome.seconds("callee_answered")
         ended = outcome.seconds("call_ended")
-        controls = [
-            r for r in outcome.ledger if r["kind"] in ("recording_paused", "recording_resumed")
-        ]
-        kinds = [r["kind"] for r in controls]
-        expected = _expected_controls(
-            CodePlan(CallPlan(OUTBOUND_CALLEE, "agent1"), plan.codes, plan.talk_ms),
-            ended - answered,
-        )
-        assert kinds[: len(expected)] == expected, describe
-        assert len(kinds) <= len(expected) + 1, describe
-        assert {r["data"]["by"] for r in controls} <= {"agent1"}, describe
+        assert_codes_made_their_rows(plan.codes, outcome, answered, describe)
         (recording,) = [p for p in outcome.details["recordings"] if "/monitor/" in p]
         wav = stack.host_path(recording.removeprefix(str(stack.root)))
         assert abs(wav_seconds(wav) - (ended - answered)) <= 0.5, describe

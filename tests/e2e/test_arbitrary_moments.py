@@ -97,14 +97,11 @@ class Draw:
     pbx_ends: bool = False
 
     def presses(self) -> list[tuple[int, str]]:
-        """(ms after the answer, key) of each press."""
-        plan = self.plan
-        keys = [(plan.wait1_ms, plan.key1), (plan.wait1_ms + plan.wait2_ms, plan.key2)]
-        return [(at, key) for at, key in keys if key != "none"]
+        return self.plan.presses()
 
     @property
     def hangup_ms(self) -> int:
-        return self.plan.wait1_ms + self.plan.wait2_ms + self.plan.talk_ms
+        return self.plan.hangup_ms
 
     def threes(self) -> list[int]:
         return [at for at, key in self.presses() if key == "3"]

@@ -80,13 +80,11 @@ class Draw:
     agent_hangup_ms: int = 0
 
     def presses(self) -> list[tuple[int, str]]:
-        plan = self.plan
-        keys = [(plan.wait1_ms, plan.key1), (plan.wait1_ms + plan.wait2_ms, plan.key2)]
-        return [(at, key) for at, key in keys if key != "none"]
+        return self.plan.presses()
 
     @property
     def hangup_ms(self) -> int:
-        return self.plan.wait1_ms + self.plan.wait2_ms + self.plan.talk_ms
+        return self.plan.hangup_ms
 
     @property
     def agent_ends(self) -> bool:

@@ -149,72 +149,63 @@ def test_the_caller_answers_a_bye_from_the_pbx_at_any_step(tmp_path: Path) -> No
     still pausing before a key: caller.xml answers that BYE and succeeds.
     Two real SIPp processes on loopback (the PBX ends the call after 1 s; the
     caller meant to wait 5 s for its key and hang up 10 s later)."""
-    if shutil.which("sipp") is None:
-        pytest.fail("sipp is not installed: run `make setup`")
     pbx_scenario = tmp_path / "pbx.xml"
     pbx_scenario.write_text(HANGING_UP_PBX)
-    pbx_port, caller_port = _free_udp_port(), _free_udp_port()
-    pbx = subprocess.Popen(
-        ["sipp", "-sf", str(pbx_scenario), "-i", "127.0.0.1", "-p", str(pbx_port),
-         "-mp", "18600", "-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error",
-         "-set", "hangup_ms", "1000", "-trace_err", "-error_file", str(tmp_path / "pbx.err")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        time.sleep(0.3)
-        started = time.monotonic()
-        caller = _caller_of(pbx_port, caller_port, tmp_path)
-        took = time.monotonic() - started
-        pbx_output, _ = pbx.communicate(timeout=30)
-    finally:
-        if pbx.poll() is None:
-            pbx.kill()
-            pbx.wait()
+    caller, took, pbx = _caller_against(
+        ["-sf", str(pbx_scenario), "-set", "hangup_ms", "1000"], tmp_path
+    )
     assert caller.returncode == 0, caller.stdout[-2000:] + caller.stderr[-2000:]
     assert took < 4, f"the caller ran {took:.1f} s: it did not end with the PBX's BYE"
-    assert pbx.returncode == 0, f"the PBX's BYE was not answered with 200:\n{pbx_output[-2000:]}"
+    assert pbx.returncode == 0, f"the PBX's BYE was not answered with 200:\n{pbx.stdout[-2000:]}"
 
 
 def test_the_agents_phone_hangs_up_first_when_told(tmp_path: Path) -> None:
     """agent.xml with hangup_ms sends its own BYE after that long, and the caller
     (caller.xml, dialling the phone directly) takes it: both end successfully."""
-    if shutil.which("sipp") is None:
-        pytest.fail("sipp is not installed: run `make setup`")
-    phone_port, caller_port = _free_udp_port(), _free_udp_port()
-    phone = subprocess.Popen(
-        ["sipp", "-sf", str(SCENARIOS / "agent.xml"), "-i", "127.0.0.1", "-p", str(phone_port),
-         "-mp", "18800", "-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error",
-         "-set", "answer_ms", "300", "-set", "hangup_ms", "1000",
-         "-key", "audio", f"{tone_file()},-1,8", "-set", "pcap", "0", "-key", "media", KEY_PCAP],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    caller, took, phone = _caller_against(
+        ["-sf", str(SCENARIOS / "agent.xml"), "-set", "answer_ms", "300",
+         "-set", "hangup_ms", "1000", "-key", "audio", f"{tone_file()},-1,8",
+         "-set", "pcap", "0", "-key", "media", KEY_PCAP],
+        tmp_path,
     )  # fmt: skip
-    try:
-        time.sleep(0.3)
-        started = time.monotonic()
-        caller = _caller_of(phone_port, caller_port, tmp_path)
-        took = time.monotonic() - started
-        phone_output, _ = phone.communicate(timeout=30)
-    finally:
-        if phone.poll() is None:
-            phone.kill()
-            phone.wait()
     assert caller.returncode == 0, caller.stdout[-2000:] + caller.stderr[-2000:]
     assert took < 4, f"the caller ran {took:.1f} s: the phone did not hang up"
-    assert phone.returncode == 0, f"the phone's BYE went unanswered:\n{phone_output[-2000:]}"
+    assert phone.returncode == 0, f"the phone's BYE went unanswered:\n{phone.stdout[-2000:]}"
 
 
-def _caller_of(port: int, caller_port: int, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """caller.xml dialling 127.0.0.1:``port``: a key wait of 5 s, then 10 s of talk."""
-    return subprocess.run(
-        ["sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIOS / "caller.xml"),
-         "-s", "+4930100020", "-m", "1", "-i", "127.0.0.1", "-p", str(caller_port),
-         "-mp", "18700", "-nostdin", "-timeout", "20s", "-timeout_error",
-         "-set", "caller", "+4915100000001", "-set", "wait1", "5000", "-set", "press1", "0",
-         "-key", "pcap1", KEY_PCAP, "-set", "wait2", "0", "-set", "press2", "0",
-         "-key", "pcap2", KEY_PCAP, "-set", "talk", "10000", "-set", "speak", "0",
-         "-key", "media", KEY_PCAP],
-        cwd=cwd, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+def _caller_against(
+    far_end: list[str], cwd: Path
+) -> tuple[subprocess.CompletedProcess[str], float, subprocess.CompletedProcess[str]]:
+    """caller.xml (a key wait of 5 s, then 10 s of talk) against a SIPp UAS run with
+    ``far_end``'s arguments: the caller's run, its seconds, and the far end's run."""
+    if shutil.which("sipp") is None:
+        pytest.fail("sipp is not installed: run `make setup`")
+    port, caller_port = _free_udp_port(), _free_udp_port()
+    args = ["sipp", *far_end, "-i", "127.0.0.1", "-p", str(port), "-mp", "18600", "-m", "1",
+            "-nostdin", "-timeout", "20s", "-timeout_error"]  # fmt: skip
+    server = subprocess.Popen(
+        args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        time.sleep(0.3)  # listening before the caller dials
+        started = time.monotonic()
+        caller = subprocess.run(
+            ["sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIOS / "caller.xml"),
+             "-s", "+4930100020", "-m", "1", "-i", "127.0.0.1", "-p", str(caller_port),
+             "-mp", "18700", "-nostdin", "-timeout", "20s", "-timeout_error",
+             "-set", "caller", "+4915100000001", "-set", "wait1", "5000", "-set", "press1", "0",
+             "-key", "pcap1", KEY_PCAP, "-set", "wait2", "0", "-set", "press2", "0",
+             "-key", "pcap2", KEY_PCAP, "-set", "talk", "10000", "-set", "speak", "0",
+             "-key", "media", KEY_PCAP],
+            cwd=cwd, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        took = time.monotonic() - started
+        output, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return caller, took, subprocess.CompletedProcess(args, server.returncode, output, "")
 
 
 def _free_udp_port() -> int:

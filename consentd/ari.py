@@ -258,8 +258,11 @@ class AriClient:
             {"context": "consentd-unrecorded", "extension": did, "priority": "1"},
         )
 
-    async def record(self, channel_id: str, name: str, max_seconds: int) -> None:
-        """Record what the caller says (voicemail), after a beep, into Asterisk's recording dir."""
+    async def record(
+        self, channel_id: str, name: str, max_seconds: int, *, beep: bool = True
+    ) -> None:
+        """Record what the caller says (voicemail) into Asterisk's recording dir; with
+        ``beep``, Asterisk beeps first (after sending RecordingStarted)."""
         await self.request(
             "POST",
             f"/channels/{channel_id}/record",
@@ -267,7 +270,7 @@ class AriClient:
                 "name": name,
                 "format": "wav",
                 "maxDurationSeconds": str(max_seconds),
-                "beep": "true",
+                "beep": "true" if beep else "false",
                 "ifExists": "overwrite",
                 "terminateOn": "none",
             },

@@ -93,6 +93,8 @@ from consentd.policy import (
 
 #: Playback-id suffixes; "greeting" is the consent greeting.
 CONSENT, AVAILABLE, VOICEMAIL = "greeting", "available", "voicemail"
+#: Asterisk's own beep (the one ARI's record plays), after the voicemail greeting.
+VOICEMAIL_BEEP = "sound:beep"
 WAIT, HOLD = "wait", "hold"
 #: Playback-id prefixes of an IVR menu's prompt and its "invalid choice" prompt,
 #: numbered per play so a stopped prompt's late events are never mistaken.
@@ -123,6 +125,8 @@ class Call:
     agent: str | None = None
     #: consentd asked Asterisk to record a voicemail.
     voicemail_requested: bool = False
+    #: The voicemail greeting played to its end, and with it the beep.
+    beeped: bool = False
     #: The IVR menu the caller is in (phase IVR), and its misses (no key, wrong key).
     menu: str | None = None
     menu_misses: int = 0
@@ -262,7 +266,10 @@ class _Transition:
             return
         playback_id = self.call.playback_id(suffix)
         self.update(greeting_playback=playback_id)
-        self.do(Play(playback_id, media))
+        # The voicemail greeting ends with the beep: the recording then starts when
+        # Asterisk says it does (its own beep would come after its RecordingStarted).
+        then = (VOICEMAIL_BEEP,) if suffix == VOICEMAIL else ()
+        self.do(Play(playback_id, media, followed_by=then))
 
     def next_step(self, at: datetime) -> None:
         """After a greeting (or none): the next greeting, the menu's wait for a key,
@@ -274,7 +281,7 @@ class _Transition:
             group = call.facts.group
             seconds = group.voicemail_max_seconds if group else DEFAULT_VOICEMAIL_SECONDS
             self.update(voicemail_requested=True)
-            self.do(StartVoicemail(call.facts.voicemail_name, seconds))
+            self.do(StartVoicemail(call.facts.voicemail_name, seconds, beep=not call.beeped))
         elif call.pending_greetings:
             suffix, *rest = call.pending_greetings
             phase = Phase.IVR if call.phase is Phase.IVR else Phase.GREETING
@@ -353,6 +360,8 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
                 "greeting_finished", event.at, playback_id=event.playback_id, state=event.state
             )
             t.update(greeting_playback=None)
+            if call.phase is Phase.VOICEMAIL and event.state == "done":
+                t.update(beeped=True)  # the voicemail greeting, its beep included
             _notice_ended(t, event.playback_id, event.state, event.at)
             t.next_step(event.at)
         case HangupRequested():

@@ -426,6 +426,8 @@ class Answer:
 class Play:
     playback_id: str
     media: Media
+    #: Sounds played right after ``media`` in the same playback (the voicemail beep).
+    followed_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -453,6 +455,10 @@ class ContinueToQueue:
 class StartVoicemail:
     name: str
     max_seconds: int
+    #: Asterisk beeps before it records. Its RecordingStarted comes before that
+    #: beep, so the ledger's message would start 0.44 s early: consentd's voicemail
+    #: greeting ends with the beep instead, and this is False after it.
+    beep: bool = True
 
 
 @dataclass(frozen=True)

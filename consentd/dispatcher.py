@@ -290,7 +290,9 @@ class Dispatcher:
         if kind == "PlaybackFinished":
             runner.post(PlaybackFinished(item["id"], at, str(item.get("state", "done"))))
         elif kind == "RecordingStarted":
-            runner.post(VoicemailStarted(at))  # after the beep: the message itself
+            # The message begins: consentd's beep ended the greeting just before. (With
+            # ARI's beep, sent only when no greeting played, it begins 0.44 s later.)
+            runner.post(VoicemailStarted(at))
         elif kind in ("RecordingFinished", "RecordingFailed"):
             duration = item.get("duration")
             runner.post(VoicemailFinished(str(item.get("state", "done")), duration, at))

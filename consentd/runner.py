@@ -224,7 +224,7 @@ class CallRunner:
                     await ari.play(
                         facts.channel_id,
                         command.playback_id,
-                        command.media.uri,
+                        ",".join((command.media.uri, *command.followed_by)),
                         command.media.language,
                     )
                     return PlaybackStarted(command.playback_id, self._ports.clock())
@@ -275,7 +275,9 @@ class CallRunner:
                 case SetVariables():
                     await ari.set_variables(facts.channel_id, command.variables)
                 case StartVoicemail():
-                    await ari.record(facts.channel_id, command.name, command.max_seconds)
+                    await ari.record(
+                        facts.channel_id, command.name, command.max_seconds, beep=command.beep
+                    )
                 case Hangup():
                     await ari.hangup(facts.channel_id, command.reason)
                 case ContinueOutbound():

@@ -176,8 +176,10 @@ class FakeAri:
     async def continue_to_queue(self, channel_id: str, did: str, queue: str, timeout: int) -> None:
         self._record("continue_to_queue", channel_id, did, queue, str(timeout))
 
-    async def record(self, channel_id: str, name: str, max_seconds: int) -> None:
-        self._record("record", channel_id, name, str(max_seconds))
+    async def record(
+        self, channel_id: str, name: str, max_seconds: int, *, beep: bool = True
+    ) -> None:
+        self._record("record", channel_id, name, str(max_seconds), *(["beep"] if beep else []))
 
     async def hangup(self, channel_id: str, reason: str | None = None) -> None:
         self._record("hangup", channel_id, *([reason] if reason else []))
@@ -919,7 +921,7 @@ async def test_return_from_the_queue_is_posted_with_the_queue_status(node: Node)
         "play",
         chan,
         f"{chan}-voicemail",
-        f"sound:{SOUNDS}/en/consentd/voicemail",
+        f"sound:{SOUNDS}/en/consentd/voicemail,sound:beep",  # the beep ends the greeting
         "en",
     )
     assert node.dispatcher.calls_started == 1

@@ -313,7 +313,7 @@ async def test_a_call_back_from_the_queue_keeps_its_group_and_greetings(node: No
         "play",
         chan,
         f"{chan}-voicemail",
-        f"sound:{SOUNDS}/en/consentd/voicemail",
+        f"sound:{SOUNDS}/en/consentd/voicemail,sound:beep",
         "en",
     )
     assert node.dispatcher.calls[chan].call.facts.group is not None

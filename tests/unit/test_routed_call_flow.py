@@ -474,7 +474,7 @@ def test_queue_timeout_plays_the_voicemail_greeting_whatever_the_policy(
 
     assert commands == [
         WriteLedger(seq, "queue_left", at(30), {"status": "TIMEOUT"}),
-        Play(VOICEMAIL, VOICEMAIL_MEDIA),
+        Play(VOICEMAIL, VOICEMAIL_MEDIA, followed_by=("sound:beep",)),
     ]
     assert call.phase is Phase.VOICEMAIL
     assert call.greeting_playback == VOICEMAIL
@@ -502,8 +502,20 @@ def test_after_the_voicemail_greeting_the_message_is_recorded_for_the_groups_max
     call, commands = handle(call, PlaybackFinished(VOICEMAIL, at(34)))
 
     assert kinds(commands) == ["greeting_finished"]
-    assert actions(commands) == [StartVoicemail(VOICEMAIL_NAME, 60)]
+    # The greeting ended with the beep: Asterisk records at once, and its
+    # RecordingStarted is the message's start (its own beep would follow that event).
+    assert actions(commands) == [StartVoicemail(VOICEMAIL_NAME, 60, beep=False)]
     assert call.phase is Phase.VOICEMAIL
+
+
+def test_without_its_greeting_heard_the_voicemail_beeps_on_asterisks_side(facts: Facts) -> None:
+    """A voicemail greeting that failed to play had no beep in it: Asterisk's comes."""
+    call = queued(routed(facts, "never"))
+    call, _ = handle(call, ReturnedFromQueue("TIMEOUT", at(30)))
+
+    call, commands = handle(call, PlaybackFinished(VOICEMAIL, at(30.2), state="failed"))
+
+    assert actions(commands) == [StartVoicemail(VOICEMAIL_NAME, 120, beep=True)]
 
 
 @pytest.mark.parametrize("recording", ["never", "opt_in"])
@@ -698,7 +710,7 @@ def test_a_call_first_seen_back_from_the_queue_goes_to_voicemail_without_greetin
     call, commands = handle(call, CallArrived(T0, returned_from_queue="TIMEOUT"))
 
     assert kinds(commands) == ["call_started", "queue_left"]
-    assert actions(commands) == [Play(VOICEMAIL, VOICEMAIL_MEDIA)]
+    assert actions(commands) == [Play(VOICEMAIL, VOICEMAIL_MEDIA, followed_by=("sound:beep",))]
     assert call.phase is Phase.VOICEMAIL
     assert call.recording is None
 

@@ -87,6 +87,12 @@ OTHER_KEYS = "0124567"
 #: Its callers stay up to 9 s: long enough for the PBX to end many of the calls.
 IVR, IVR_CALLS, IVR_LONGEST_MS = "+4930100020", 8, 9000
 IVR_KEYS, IVR_INVALID = "12349", "5678"
+#: "never", routed to support-short: nobody answers in 4 s, so the caller is asked
+#: for a message. Its callers hang up anywhere from the greeting to well into the
+#: message: before the beep, during it, or after some words.
+VOICEMAIL, VOICEMAIL_CALLS = "+4930100014", 6
+#: A caller who talked this long after the recording began surely left a message.
+SURELY_A_MESSAGE_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,13 @@ def draw_calls(stack: Stack, seed: int, count: int) -> list[Draw]:
         caller = f"+491770{seed % 1000:03d}{n:03d}"
         plan = CallPlan(IVR, caller, wait1, key1, wait2, key2, talk_ms=talk, speak=True)
         draws.append(Draw("ivr", plan))
+    for n in range(count + IVR_CALLS, count + IVR_CALLS + VOICEMAIL_CALLS):
+        key1 = rng.choice(["3", rng.choice(OTHER_KEYS), "none"])
+        wait1 = rng.randint(0, 8000) if key1 != "none" else 0
+        talk = max(200, rng.randint(1000, 12000) - wait1)
+        caller = f"+491770{seed % 1000:03d}{n:03d}"
+        plan = CallPlan(VOICEMAIL, caller, wait1, key1, talk_ms=talk, speak=True)
+        draws.append(Draw("voicemail", plan))
     return draws
 
 
@@ -185,7 +198,7 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def outcomes(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> list[Outcome]:
-    draws = draw_calls(stack, SEED, CALLS)  # and IVR_CALLS more
+    draws = draw_calls(stack, SEED, CALLS)  # and IVR_CALLS and VOICEMAIL_CALLS more
     since = datetime.now(UTC)
     results = asyncio.run(
         _placed_with_load([d.plan for d in draws], tmp_path_factory.mktemp("load"))
@@ -267,7 +280,7 @@ def test_every_call_is_answered_and_ends_in_the_ledger(outcomes: list[Outcome]) 
         assert kinds.count("call_started") == 1 and kinds.count("call_ended") == 1, (
             outcome.describe()
         )
-        if outcome.draw.kind == "ivr":
+        if outcome.draw.kind in ("ivr", "voicemail"):
             continue  # a voicemail's seconds count apart
         total = outcome.details["recording_time"] + outcome.details["not_recording_time"]
         assert abs(total - outcome.draw.hangup_ms / 1000) <= 1.5, outcome.describe()
@@ -309,7 +322,7 @@ def test_no_file_is_left_that_the_details_do_not_list(
             assert not listed, outcome.describe()
         if outcome.draw.kind in ("opt_in", "withdrawable") and action != "caller_opted_in":
             assert not listed, outcome.describe()
-        if outcome.draw.kind == "ivr" and action != "caller_opted_in":
+        if outcome.draw.kind in ("ivr", "voicemail") and action != "caller_opted_in":
             # A message left after key 2 (or the empty group's voicemail) is the
             # caller's own choice; no call recording without their 3.
             assert all("/consentd-vm-" in path for path in listed), outcome.describe()
@@ -329,7 +342,7 @@ def test_a_kept_recording_holds_the_span_the_caller_allowed(
     outcomes: list[Outcome], stack: Stack
 ) -> None:
     for outcome in outcomes:
-        if outcome.draw.unsure() or outcome.draw.kind == "ivr":
+        if outcome.draw.unsure() or outcome.draw.kind in ("ivr", "voicemail"):
             continue
         expected = _expected_audio(outcome.draw, stack)
         listed = outcome.details.get("recordings") or []
@@ -342,3 +355,37 @@ def test_a_kept_recording_holds_the_span_the_caller_allowed(
         assert abs(measured - expected) <= TOLERANCE_S, (
             f"WAV {measured:.2f} s, expected {expected:.2f} s: {outcome.describe()}"
         )
+
+
+def test_a_voicemail_is_listed_exactly_when_the_caller_left_one(
+    outcomes: list[Outcome], stack: Stack
+) -> None:
+    """Hung up before the recording began: no message, no file. Talked a while
+    after it: the message is listed, as long as the caller talked. In between
+    (hung up on the beep) either may be, but a message not listed has no file."""
+    drawn = [o for o in outcomes if o.draw.kind == "voicemail"]
+    assert len(drawn) == VOICEMAIL_CALLS
+    for outcome in drawn:
+        messages = [p for p in outcome.details.get("recordings") or [] if "/consentd-vm-" in p]
+        started = [r for r in outcome.ledger if r["kind"] == "voicemail_started"]
+        if not started:
+            assert not outcome.details["voicemail"] and messages == [], outcome.describe()
+            continue
+        (row,) = started
+        ended = next(r for r in outcome.ledger if r["kind"] == "call_ended")
+        talked = (ended["occurred_at"] - row["occurred_at"]).total_seconds()
+        if talked >= SURELY_A_MESSAGE_S:
+            assert outcome.details["voicemail"], f"talked {talked:.2f} s: {outcome.describe()}"
+        if outcome.details["voicemail"]:
+            (message,) = messages
+            measured = wav_seconds(stack.host_path(message.removeprefix(str(stack.root))))
+            assert abs(measured - talked) <= TOLERANCE_S, (
+                f"message {measured:.2f} s, talked {talked:.2f} s: {outcome.describe()}"
+            )
+        else:
+            assert messages == [], outcome.describe()
+            file = stack.host_path(row["data"]["file"])
+            deadline = time.monotonic() + 5  # an empty file is removed after the hangup
+            while file.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not file.exists(), f"{file} left, not listed: {outcome.describe()}"

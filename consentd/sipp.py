@@ -146,6 +146,30 @@ async def place_call(
     return CallResult(plan, returncode, started, time.time(), output)
 
 
+async def place_info_call(
+    plan: CallPlan,
+    scenario: Path,
+    *,
+    pbx: str = "127.0.0.1:5060",
+    sip_port: int = 5100,
+    media_port: int = 16000,
+    timeout: float = 60.0,
+) -> CallResult:
+    """``plan``'s first key sent as SIP INFO (sipp-scenarios/info-caller.xml), a tone
+    streamed all call long: a phone set to send its keys out of band."""
+    args = [
+        "sipp", pbx, "-sf", str(scenario), "-s", plan.did, "-m", "1",
+        "-i", "127.0.0.1", "-p", str(sip_port), "-mp", str(media_port),
+        "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
+        "-set", "caller", plan.caller, "-set", "wait", str(plan.wait1_ms),
+        "-set", "key", plan.key1, "-set", "talk", str(plan.wait2_ms + plan.talk_ms),
+        "-key", "audio", f"{tone_file()},-1,8",
+    ]  # fmt: skip
+    started = time.time()
+    returncode, output = await _run_sipp(args, timeout + 10)
+    return CallResult(plan, returncode, started, time.time(), output)
+
+
 async def _run_sipp(args: list[str], timeout: float) -> tuple[int, str]:
     """Run one SIPp process to its end (killed after ``timeout``): exit code and output."""
     proc = await asyncio.create_subprocess_exec(

@@ -16,8 +16,16 @@ from typing import Any
 
 import pytest
 
-from consentd.sipp import CallPlan, CallResult, place_calls
-from tests.e2e.harness import SCENARIO, Stack, consentd_calls, ledger_rows, wav_seconds
+from consentd.sipp import CallPlan, CallResult, place_calls, place_info_call
+from tests.e2e.harness import (
+    REPO,
+    SCENARIO,
+    Stack,
+    collect_outcomes,
+    consentd_calls,
+    ledger_rows,
+    wav_seconds,
+)
 
 #: Asterisk reports a digit when its RFC 2833 end packet arrives: 140 ms into the pcap.
 DTMF_END_S = 0.14
@@ -296,3 +304,22 @@ def test_opt_out_3_during_the_greeting_means_nothing_was_recorded(
     assert outcome.rows("consent_decided")[0]["data"]["phase"] == "greeting"
     assert outcome.rows("recording_started") == []
     assert outcome.details["segments"] == []
+
+
+def test_a_3_sent_as_sip_info_consents_like_an_rtp_one(stack: Stack) -> None:
+    """Many desk phones send keys as SIP INFO (application/dtmf-relay), not in the
+    RTP stream: Asterisk turns them into the same keypress, and the 3 consents."""
+    plan = CallPlan("+4930100007", _caller(90), wait1_ms=1500, key1="3", talk_ms=3000)
+    since = datetime.now(UTC)
+    caller = asyncio.run(
+        place_info_call(
+            plan, REPO / "sipp-scenarios" / "info-caller.xml", sip_port=5197, media_port=17970
+        )
+    )
+    outcome = collect_outcomes({"info": (caller, None)}, since)["info"]
+    assert caller.ok, caller.output[-2000:]
+    assert outcome.details["call_recording_consent_action"] == "caller_opted_in"
+    assert outcome.details["call_recording_consent_keypress"] == "3"
+    (recording,) = outcome.details["recordings"]
+    measured = wav_seconds(stack.host_path(recording.removeprefix(str(stack.root))))
+    assert abs(measured - plan.talk_ms / 1000) <= 0.5, measured  # from the key to the hang-up

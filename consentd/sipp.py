@@ -132,14 +132,29 @@ async def place_call(
     timeout: float = 60.0,
 ) -> CallResult:
     repeat = int(plan.key2 == plan.key1)  # the same digit twice needs a re-stamped pcap
+    return await _placed(plan, scenario, pbx, sip_port, media_port, timeout, [
+        "-set", "talk", str(plan.talk_ms),
+        "-set", "speak", "1" if plan.speak else "0", "-key", "media", str(speech_pcap(plan)),
+        *_press_args(1, plan.wait1_ms, "none" if plan.speak else plan.key1, 0),
+        *_press_args(2, plan.wait2_ms, "none" if plan.speak else plan.key2, repeat),
+    ])  # fmt: skip
+
+
+async def _placed(
+    plan: CallPlan,
+    scenario: Path,
+    pbx: str,
+    sip_port: int,
+    media_port: int,
+    timeout: float,
+    scenario_args: list[str],
+) -> CallResult:
+    """One caller's SIPp run: ``plan``'s number and caller ID, then ``scenario_args``."""
     args = [
         "sipp", pbx, "-sf", str(scenario), "-s", plan.did, "-m", "1",
         "-i", "127.0.0.1", "-p", str(sip_port), "-mp", str(media_port),
         "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
-        "-set", "caller", plan.caller, "-set", "talk", str(plan.talk_ms),
-        "-set", "speak", "1" if plan.speak else "0", "-key", "media", str(speech_pcap(plan)),
-        *_press_args(1, plan.wait1_ms, "none" if plan.speak else plan.key1, 0),
-        *_press_args(2, plan.wait2_ms, "none" if plan.speak else plan.key2, repeat),
+        "-set", "caller", plan.caller, *scenario_args,
     ]  # fmt: skip
     started = time.time()
     returncode, output = await _run_sipp(args, timeout + 10)
@@ -157,17 +172,11 @@ async def place_info_call(
 ) -> CallResult:
     """``plan``'s first key sent as SIP INFO (sipp-scenarios/info-caller.xml), a tone
     streamed all call long: a phone set to send its keys out of band."""
-    args = [
-        "sipp", pbx, "-sf", str(scenario), "-s", plan.did, "-m", "1",
-        "-i", "127.0.0.1", "-p", str(sip_port), "-mp", str(media_port),
-        "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
-        "-set", "caller", plan.caller, "-set", "wait", str(plan.wait1_ms),
-        "-set", "key", plan.key1, "-set", "talk", str(plan.wait2_ms + plan.talk_ms),
+    return await _placed(plan, scenario, pbx, sip_port, media_port, timeout, [
+        "-set", "wait", str(plan.wait1_ms), "-set", "key", plan.key1,
+        "-set", "talk", str(plan.wait2_ms + plan.talk_ms),
         "-key", "audio", f"{tone_file()},-1,8",
-    ]  # fmt: skip
-    started = time.time()
-    returncode, output = await _run_sipp(args, timeout + 10)
-    return CallResult(plan, returncode, started, time.time(), output)
+    ])  # fmt: skip
 
 
 async def _run_sipp(args: list[str], timeout: float) -> tuple[int, str]:

@@ -332,9 +332,12 @@ def voicemail_left(
     if any(e.kind == "empty_file_deleted" and e.data.get("file") == file for e in ordered):
         return None
     finished = next((e for e in ordered if e.kind == "voicemail_finished"), None)
-    if finished is not None and finished.data.get("state") not in (None, "hangup"):
-        if finished.data.get("duration") is None:
-            return None  # ARI's own end, without a duration: nothing was written
+    if (
+        finished is not None
+        and finished.data.get("state") not in (None, "hangup")
+        and finished.data.get("duration") is None
+    ):
+        return None  # ARI's own end, without a duration: nothing was written
     return started, finished
 
 

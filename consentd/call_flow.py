@@ -126,7 +126,7 @@ class Call:
     #: consentd asked Asterisk to record a voicemail.
     voicemail_requested: bool = False
     #: The voicemail greeting played to its end, and with it the beep.
-    beeped: bool = False
+    voicemail_beeped: bool = False
     #: The IVR menu the caller is in (phase IVR), and its misses (no key, wrong key).
     menu: str | None = None
     menu_misses: int = 0
@@ -281,7 +281,9 @@ class _Transition:
             group = call.facts.group
             seconds = group.voicemail_max_seconds if group else DEFAULT_VOICEMAIL_SECONDS
             self.update(voicemail_requested=True)
-            self.do(StartVoicemail(call.facts.voicemail_name, seconds, beep=not call.beeped))
+            self.do(
+                StartVoicemail(call.facts.voicemail_name, seconds, beep=not call.voicemail_beeped)
+            )
         elif call.pending_greetings:
             suffix, *rest = call.pending_greetings
             phase = Phase.IVR if call.phase is Phase.IVR else Phase.GREETING
@@ -361,7 +363,7 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
             )
             t.update(greeting_playback=None)
             if call.phase is Phase.VOICEMAIL and event.state == "done":
-                t.update(beeped=True)  # the voicemail greeting, its beep included
+                t.update(voicemail_beeped=True)  # the voicemail greeting, its beep included
             _notice_ended(t, event.playback_id, event.state, event.at)
             t.next_step(event.at)
         case HangupRequested():

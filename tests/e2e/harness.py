@@ -10,10 +10,11 @@ import struct
 import subprocess
 import time
 import wave
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -251,6 +252,31 @@ class CallOutcome:
         """When the first ``kind`` row happened, in seconds after the call started."""
         start = self.first("call_started")["occurred_at"]
         return float((self.first(kind)["occurred_at"] - start).total_seconds())
+
+
+_Placed = TypeVar("_Placed")
+
+
+async def beside_a_phone(
+    phone: Awaitable[AgentResult], call: Awaitable[_Placed]
+) -> tuple[_Placed, AgentResult]:
+    """``call`` placed once ``phone`` (a SIPp UAS: an agent, a desk phone, the trunk's
+    callee) listens, so Asterisk never rings a port nobody holds; both results."""
+    answering = asyncio.ensure_future(phone)
+    await asyncio.sleep(0.3)
+    return await call, await answering
+
+
+def ended_call_of(caller: str, since: datetime) -> dict[str, Any]:
+    """The details of ``caller``'s call since ``since`` (an agent's outbound call shows
+    the agent's name), once it has ended (15 s at most); {} if it never did."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        ended = [c for c in consentd_calls(since=since) if c["caller"] == caller and c["ended_at"]]
+        if ended:
+            return ended[0]
+        time.sleep(0.5)
+    return {}
 
 
 def collect_outcomes(

@@ -56,8 +56,9 @@ from tests.e2e.harness import (
     SCENARIO,
     CallOutcome,
     Stack,
+    beside_a_phone,
     collect_outcomes,
-    consentd_calls,
+    ended_call_of,
     ledger_rows,
     wav_seconds,
 )
@@ -338,12 +339,12 @@ async def _code_calls(plans: list[CodePlan]) -> list[tuple[CallResult, AgentResu
     done = []
     for n, plan in enumerate(plans):
         media = agent_media(plan.talk_ms + 1000, plan.keys())
-        agent = asyncio.create_task(
-            run_agent(AGENT_PHONE, port=5071, answer_ms=1000, media_port=16100, media=media)
+        done.append(
+            await beside_a_phone(
+                run_agent(AGENT_PHONE, port=5071, answer_ms=1000, media_port=16100, media=media),
+                place_call(plan.caller, SCENARIO, sip_port=5450 + n, media_port=18300),
+            )
         )
-        await asyncio.sleep(0.3)
-        caller = await place_call(plan.caller, SCENARIO, sip_port=5450 + n, media_port=18300)
-        done.append((caller, await agent))
     return done
 
 
@@ -437,7 +438,7 @@ def draw_outbound_plans(seed: int) -> list[OutboundPlan]:
 
 
 async def _outbound_call(plan: OutboundPlan) -> tuple[AgentResult, AgentResult]:
-    callee = asyncio.create_task(
+    return await beside_a_phone(
         run_agent(
             AGENT_PHONE,
             port=5062,
@@ -445,21 +446,19 @@ async def _outbound_call(plan: OutboundPlan) -> tuple[AgentResult, AgentResult]:
             media_port=16620,
             timeout=30,
             hangup_ms=plan.callee_hangup_ms,
-        )
+        ),
+        place_agent_call(
+            AGENT_CALL,
+            agent="agent1",
+            password=agent_password("agent1"),
+            number=OUTBOUND_CALLEE,
+            port=5071,
+            media_port=16610,
+            talk_ms=plan.talk_ms,
+            timeout=30,
+            media=agent_media(plan.talk_ms + 1000, plan.keys()),
+        ),
     )
-    await asyncio.sleep(0.3)  # listening before the trunk rings it
-    agent = await place_agent_call(
-        AGENT_CALL,
-        agent="agent1",
-        password=agent_password("agent1"),
-        number=OUTBOUND_CALLEE,
-        port=5071,
-        media_port=16610,
-        talk_ms=plan.talk_ms,
-        timeout=30,
-        media=agent_media(plan.talk_ms + 1000, plan.keys()),
-    )
-    return agent, await callee
 
 
 @pytest.fixture(scope="module")
@@ -468,24 +467,13 @@ def outbound_outcomes(stack: Stack) -> list[tuple[OutboundPlan, CallOutcome]]:
     for plan in draw_outbound_plans(SEED):
         since = datetime.now(UTC)
         agent, callee = asyncio.run(_outbound_call(plan))
-        details = _ended_call_of("agent1", since)
+        details = ended_call_of("agent1", since)
         ledger = ledger_rows(details["id"]) if details else []
         as_call = CallResult(
             CallPlan(OUTBOUND_CALLEE, "agent1"), agent.returncode, 0, 0, agent.output
         )
         done.append((plan, CallOutcome(as_call, callee, details, ledger)))
     return done
-
-
-def _ended_call_of(caller: str, since: datetime) -> dict[str, Any]:
-    """The details of ``caller``'s call since ``since``, once it has ended (15 s at most)."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        ended = [c for c in consentd_calls(since=since) if c["caller"] == caller and c["ended_at"]]
-        if ended:
-            return ended[0]
-        time.sleep(0.5)
-    return {}
 
 
 def test_agent_codes_on_an_outbound_call_pause_and_resume_exactly_as_the_ledger_says(

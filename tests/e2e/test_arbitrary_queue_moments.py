@@ -35,6 +35,7 @@ from tests.e2e.harness import (
     SHORT_GREETING_S,
     CallOutcome,
     Stack,
+    beside_a_phone,
     collect_outcomes,
     wav_seconds,
 )
@@ -162,19 +163,16 @@ async def _calls(draws: list[Draw]) -> list[tuple[CallResult, AgentResult]]:
     agent1: the ringall queue's other members do not answer)."""
     done = []
     for n, draw in enumerate(draws):
-        agent = asyncio.create_task(
-            run_agent(
-                AGENT_PHONE,
-                port=draw.phone_port,
-                answer_ms=draw.answer_ms,
-                media_port=16100,
-                timeout=draw.hangup_ms / 1000 + 10,
-                hangup_ms=draw.agent_hangup_ms,
-            )
+        phone = run_agent(
+            AGENT_PHONE,
+            port=draw.phone_port,
+            answer_ms=draw.answer_ms,
+            media_port=16100,
+            timeout=draw.hangup_ms / 1000 + 10,
+            hangup_ms=draw.agent_hangup_ms,
         )
-        await asyncio.sleep(0.3)  # listening before Asterisk rings it
-        caller = await place_call(draw.plan, SCENARIO, sip_port=5480 + n, media_port=18500)
-        done.append((caller, await agent))
+        call = place_call(draw.plan, SCENARIO, sip_port=5480 + n, media_port=18500)
+        done.append(await beside_a_phone(phone, call))
     return done
 
 

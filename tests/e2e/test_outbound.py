@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,8 +28,9 @@ from tests.e2e.harness import (
     SCENARIO,
     CallOutcome,
     Stack,
+    beside_a_phone,
     collect_outcomes,
-    consentd_calls,
+    ended_call_of,
     ledger_rows,
     wav_seconds,
 )
@@ -55,36 +55,26 @@ class Dialled:
 async def _dial(
     header: str | None, *, password: str | None = None, trunk_wait: float = 30
 ) -> Dialled:
-    callee = asyncio.create_task(
-        run_agent(CALLEE_PHONE, port=5062, answer_ms=RING_MS, media_port=16620, timeout=trunk_wait)
+    agent, callee = await beside_a_phone(
+        run_agent(CALLEE_PHONE, port=5062, answer_ms=RING_MS, media_port=16620, timeout=trunk_wait),
+        place_agent_call(
+            AGENT_CALL,
+            agent="agent1",
+            password=password or agent_password("agent1"),
+            number=CALLEE,
+            port=5071,
+            media_port=16610,
+            talk_ms=TALK_MS,
+            header=header,
+            timeout=30,
+        ),
     )
-    await asyncio.sleep(0.3)
-    agent = await place_agent_call(
-        AGENT_CALL,
-        agent="agent1",
-        password=password or agent_password("agent1"),
-        number=CALLEE,
-        port=5071,
-        media_port=16610,
-        talk_ms=TALK_MS,
-        header=header,
-        timeout=30,
-    )
-    return Dialled(agent, await callee)
+    return Dialled(agent, callee)
 
 
 def _outcome(dialled: Dialled, since: datetime) -> CallOutcome:
     """agent1's call since ``since`` (its details show the agent's number, "agent1")."""
-    details: dict[str, Any] = {}
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        ended = [
-            c for c in consentd_calls(since=since) if c["caller"] == "agent1" and c["ended_at"]
-        ]
-        if ended:
-            details = ended[0]
-            break
-        time.sleep(0.5)
+    details = ended_call_of("agent1", since)
     ledger = ledger_rows(details["id"]) if details else []
     return CallOutcome(_no_call(dialled), dialled.callee, details, ledger)
 

@@ -145,13 +145,19 @@ class Call:
     bridged_segments: tuple[int, ...] = ()
     #: A greeting carrying the consent notice played (done, or stopped by a key).
     notice_heard: bool = False
-    #: Asterisk announced the hangup (ChannelHangupRequest): a playback it cuts
-    #: off ends "failed", and that is the call's end, not a notice that failed.
-    hanging_up: bool = False
+    #: When Asterisk announced the hangup (ChannelHangupRequest): a playback it
+    #: cuts off ends "failed", and that is the call's end, not a notice that failed.
+    hung_up_at: datetime | None = None
+    #: The latest time of a ledger row written so far (the call's rows stay in order).
+    last_row_at: datetime | None = None
 
     @property
     def ended(self) -> bool:
         return self.phase is Phase.ENDED or self.handed_off
+
+    @property
+    def hanging_up(self) -> bool:
+        return self.hung_up_at is not None
 
     @property
     def refused(self) -> bool:
@@ -210,7 +216,10 @@ class _Transition:
 
     def ledger(self, kind: str, at: datetime, /, **data: Any) -> None:
         self.commands.append(WriteLedger(self.call.next_seq, kind, at, data))
-        self.update(next_seq=self.call.next_seq + 1)
+        last = self.call.last_row_at
+        self.update(
+            next_seq=self.call.next_seq + 1, last_row_at=at if last is None else max(at, last)
+        )
 
     def update(self, **changes: Any) -> None:
         """``dataclasses.replace`` for ``Call``, without its per-field walk and
@@ -367,7 +376,7 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
             _notice_ended(t, event.playback_id, event.state, event.at)
             t.next_step(event.at)
         case HangupRequested():
-            t.update(hanging_up=True)
+            t.update(hung_up_at=call.hung_up_at or event.at)
         case TimerFired() if call.phase is Phase.IVR and event.token == call.timer:
             t.update(timer=0)
             _menu_miss(t, "no_key", event.at)
@@ -1013,7 +1022,24 @@ def _internal_error(t: _Transition, event: InternalError) -> None:
         _unserved(t, "internal_error", event.at)
 
 
+def _end_time(call: Call, event: CallEnded) -> datetime:
+    """When the call ended: the hangup Asterisk announced, where it announced one.
+
+    Asterisk publishes ChannelHangupRequest as the BYE arrives; StasisEnd and
+    ChannelDestroyed follow once the channel's own thread gets to the hangup,
+    which on a busy PBX was up to 1.5 s later, after the caller's phone had
+    long finished the call. The caller's audio, and with it the recording,
+    ends at the BYE. Never before a row already written, so the call's rows
+    stay in time order.
+    """
+    hung_up = call.hung_up_at
+    if hung_up is None or hung_up >= event.at:
+        return event.at
+    return hung_up if call.last_row_at is None else max(hung_up, call.last_row_at)
+
+
 def _end(t: _Transition, event: CallEnded) -> None:
+    event = replace(event, at=_end_time(t.call, event))
     _found_after_the_end(t, event)
     segment = t.call.recording
     delete_refused = t.call.deletes_captured

@@ -24,7 +24,9 @@ from consentd.call_model import (
     DeleteRecording,
     DtmfReceived,
     Hangup,
+    HangupRequested,
     InternalError,
+    LeftStasis,
     Media,
     Phase,
     Play,
@@ -477,6 +479,47 @@ def test_hangup_while_recording_writes_recording_stopped_then_call_ended(facts: 
         WriteLedger(3, "call_ended", at(30), {"cause": "hangup"}),
     ]
     assert call.ended and call.recording is None
+
+
+def test_a_call_ends_when_asterisk_announced_the_hangup_not_when_stasis_let_go(
+    facts: Facts,
+) -> None:
+    """On a busy PBX StasisEnd came up to 1.5 s after the BYE (ChannelHangupRequest):
+    the caller's audio, the recording and the call ended at the BYE."""
+    call = arrived(facts("always"))
+    call, _ = handle(call, RecordingStarted(1, at(0.1)))
+    call, commands = handle(call, HangupRequested(at(9.6)))
+    assert commands == []
+    call, _ = handle(call, HangupRequested(at(9.9)))  # a second one changes nothing
+
+    call, commands = handle(call, LeftStasis(at(11.1)))
+
+    assert [(w.kind, w.at) for w in ledger(commands)] == [
+        ("recording_stopped", at(9.6)),
+        ("call_ended", at(9.6)),
+    ]
+
+
+def test_a_row_written_after_the_hangup_request_keeps_the_call_s_rows_in_time_order(
+    facts: Facts,
+) -> None:
+    call = arrived(facts("opt_in"))
+    call, _ = handle(call, HangupRequested(at(3.0)))
+    # The greeting cut off by the hangup ends after it: its row comes first.
+    call, commands = handle(call, PlaybackFinished(GREETING, at(3.4), state="failed"))
+    assert [(w.kind, w.at) for w in ledger(commands)] == [("greeting_finished", at(3.4))]
+
+    call, commands = handle(call, LeftStasis(at(4.5)))
+
+    assert [(w.kind, w.at) for w in ledger(commands)] == [("call_ended", at(3.4))]
+
+
+def test_without_a_hangup_request_the_end_is_the_end_event_s_time(facts: Facts) -> None:
+    call = arrived(facts("never"))
+
+    _, commands = handle(call, LeftStasis(at(7.0)))
+
+    assert [(w.kind, w.at) for w in ledger(commands)] == [("call_ended", at(7.0))]
 
 
 def test_ended_call_ignores_dtmf_and_playback_events(facts: Facts) -> None:

@@ -96,6 +96,9 @@ CONSENT, AVAILABLE, VOICEMAIL = "greeting", "available", "voicemail"
 #: Asterisk's own beep (the one ARI's record plays), after the voicemail greeting.
 VOICEMAIL_BEEP = "sound:beep"
 WAIT, HOLD = "wait", "hold"
+#: ARI's answers to a request on a channel that hung up meanwhile: gone (404),
+#: or still there but already out of Stasis (409, ``resource_channels.c``).
+CHANNEL_LEFT_STATUSES = (404, 409)
 #: Playback-id prefixes of an IVR menu's prompt and its "invalid choice" prompt,
 #: numbered per play so a stopped prompt's late events are never mistaken.
 MENU_PROMPT, MENU_INVALID = "ivr-", "invalid-"
@@ -376,7 +379,8 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
             _notice_ended(t, event.playback_id, event.state, event.at)
             t.next_step(event.at)
         case HangupRequested():
-            t.update(hung_up_at=call.hung_up_at or event.at)
+            # The first announced; or earlier than a refused play's guess (below).
+            t.update(hung_up_at=min(call.hung_up_at or event.at, event.at))
         case TimerFired() if call.phase is Phase.IVR and event.token == call.timer:
             t.update(timer=0)
             _menu_miss(t, "no_key", event.at)
@@ -921,6 +925,11 @@ def _command_failed(t: _Transition, event: CommandFailed) -> None:
             t.update(recording=replace(segment, stopping=False))
     elif isinstance(command, Play) and command.playback_id == t.call.greeting_playback:
         t.update(greeting_playback=None)
+        if event.status in CHANNEL_LEFT_STATUSES and not t.call.hanging_up:
+            # The caller hung up before Asterisk got to the play (a busy PBX):
+            # the call's end, not a notice Asterisk could not play. Its
+            # ChannelHangupRequest, already on its way, has the time.
+            t.update(hung_up_at=event.at)
         # Refused or unanswered: nothing shows the caller heard it (safer for consent).
         _notice_ended(t, command.playback_id, "play_failed", event.at, error=event.error)
         t.next_step(event.at)

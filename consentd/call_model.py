@@ -301,6 +301,8 @@ class CommandFailed:
     #: No answer came (a timeout, or the connection dropped after sending): the
     #: command may have happened. The flow then takes the reading safer for consent.
     unknown: bool = False
+    #: ARI's HTTP status of the refusal, when ARI refused (404: no such channel).
+    status: int | None = None
 
 
 @dataclass(frozen=True)

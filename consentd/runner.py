@@ -314,7 +314,10 @@ class CallRunner:
                     "consentd_refused_recordings_not_deleted counts it after the call",
                 )
                 self._background(self._delete_again(command), command)
-            return CommandFailed(command, str(exc), self._ports.clock(), unknown=unknown)
+            status = exc.status if isinstance(exc, AriError) else None
+            return CommandFailed(
+                command, str(exc), self._ports.clock(), unknown=unknown, status=status
+            )
         return None
 
     def _recording_changed(self, change: RecordingStarted | RecordingStopped, press: Event) -> None:

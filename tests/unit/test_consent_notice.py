@@ -27,12 +27,15 @@ from consentd.call_model import (
     CallEnded,
     CallFacts,
     Command,
+    CommandFailed,
     ConsentAction,
     ContinueToQueue,
     DeleteRecording,
     DtmfReceived,
     HangupRequested,
+    LeftStasis,
     Phase,
+    Play,
     PlaybackFinished,
     PlaybackStarted,
     RecordingStarted,
@@ -164,6 +167,42 @@ def test_a_greeting_cut_off_by_the_hangup_is_a_normal_end(facts: Facts) -> None:
     assert kinds(commands) == ["greeting_finished", "call_ended"]
     assert not [c for c in actions(commands) if isinstance(c, StartRecording)]
     assert call.decision is None and call.segments_opened == 0
+
+
+@pytest.mark.parametrize("status", [404, 409])
+@pytest.mark.parametrize("recording", ["opt_in", "opt_out"])
+def test_a_play_refused_because_the_caller_already_hung_up_is_a_normal_end(
+    facts: Facts, recording: str, status: int
+) -> None:
+    """Found under load: the caller hung up 0.3 s after the answer, before Asterisk
+    took the greeting's play; ARI refused it (404: no such channel; 409: out of
+    Stasis) and the call came out as ``notice_failed``. It is the call's end."""
+    call, _ = handle(new_call(facts(recording)), CallArrived(T0))
+    call, answered = handle(call, Answered(T0))
+    (play,) = [c for c in answered if isinstance(c, Play)]
+
+    call, commands = run(
+        call,
+        CommandFailed(play, f"POST play: status {status}", at(0.5), status=status),
+        HangupRequested(at(0.3)),
+        LeftStasis(at(0.6)),
+    )
+
+    assert kinds(commands) == ["command_failed", "call_ended"]
+    assert not starts(commands)
+    assert call.decision is None
+    assert ledger(commands)[-1].at == at(0.5)  # never before a row already written
+
+
+def test_a_play_refused_for_another_reason_is_still_a_failed_notice(facts: Facts) -> None:
+    call, _ = handle(new_call(facts("opt_out")), CallArrived(T0))
+    call, answered = handle(call, Answered(T0))
+    (play,) = [c for c in answered if isinstance(c, Play)]
+
+    call, commands = handle(call, CommandFailed(play, "POST play: status 500", at(0.5), status=500))
+
+    assert kinds(commands) == ["command_failed", "consent_notice_failed"]
+    assert call.decision is ConsentAction.NOTICE_FAILED
 
 
 def test_a_3_that_reaches_consentd_after_the_hangup_request_starts_nothing(

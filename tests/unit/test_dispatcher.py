@@ -774,13 +774,29 @@ async def test_failed_mixmonitor_is_written_to_the_ledger_and_not_counted_as_rec
 
 async def test_failed_greeting_playback_puts_the_caller_on_hold(node: Node) -> None:
     chan = "1764432002.5"
-    node.ari.failing["play"] = AriNotFound("POST /channels/x/play: not found", 404)
+    node.ari.failing["play"] = AriError("POST /channels/x/play: status 500", 500)
 
     await node.feed(stasis_start(chan, "+4930100002"))
 
     assert node.dispatcher.calls[chan].call.phase is Phase.HOLDING
     failed = by_kind(await node.ledger(), "command_failed")
     assert [e.data["command"] for e in failed] == ["Play"]
+    assert [e.data["action"] for e in by_kind(await node.ledger(), "consent_notice_failed")] == [
+        "notice_failed"
+    ]
+
+
+async def test_a_play_refused_as_the_channel_is_gone_is_the_call_s_end(node: Node) -> None:
+    """ARI answers 404 for a caller who hung up before the play: not a failed notice."""
+    chan = "1764432002.6"
+    node.ari.failing["play"] = AriNotFound("POST /channels/x/play: not found", 404)
+
+    await node.feed(stasis_start(chan, "+4930100002"))
+    await node.feed(stasis_end(chan))
+    await node.calls_done()
+
+    kinds = [e.kind for e in await node.ledger()]
+    assert kinds == ["call_started", "command_failed", "call_ended"]
 
 
 def test_bundled_greeting_is_played_from_asterisks_sounds_dir_in_the_callers_language(

@@ -26,8 +26,10 @@ miss after two wrong keys, the nested menu's timeout. Callers of the hand-off
 number hang up while the PBX's own dialplan rings the desk phone.
 
 They call into a busy PBX: a load of opt-in callers (tone, key 3 at 2 s, 9 s
-calls, 20 a second: about 180 at once; ``CONSENTD_MOMENTS_LOAD_CPS``, 0 for
-none) runs beside them. Only under load did a caller who hung up during the
+calls, 10 a second: about 90 at once; ``CONSENTD_MOMENTS_LOAD_CPS``, 0 for
+none) runs beside them. (At 20 a second this 2-core machine ran out of CPU on
+some days, and SIPp and Asterisk then ran up to 1.5 s late: the timing checks
+below measured the machine, not consentd.) Only under load did a caller who hung up during the
 opt-out greeting get a recording started on the dying channel (the ledger then
 named a file that never existed).
 """
@@ -66,7 +68,7 @@ TOLERANCE_S = 0.5
 UNSURE_MS = 700
 CALLS = 42
 SEED = int(os.environ.get("CONSENTD_MOMENTS_SEED") or time.time_ns() % 1_000_000)
-LOAD_CPS = float(os.environ.get("CONSENTD_MOMENTS_LOAD_CPS") or 20)
+LOAD_CPS = float(os.environ.get("CONSENTD_MOMENTS_LOAD_CPS") or 10)
 
 #: (number, what it does): the policies of tests/e2e/harness.py's POLICIES.
 NUMBERS = [
@@ -192,6 +194,7 @@ class Outcome:
         return (
             f"seed {SEED} ({self.draw.kind} {plan.did}, caller {plan.caller}): presses "
             f"{self.draw.presses()} ms after the answer, hang-up at {self.draw.hangup_ms} ms; "
+            f"SIPp ran {self.result.finished - self.result.started:.2f} s; "
             f"details {self.details}; ledger {[r['kind'] for r in self.ledger]}"
         )
 

@@ -173,11 +173,92 @@ def test_the_agents_phone_hangs_up_first_when_told(tmp_path: Path) -> None:
     assert phone.returncode == 0, f"the phone's BYE went unanswered:\n{phone.stdout[-2000:]}"
 
 
+#: A caller that gives up while the phone rings: INVITE, then CANCEL on the 180.
+CANCELLING_CALLER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a caller who gives up while it rings">
+  <send><![CDATA[
+INVITE sip:agent@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]C[call_number]
+To: <sip:agent@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 7 INVITE
+Contact: <sip:caller@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=caller 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 8 101
+a=rtpmap:8 PCMA/8000
+a=rtpmap:101 telephone-event/8000
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180"/>
+  <pause milliseconds="300"/>
+  <send><![CDATA[
+CANCEL sip:agent@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-1]
+From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]C[call_number]
+To: <sip:agent@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 7 CANCEL
+Max-Forwards: 70
+Content-Length: 0
+  ]]></send>
+  <recv response="200"/>
+  <recv response="487"/>
+  <send><![CDATA[
+ACK sip:agent@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-2]
+From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]C[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 7 ACK
+Max-Forwards: 70
+Content-Length: 0
+  ]]></send>
+</scenario>
+"""
+
+
+def test_the_agents_phone_takes_a_cancel_while_it_rings(tmp_path: Path) -> None:
+    """A caller who gives up while agent.xml rings (3 s before its answer): the phone
+    answers the CANCEL 200 and the INVITE 487, and both end successfully at once.
+    Without that, Asterisk held the agent "ringing" for 32 s, and the queue
+    (ringinuse=no) rang nobody for the next caller."""
+    uac = tmp_path / "cancelling.xml"
+    uac.write_text(CANCELLING_CALLER)
+    caller, took, phone = _caller_against(
+        ["-sf", str(SCENARIOS / "agent.xml"), "-set", "answer_ms", "3000",
+         "-key", "audio", f"{tone_file()},-1,8", "-set", "pcap", "0", "-key", "media", KEY_PCAP],
+        tmp_path,
+        caller=["-sf", str(uac)],
+    )  # fmt: skip
+    assert caller.returncode == 0, caller.stdout[-2000:] + caller.stderr[-2000:]
+    assert took < 2, f"the caller ran {took:.1f} s: its CANCEL was not answered at once"
+    assert phone.returncode == 0, f"the phone counted the CANCEL as a failure:\n{phone.stdout}"
+
+
+#: caller.xml with a key wait of 5 s, then 10 s of talk.
+CALLER_XML = [
+    "-sf", str(SCENARIOS / "caller.xml"), "-s", "+4930100020",
+    "-set", "caller", "+4915100000001", "-set", "wait1", "5000", "-set", "press1", "0",
+    "-key", "pcap1", KEY_PCAP, "-set", "wait2", "0", "-set", "press2", "0",
+    "-key", "pcap2", KEY_PCAP, "-set", "talk", "10000", "-set", "speak", "0",
+    "-key", "media", KEY_PCAP,
+]  # fmt: skip
+
+
 def _caller_against(
-    far_end: list[str], cwd: Path
+    far_end: list[str], cwd: Path, caller: list[str] = CALLER_XML
 ) -> tuple[subprocess.CompletedProcess[str], float, subprocess.CompletedProcess[str]]:
-    """caller.xml (a key wait of 5 s, then 10 s of talk) against a SIPp UAS run with
-    ``far_end``'s arguments: the caller's run, its seconds, and the far end's run."""
+    """A caller (``caller``'s scenario arguments; caller.xml by default) against a
+    SIPp UAS run with ``far_end``'s: the caller's run, its seconds, the far end's run."""
     if shutil.which("sipp") is None:
         pytest.fail("sipp is not installed: run `make setup`")
     port, caller_port = _free_udp_port(), _free_udp_port()
@@ -189,14 +270,10 @@ def _caller_against(
     try:
         time.sleep(0.3)  # listening before the caller dials
         started = time.monotonic()
-        caller = subprocess.run(
-            ["sipp", f"127.0.0.1:{port}", "-sf", str(SCENARIOS / "caller.xml"),
-             "-s", "+4930100020", "-m", "1", "-i", "127.0.0.1", "-p", str(caller_port),
-             "-mp", "18700", "-nostdin", "-timeout", "20s", "-timeout_error",
-             "-set", "caller", "+4915100000001", "-set", "wait1", "5000", "-set", "press1", "0",
-             "-key", "pcap1", KEY_PCAP, "-set", "wait2", "0", "-set", "press2", "0",
-             "-key", "pcap2", KEY_PCAP, "-set", "talk", "10000", "-set", "speak", "0",
-             "-key", "media", KEY_PCAP],
+        ran = subprocess.run(
+            ["sipp", f"127.0.0.1:{port}", *caller, "-m", "1", "-i", "127.0.0.1",
+             "-p", str(caller_port), "-mp", "18700", "-nostdin", "-timeout", "20s",
+             "-timeout_error"],
             cwd=cwd, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         took = time.monotonic() - started
@@ -205,7 +282,7 @@ def _caller_against(
         if server.poll() is None:
             server.kill()
             server.wait()
-    return caller, took, subprocess.CompletedProcess(args, server.returncode, output, "")
+    return ran, took, subprocess.CompletedProcess(args, server.returncode, output, "")
 
 
 def _free_udp_port() -> int:

@@ -96,9 +96,23 @@ def test_an_invite_answered_in_a_transaction_is_acked_in_it(path: Path) -> None:
 #: SIPp loads every pcap a scenario names at start, played or not (Debian's sip-tester).
 KEY_PCAP = "/usr/share/sip-tester/dtmf_2833_3.pcap"
 
+#: The body of an INVITE or its 200: A-law and RFC 2833 events.
+SDP = """Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=sipp 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 8 101
+a=rtpmap:8 PCMA/8000
+a=rtpmap:101 telephone-event/8000
+"""
+
 #: A PBX that answers and hangs up first after ``hangup_ms``, as an IVR's
 #: timeout or a hand-off whose Dial() gives up does.
-HANGING_UP_PBX = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+HANGING_UP_PBX = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="a PBX that hangs up first">
   <Global variables="hangup_ms"/>
   <recv request="INVITE" crlf="true" rrs="true">
@@ -115,18 +129,7 @@ SIP/2.0 200 OK
 [last_Call-ID:]
 [last_CSeq:]
 Contact: <sip:pbx@[local_ip]:[local_port]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=pbx 1 1 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 8 101
-a=rtpmap:8 PCMA/8000
-a=rtpmap:101 telephone-event/8000
-  ]]></send>
+{SDP}  ]]></send>
   <recv request="ACK" crlf="true"/>
   <nop><action><todouble assign_to="hangup" variable="hangup_ms"/></action></nop>
   <pause variable="hangup"/>
@@ -174,7 +177,7 @@ def test_the_agents_phone_hangs_up_first_when_told(tmp_path: Path) -> None:
 
 
 #: A caller that gives up while the phone rings: INVITE, then CANCEL on the 180.
-CANCELLING_CALLER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+CANCELLING_CALLER = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="a caller who gives up while it rings">
   <send><![CDATA[
 INVITE sip:agent@[remote_ip]:[remote_port] SIP/2.0
@@ -185,18 +188,7 @@ Call-ID: [call_id]
 CSeq: 7 INVITE
 Contact: <sip:caller@[local_ip]:[local_port]>
 Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=caller 1 1 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 8 101
-a=rtpmap:8 PCMA/8000
-a=rtpmap:101 telephone-event/8000
-  ]]></send>
+{SDP}  ]]></send>
   <recv response="100" optional="true"/>
   <recv response="180"/>
   <pause milliseconds="300"/>

@@ -42,6 +42,7 @@ from tests.e2e.harness import (
     SCENARIO,
     CallOutcome,
     Stack,
+    beside_a_phone,
     collect_outcomes,
     consentd_calls,
     ledger_rows,
@@ -150,18 +151,16 @@ def test_a_queue_agent_pauses_and_resumes_by_code_and_the_caller_hears_no_code(
     plan = CallPlan("+4930100012", "+4915100000811", talk_ms=12_000, speak=True)
 
     async def scenario() -> tuple[CallResult, AgentResult]:
-        agent = asyncio.create_task(
+        return await beside_a_phone(
             run_agent(
                 AGENT_PHONE,
                 port=5071,
                 answer_ms=1000,
                 media_port=16100,
                 media=agent_media(12_000, CODES),
-            )
+            ),
+            place_call(plan, SCENARIO, sip_port=5165, media_port=17600),
         )
-        await asyncio.sleep(0.3)
-        caller = await place_call(plan, SCENARIO, sip_port=5165, media_port=17600)
-        return caller, await agent
 
     capture = RtpCapture((17600, 16100))  # what the caller and agent1 hear
     (caller, agent), watch = asyncio.run(_watching(scenario, capture))
@@ -197,23 +196,21 @@ def test_an_outbound_agent_pauses_by_code_and_skip_mode_leaves_the_gap_out(
     since = datetime.now(UTC)
 
     async def scenario() -> tuple[AgentResult, AgentResult]:
-        callee = asyncio.create_task(
-            run_agent(AGENT_PHONE, port=5062, answer_ms=1500, media_port=16620, timeout=30)
+        return await beside_a_phone(
+            run_agent(AGENT_PHONE, port=5062, answer_ms=1500, media_port=16620, timeout=30),
+            place_agent_call(
+                AGENT_CALL,
+                agent="agent1",
+                password=agent_password("agent1"),
+                number=CALLEE,
+                port=5071,
+                media_port=16610,
+                talk_ms=9000,
+                header="X-Consentd-Number: +4930100036",
+                media=agent_media(9000, CODES),
+                timeout=30,
+            ),
         )
-        await asyncio.sleep(0.3)
-        agent = await place_agent_call(
-            AGENT_CALL,
-            agent="agent1",
-            password=agent_password("agent1"),
-            number=CALLEE,
-            port=5071,
-            media_port=16610,
-            talk_ms=9000,
-            header="X-Consentd-Number: +4930100036",
-            media=agent_media(9000, CODES),
-            timeout=30,
-        )
-        return agent, await callee
 
     capture = RtpCapture((16620, 16610))  # what the callee and agent1 hear
     (agent, callee), watch = asyncio.run(_watching(scenario, capture))

@@ -349,6 +349,9 @@ def markdown(result: dict[str, Any]) -> str:
         "| " + " | ".join(title for title, _ in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
+    if result.get("complete") is False:
+        # The targets below judge only the steps measured before it stopped.
+        lines[1:1] = [f"Incomplete run, {len(result['steps'])} step runs: {result['stopped']}", ""]
     for step in result["steps"]:
         lines.append("| " + " | ".join(_cell(step, k, t) for t, k in COLUMNS) + " |")
     repeated = [g for g in result.get("medians", []) if g["runs"] > 1]

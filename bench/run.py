@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,9 @@ STACK = REPO / "scripts" / "stack.sh"
 POLICIES = REPO / "bench" / "policies.yaml"
 RESULTS = REPO / "bench" / "results"
 PRESS_AT_MS = 2000
+#: What a result file written between steps says until the run ends: a file
+#: still saying it after the bench is gone was killed (SIGKILL, power).
+UNFINISHED = "unfinished: the run was still going, or was killed"
 
 
 @dataclass(frozen=True)
@@ -87,9 +92,11 @@ def parse_steps(text: str, runs: int = 1) -> list[StepSpec]:
             call_ms = int(parts[3]) if len(parts) > 3 else (4000 if parts[1] == "none" else 10_000)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"step {item!r}: {exc}") from None
-        if cps <= 0 or seconds <= 0 or call_ms < 2500:
+        if not (0 < cps < 10_000 and 0 < seconds <= 3600) or call_ms < 2500:
+            # float() takes "inf" and "nan": neither is a number of calls to place.
             raise argparse.ArgumentTypeError(
-                f"step {item!r}: rate and seconds must be positive, calls at least 2500 ms"
+                f"step {item!r}: rate (under 10000) and seconds (up to 3600) must be"
+                " positive, calls at least 2500 ms"
             )
         specs.append(StepSpec(cps, parts[1], seconds, call_ms, runs))
     return specs
@@ -120,6 +127,7 @@ async def _stack(*args: str) -> None:
         sys.exit(f"bench: scripts/stack.sh {' '.join(args)} failed (exit {proc.returncode})")
 
 
+@functools.cache
 def machine() -> dict[str, Any]:
     mem_kb = 0
     for line in Path("/proc/meminfo").read_text().splitlines():
@@ -145,16 +153,28 @@ async def run(
     paths: tuple[str, ...] = (),
     keep_wavs: Path | None = None,
 ) -> Path:
+    """Run the steps; the result file is rewritten after every step.
+
+    A run stopped part-way (Ctrl-C, SIGTERM, a step that failed) keeps what it
+    measured: the file then says ``"complete": false`` and why it stopped, and
+    the table of the steps done is printed. Without ``keep`` the stack is taken
+    down either way.
+    """
     for tool in ("sipp", "chroot"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed; run `make setup`")
     started = time.monotonic()
-    print(f"==> bench: stack up with {POLICIES.relative_to(REPO)}", flush=True)
-    await _stack("up", str(POLICIES))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"{stamp}{'-quick' if quick else ''}.json"
     steps: list[StepMeasure] = []
     specs = specs or plan_steps(quick)
     chosen = [p for p in PATHS if not paths or p.name in paths]
+    planned = len(chosen) * sum(spec.runs for spec in specs)
+    stopped: str | None = None
+    _cancel_on_sigterm()
     try:
+        print(f"==> bench: stack up with {_shown(POLICIES)}", flush=True)
+        await _stack("up", str(POLICIES))
         with tempfile.TemporaryDirectory(prefix="consentd-bench-") as tmp:
             media_dir = Path(tmp) / "media"
             for n, spec in enumerate(specs, 1):
@@ -180,26 +200,73 @@ async def run(
                         step.run, step.runs = run_no, spec.runs
                         steps.append(step)
                         print(f"    {step.one_line()}", flush=True)
+                        save_result(out, quick, started, steps, stopped=UNFINISHED)
+    except asyncio.CancelledError:
+        stopped = "interrupted (SIGINT or SIGTERM)"
+        raise
+    except Exception as exc:
+        stopped = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
-        if not keep:
-            await _stack("down")
+        try:
+            if not keep:
+                await _stack("down")
+        finally:
+            if stopped is not None:
+                _report_stopped(out, quick, started, steps, planned, stopped)
+    result = save_result(out, quick, started, steps)
+    print(markdown(result))
+    print(f"==> bench: results in {_shown(out)} ({result['duration_s']:.0f} s)")
+    return out
+
+
+def save_result(
+    out: Path, quick: bool, started: float, steps: list[StepMeasure], stopped: str | None = None
+) -> dict[str, Any]:
+    """Write the result file as it stands. ``stopped``: why the run is not complete
+    (``UNFINISHED`` while steps are still to come)."""
     step_rows = [s.as_json() for s in steps]
     result: dict[str, Any] = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": quick,
+        "complete": stopped is None,
+        "stopped": stopped,
         "duration_s": round(time.monotonic() - started, 1),
         "machine": machine(),
         "steps": step_rows,
         "medians": group_runs(step_rows),
         "summary": summarise(step_rows),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"{stamp}{'-quick' if quick else ''}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".tmp")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(out)  # never a half-written file, even if killed while writing
+    return result
+
+
+def _report_stopped(
+    out: Path, quick: bool, started: float, steps: list[StepMeasure], planned: int, why: str
+) -> None:
+    print(f"==> bench: stopped after {len(steps)} of {planned} step runs: {why}", flush=True)
+    if not steps:
+        print("==> bench: nothing measured, no result file written", flush=True)
+        return
+    result = save_result(out, quick, started, steps, stopped=why)
     print(markdown(result))
-    print(f"==> bench: results in {out.relative_to(REPO)} ({result['duration_s']:.0f} s)")
-    return out
+    print(f"==> bench: partial results in {_shown(out)}", flush=True)
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def _cancel_on_sigterm() -> None:
+    """SIGTERM stops the run as Ctrl-C does: the stack is taken down and the steps
+    measured so far are kept (its default would end the process on the spot,
+    leaving the stack up and SIPp calling)."""
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
 def label_dir(spec: StepSpec, run_no: int) -> str:
@@ -242,7 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(paths) - {p.name for p in PATHS}
     if unknown:
         parser.error(f"--paths: unknown {', '.join(sorted(unknown))}")
-    asyncio.run(run(args.quick, args.keep, args.steps, paths, args.keep_wavs))
+    try:
+        asyncio.run(run(args.quick, args.keep, args.steps, paths, args.keep_wavs))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except asyncio.CancelledError:  # SIGTERM (see _cancel_on_sigterm)
+        sys.exit(143)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,13 @@ async def run_load(
     except TimeoutError:
         proc.kill()
         _, err = await proc.communicate()
+    except BaseException:
+        # The bench was stopped (Ctrl-C, SIGTERM): SIPp would otherwise go on
+        # calling the stack being taken down, for up to its whole plan.
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
     result = LoadResult(plan, started, time.time(), proc.returncode or 0)
     _read_stats(result, workdir / "stat.csv")
     _read_rtt(result, workdir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import array
 import itertools
 import json
@@ -268,8 +269,9 @@ def test_steps_are_parsed_with_a_clear_error() -> None:
     ]
     with pytest.raises(Exception, match=r"expected CPS:steady\|jitter\|none"):
         parse_steps("20:loud")
-    with pytest.raises(Exception, match="must be positive"):
-        parse_steps("0:none")
+    for bad in ("0:none", "inf:none", "nan:steady", "20:none:nan", "20:none:inf", "5:none:5:100"):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be positive"):
+            parse_steps(bad)
 
 
 def test_measured_recordings_are_deleted_or_kept_in_their_run_s_folder(tmp_path: Path) -> None:

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from bench.run import RESULTS, run
+from bench.sipp_load import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.bench]
 
@@ -32,6 +38,7 @@ def test_quick_bench_runs_every_path_and_writes_results(
 
     assert out not in before and out.parent == RESULTS
     result = json.loads(out.read_text())
+    assert (result["complete"], result["stopped"]) == (True, None)
     assert {"cores", "memory_gb", "kernel", "asterisk"} <= result["machine"].keys()
     assert result["machine"]["asterisk"].startswith("Asterisk 22")
     steps = result["steps"]
@@ -76,3 +83,66 @@ def test_quick_bench_runs_every_path_and_writes_results(
     assert "| path | cps | media |" in table and "consentd/baseline" in table
     assert "Steps run more than once, as their medians" in table
     assert "consentd can reach at most" in table
+
+
+BENCH = (sys.executable, "-m", "bench.run")
+
+
+def _bench_sipps() -> list[str]:
+    """Command lines of SIPp processes placing the bench's calls."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # ended meanwhile
+        if args and args[0].endswith(b"sipp") and any(b"bench-caller" in a for a in args):
+            found.append(b" ".join(args).decode(errors="replace"))
+    return found
+
+
+def test_a_bench_stopped_by_sigterm_keeps_its_steps_and_leaves_nothing_running() -> None:
+    """``kill`` in the middle of a step: the steps measured stay, SIPp and the stack stop."""
+    before = set(RESULTS.glob("*.json")) if RESULTS.exists() else set()
+    bench = subprocess.Popen(
+        [*BENCH, "--steps", "5:steady:4:4000", "--paths", "baseline,consentd"],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    new: set[Path] = set()
+    try:
+        seen = []
+        assert bench.stdout is not None
+        for line in bench.stdout:
+            seen.append(line)
+            if line.startswith("==> [1/1] consentd"):
+                break  # the baseline's step is measured, consentd's begins
+        time.sleep(2)  # consentd's callers are on the line now
+        calling = _bench_sipps()
+        bench.send_signal(signal.SIGTERM)
+        rest, _ = bench.communicate(timeout=120)
+        output = "".join(seen) + rest
+        new = set(RESULTS.glob("*.json")) - before
+
+        assert calling, f"no SIPp was calling when the bench was stopped:\n{output}"
+        assert bench.returncode == 143, output
+        assert "stopped after 1 of 2 step runs: interrupted" in output
+        assert len(new) == 1, output
+        result = json.loads(new.pop().read_text())
+        assert result["complete"] is False
+        assert result["stopped"] == "interrupted (SIGINT or SIGTERM)"
+        assert [(s["path"], s["completed"]) for s in result["steps"]] == [("baseline", 20)]
+        assert _bench_sipps() == []
+        status = subprocess.run(
+            [str(REPO / "scripts" / "stack.sh"), "status"], capture_output=True, text=True
+        ).stdout
+        assert "asterisk   stopped" in status and "consentd   stopped" in status, status
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        for leftover in set(RESULTS.glob("*.json")) - before:
+            leftover.unlink()  # a test's partial run is no result to keep

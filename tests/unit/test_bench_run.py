@@ -189,3 +189,21 @@ def test_a_stopped_load_ends_its_sipp(tmp_path: Path, monkeypatch: pytest.Monkey
     pid = asyncio.run(scenario())
 
     assert not Path(f"/proc/{pid}").exists(), "SIPp still runs after its load was stopped"
+
+
+def test_ctrl_c_stops_the_run_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def interrupted() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(30)
+
+    fake = _FakeRun(tmp_path, monkeypatch, stop_at=2, stop=interrupted)
+
+    with pytest.raises(SystemExit) as exited:
+        bench_main(["--steps", "5:jitter"])
+
+    assert exited.value.code == 130
+    assert fake.result()["stopped"] == "interrupted (SIGINT or SIGTERM)"
+    assert fake.stack[-1] == ("down",)
+    assert "stopped after 1 of 3 step runs" in capsys.readouterr().out

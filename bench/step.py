@@ -87,6 +87,8 @@ class StepMeasure:
     runs: int = 1
     stranded: int = 0
     stranded_where: dict[str, int] = field(default_factory=dict)
+    #: From SIPp's end to the moment Asterisk held no channel (None: some stranded).
+    channels_gone_after_s: float | None = None
     fidelity: list[Fidelity] = field(default_factory=list)
     duration_errors: list[float] = field(default_factory=list)
     #: Per file, ms from its span's start to where its audio begins (see
@@ -150,6 +152,7 @@ class StepMeasure:
             "failure_reasons": dict(load.reasons),
             "stranded": self.stranded,
             "stranded_where": self.stranded_where,
+            "channels_gone_after_s": r(self.channels_gone_after_s),
             "concurrent_calls": round(load.plan.cps * load.plan.call_ms / 1000),
             "generator_limited": self.generator_limited,
             "realised_cps": r(load.realised_cps, 2),
@@ -377,7 +380,16 @@ def _where(channel: dict[str, Any]) -> str:
     return f"{channel.get('state')} {plan.get('context')}/{app}"
 
 
-async def wait_idle(timeout: float = 40.0) -> Counter[str]:
+#: How long after its load a step's channels may take to go before they count as
+#: stranded. A call SIPp gave up on (no 200 within its 30 s) whose 200 Asterisk
+#: still sent later is never ACKed; Asterisk ends it itself after SIP's Timer H,
+#: 64 x T1 = 32 s after that late 200. On a saturated machine (answers 30-40 s
+#: late, 2026-12-02) such channels went 35-40 s after the step, just past the
+#: 40 s this once was: not stranded callers, but dead dialogs being cleaned up.
+STRANDED_AFTER_S = 75.0
+
+
+async def wait_idle(timeout: float = STRANDED_AFTER_S) -> Counter[str]:
     """Wait until Asterisk has no channels; hang up what is still there and say
     where those were (state, dialplan context and application), counted."""
     ari, headers = _ari()
@@ -413,6 +425,7 @@ async def measure_step(
     step = StepMeasure(path.name, load.plan.cps, media, load)
     left = await wait_idle()
     step.stranded, step.stranded_where = sum(left.values()), dict(left)
+    step.channels_gone_after_s = None if left else max(0.0, time.time() - load.finished)
     step.cpu_s = monitor.cpu_s
     step.rss_peak_mb = monitor.peak_kb / 1024 if monitor.pid else None
     step.ari_probes, step.ari_probe_failures = monitor.probes, monitor.probe_failures

@@ -49,6 +49,7 @@ def test_quick_bench_runs_every_path_and_writes_results(
         name = f"{step['path']} {step['cps']} cps {step['media']}"
         assert STEP_FIELDS <= step.keys(), name
         assert step["offered"] > 0 and step["failed"] == 0 and step["stranded"] == 0, name
+        assert 0 <= step["channels_gone_after_s"] < 75, name
         assert step["fresh_ari_client_failures"] == 0, name
         # Every process a call costs, SIPp's reaped children included.
         sipp, asterisk = step["sipp_cpu_s_per_1000_calls"], step["asterisk_cpu_s_per_1000_calls"]

@@ -5,7 +5,8 @@ they meet the same machine in the same minute. Media steps send a continuous
 tone and key 3 in one RTP stream per call (steady, then jittered as a poor
 mobile link sends it) and judge the kept recordings; signalling-only steps
 send the key alone, at higher rates, and measure call-control capacity. The
-steps near the limits run three times, in a rotated path order, and are judged
+steps near the limits run three times, in a rotated path order (steps run once
+rotate too, from one step to the next), and are judged
 on their medians (bench/repeats.py).
 
 Output: ``bench/results/<UTC date-time>.json`` and a Markdown table.
@@ -30,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.repeats import group_runs, rotated
+from bench.repeats import group_runs, step_order
 from bench.report import markdown, summarise
 from bench.sipp_load import MEDIA_SLOTS, REPO, LoadPlan, run_load
 from bench.step import PATHS, Path_, StepMeasure, StepMonitor, measure_step, wait_idle
@@ -179,7 +180,7 @@ async def run(
             media_dir = Path(tmp) / "media"
             for n, spec in enumerate(specs, 1):
                 for run_no in range(1, spec.runs + 1):
-                    for path in rotated(chosen, run_no):
+                    for path in step_order(chosen, n, run_no):
                         await wait_idle()
                         plan = _load_plan(spec, path, media_dir)
                         label = f"[{n}/{len(specs)}] {path.name:8} {spec.cps:g} cps"

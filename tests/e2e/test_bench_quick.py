@@ -61,12 +61,15 @@ def test_quick_bench_runs_every_path_and_writes_results(
             assert step["ledger_rows_found"] == step["ledger_rows_expected"] > 0, name
             assert step["ledger_duplicates"] == 0, name
             assert step["cpu_s_per_1000_calls"] > 0 and step["rss_peak_mb"] > 10, name
-    # The signalling step runs twice, the paths in a rotated order; its medians
-    # are what the summary judges.
-    none = [(s["path"], s["run"], s["runs"]) for s in steps if s["media"] == "none"]
-    assert none == [
-        ("floor", 1, 2), ("baseline", 1, 2), ("consentd", 1, 2),
-        ("baseline", 2, 2), ("consentd", 2, 2), ("floor", 2, 2),
+    # Each step and run in its own rotated order (steps run once take turns
+    # too); the signalling step runs twice, and its medians are what the
+    # summary judges.
+    order = [(s["path"], s["media"], s["run"], s["runs"]) for s in steps]
+    assert order == [
+        ("floor", "steady", 1, 1), ("baseline", "steady", 1, 1), ("consentd", "steady", 1, 1),
+        ("baseline", "jitter", 1, 1), ("consentd", "jitter", 1, 1), ("floor", "jitter", 1, 1),
+        ("consentd", "none", 1, 2), ("floor", "none", 1, 2), ("baseline", "none", 1, 2),
+        ("floor", "none", 2, 2), ("baseline", "none", 2, 2), ("consentd", "none", 2, 2),
     ]  # fmt: skip
     repeated = [g for g in result["medians"] if g["runs"] > 1]
     assert {g["path"] for g in repeated} == {"floor", "baseline", "consentd"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.fidelity import measure, measure_samples
-from bench.repeats import group_runs, rotated
+from bench.repeats import group_runs, rotated, step_order
 from bench.report import markdown, summarise
 from bench.run import StepSpec, _load_plan, label_dir, parse_steps
 from bench.run import main as bench_main
@@ -383,6 +383,18 @@ def test_runs_rotate_which_path_goes_first() -> None:
         "floor",
     ]
     assert sorted(rotated(paths, 2)) == sorted(paths)
+
+
+def test_steps_run_once_take_turns_too() -> None:
+    paths = ["floor", "baseline", "consentd"]
+    # Three steps run once each: every path goes last once, not consentd always.
+    assert [step_order(paths, step, 1)[-1] for step in (1, 2, 3)] == [
+        "consentd",
+        "floor",
+        "baseline",
+    ]
+    # A step run three times: every path still goes first once.
+    assert sorted(step_order(paths, 7, run)[0] for run in (1, 2, 3)) == sorted(paths)
 
 
 def _media(path: str, cps: float, media: str, within: float, spread: float) -> dict:

@@ -215,9 +215,7 @@ async def run(
         finally:
             if stopped is not None:
                 _report_stopped(out, quick, started, steps, planned, stopped)
-    result = save_result(out, quick, started, steps)
-    print(markdown(result))
-    print(f"==> bench: results in {_shown(out)} ({result['duration_s']:.0f} s)")
+    _publish(out, quick, started, steps)
     return out
 
 
@@ -252,9 +250,17 @@ def _report_stopped(
     if not steps:
         print("==> bench: nothing measured, no result file written", flush=True)
         return
-    result = save_result(out, quick, started, steps, stopped=why)
+    _publish(out, quick, started, steps, stopped=why)
+
+
+def _publish(
+    out: Path, quick: bool, started: float, steps: list[StepMeasure], stopped: str | None = None
+) -> None:
+    """Write the result file and print its tables (a stopped run's as partial)."""
+    result = save_result(out, quick, started, steps, stopped)
     print(markdown(result))
-    print(f"==> bench: partial results in {_shown(out)}", flush=True)
+    what = "results" if stopped is None else "partial results"
+    print(f"==> bench: {what} in {_shown(out)} ({result['duration_s']:.0f} s)", flush=True)
 
 
 def _shown(path: Path) -> Path:

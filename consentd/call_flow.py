@@ -689,11 +689,9 @@ def _decide(t: _Transition, event: DtmfReceived, where: str) -> None:
     greeting = call.greeting_playback
     stop_greeting = greeting == call.playback_id(CONSENT)
     if action is ConsentAction.CALLER_OPTED_IN:
-        # The greeting stops first: a recording that begins while the greeting's
-        # steady frames still flow gets silence inserted wherever the caller's
-        # RTP is late (MixMonitor's read/write pairing), and keeps its tail.
+        # The greeting stops first (see StopPlayback.before_recording).
         if stop_greeting and greeting is not None:
-            t.do(StopPlayback(greeting))
+            t.do(StopPlayback(greeting, before_recording=True))
         t.start_recording()
     else:
         # A refusal stops the recording before anything else: nothing more is captured.

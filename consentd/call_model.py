@@ -435,6 +435,14 @@ class Play:
 @dataclass(frozen=True)
 class StopPlayback:
     playback_id: str
+    #: A recording starts right after. Its MixMonitor must not attach while the
+    #: greeting still writes: MixMonitor pairs the greeting's steady frames with
+    #: the caller's, and where the caller's RTP comes late it writes the
+    #: greeting's frames with silence for the caller (``main/audiohook.c``,
+    #: ``audiohook_read_frame_both``), so the recording gets gaps and the
+    #: greeting's tail. The runner waits, briefly, until Asterisk has queued the
+    #: stop on the channel.
+    before_recording: bool = False
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,9 @@ class Ports:
     #: ChannelVarset of MixMonitor's id variable) after the AMI answer, before
     #: the ledger falls back to the time the answer arrived.
     start_time_wait: float = 1.0
+    #: How long a recording that follows a stopped greeting waits for ARI to
+    #: confirm the stop (StopPlayback.before_recording) before it starts anyway.
+    playback_stop_wait: float = 0.1
 
 
 class CallRunner:
@@ -229,10 +232,15 @@ class CallRunner:
                     )
                     return PlaybackStarted(command.playback_id, self._ports.clock())
                 case StopPlayback():
-                    # Not awaited: stopping a greeting must not delay the recording
-                    # that follows it (AMI, another connection) by an ARI round trip,
-                    # and its failure changes nothing (the greeting ends anyway).
-                    self._background(ari.stop_playback(command.playback_id), command)
+                    # Its failure changes nothing (the greeting ends anyway), so it
+                    # runs beside the call. A recording that follows waits until
+                    # Asterisk answered: by then the stop is queued on the channel
+                    # (res_stasis_playback.c, playback_stop), ahead of MixMonitor,
+                    # which comes over AMI. The wait is bounded: a slow ARI must not
+                    # cost the caller's consented audio.
+                    stopping = self._background(ari.stop_playback(command.playback_id), command)
+                    if command.before_recording:
+                        await asyncio.wait({stopping}, timeout=self._ports.playback_stop_wait)
                 case StartRecording():
                     options = "b" if command.bridged_only else ""
                     try:
@@ -374,7 +382,9 @@ class CallRunner:
             lambda: self.post(TimerFired(command.token, self._ports.clock())),
         )
 
-    def _background(self, request: Coroutine[Any, Any, None], command: Command) -> None:
+    def _background(
+        self, request: Coroutine[Any, Any, None], command: Command
+    ) -> asyncio.Task[None]:
         task = asyncio.create_task(request)
         self._pending_requests.add(task)
 
@@ -388,6 +398,7 @@ class CallRunner:
                 )
 
         task.add_done_callback(done)
+        return task
 
     def _write(self, command: WriteLedger) -> None:
         facts = self.call.facts

@@ -199,7 +199,7 @@ def test_opt_in_press_3_during_greeting_stops_it_and_starts_recording(facts: Fac
             at(2.5),
             {"action": "caller_opted_in", "digit": "3", "phase": "greeting", "where": "greeting"},
         ),
-        StopPlayback(GREETING),
+        StopPlayback(GREETING, before_recording=True),
         StartRecording(1, FILE_1),
     ]
     assert call.decision is not None and call.decision.value == "caller_opted_in"

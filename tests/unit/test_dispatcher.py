@@ -142,6 +142,8 @@ class FakeAri:
         self.failing: dict[str, Exception] = {}
         self.variables: dict[tuple[str, str], str] = {}
         self.live_bridges: list[dict[str, Any]] = []
+        #: How long Asterisk takes to answer a playback's stop.
+        self.stop_delay = 0.0
 
     def _record(self, *request: str) -> None:
         self.requests.append(request)
@@ -160,6 +162,7 @@ class FakeAri:
 
     async def stop_playback(self, playback_id: str) -> None:
         self._record("stop_playback", playback_id)
+        await asyncio.sleep(self.stop_delay)
         self.playbacks.discard(playback_id)
 
     async def filter_events(self, types: tuple[str, ...]) -> None:
@@ -433,6 +436,54 @@ async def test_opt_in_press_3_stops_the_greeting_and_starts_mixmonitor(node: Nod
     decided = by_kind(await node.ledger(), "consent_decided")
     assert [e.data["action"] for e in decided] == ["caller_opted_in"]
     assert decided[0].occurred_at == datetime(2026, 11, 29, 16, 0, 1, 500000, tzinfo=UTC)
+
+
+def playing_when_mixmonitor_starts(node: Node) -> list[set[str]]:
+    """The playbacks still running at each MixMonitor start, in order."""
+    seen: list[set[str]] = []
+    start = node.recorder.start
+
+    async def watched(*args: Any, **kwargs: Any) -> str | None:
+        seen.append(set(node.ari.playbacks))
+        return await start(*args, **kwargs)
+
+    node.recorder.start = watched  # type: ignore[method-assign]
+    return seen
+
+
+async def test_opt_in_press_3_starts_mixmonitor_only_once_asterisk_answered_the_greetings_stop(
+    node: Node,
+) -> None:
+    """MixMonitor attached while the greeting still plays would record its tail and,
+    where the caller's RTP is late, silence in the caller's place (audiohook.c)."""
+    seen = playing_when_mixmonitor_starts(node)
+    node.ari.stop_delay = 0.03  # well inside Ports.playback_stop_wait (0.1 s)
+
+    await node.feed(stasis_start("1764432000.1", "+4930100002"), dtmf("1764432000.1", "3"))
+    await until(lambda: bool(seen))
+
+    assert seen == [set()]
+    assert node.ari.of("stop_playback") == [("stop_playback", "1764432000.1-greeting")]
+
+
+async def test_a_greetings_stop_that_asterisk_does_not_answer_delays_the_recording_briefly(
+    node: Node,
+) -> None:
+    """Consented audio matters more than a greeting's tail: after 0.1 s it records anyway."""
+    seen = playing_when_mixmonitor_starts(node)
+    node.ari.stop_delay = 0.5
+    loop = asyncio.get_running_loop()
+    pressed = loop.time()
+
+    await node.feed(stasis_start("1764432000.1", "+4930100002"), dtmf("1764432000.1", "3"))
+    await until(lambda: bool(seen), timeout=0.4)
+
+    assert 0.09 <= loop.time() - pressed < 0.4
+    assert seen == [{"1764432000.1-greeting"}]
+    assert [e.kind for e in by_kind(await node.ledger(), "recording_started")] == [
+        "recording_started"
+    ]
+    await until(lambda: not node.ari.playbacks)  # the stop ends after all
 
 
 async def test_recording_started_is_stamped_with_asterisks_start_time_not_the_amis_answer(

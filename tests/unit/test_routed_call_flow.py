@@ -310,7 +310,7 @@ def test_3_during_the_consent_greeting_stops_it_and_the_queue_follows(facts: Fac
 
     assert kinds(decided) == ["keypress", "consent_decided"]
     assert actions(decided) == [
-        StopPlayback(GREETING),
+        StopPlayback(GREETING, before_recording=True),
         StartRecording(1, FILE_1, bridged_only=True),
     ]
     assert ledger(finished)[0].data == {"playback_id": GREETING, "state": "stopped"}

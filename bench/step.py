@@ -97,6 +97,11 @@ class StepMeasure:
     stop_after_last_write_ms: list[float] = field(default_factory=list)
     latency_wav_ms: list[float] = field(default_factory=list)
     latency_ledger_ms: list[float] = field(default_factory=list)
+    #: Per consentd call, how long its consent greeting still played after its
+    #: recording began (``greeting_finished`` minus ``recording_started``, both
+    #: Asterisk's times; 0 when it had ended). Over 80 ms, MixMonitor's pairing of
+    #: the greeting with the caller's late RTP can insert silence (README).
+    greeting_overlap_ms: list[float] = field(default_factory=list)
     keypress_late_ms: list[float] = field(default_factory=list)
     ledger_expected: int | None = None
     ledger_found: int | None = None
@@ -166,6 +171,8 @@ class StepMeasure:
             "latency_p99_ms": r(_pct(self.latency_wav_ms, 99)),
             "ledger_latency_p50_ms": r(_pct(self.latency_ledger_ms, 50)),
             "ledger_latency_p99_ms": r(_pct(self.latency_ledger_ms, 99)),
+            "greeting_overlap_ms_p99": r(_pct(self.greeting_overlap_ms, 99)),
+            "greeting_overlap_ms_max": r(max(self.greeting_overlap_ms, default=None)),
             "recordings": len(self.fidelity),
             "duration_error_p50_s": r(_pct(self.duration_errors, 50), 3),
             "duration_error_p99_s": r(_pct([abs(e) for e in self.duration_errors], 99), 3),
@@ -593,6 +600,9 @@ async def _measure_consentd(
         if "consent_decided" in at and "recording_started" in at:
             lat = (at["recording_started"] - at["consent_decided"]).total_seconds() * 1000
             step.latency_ledger_ms.append(lat)
+        if "greeting_finished" in at and "recording_started" in at:
+            overlap = (at["greeting_finished"] - at["recording_started"]).total_seconds() * 1000
+            step.greeting_overlap_ms.append(max(0.0, overlap))
         started = next((e for e in events if e[0] == "recording_started"), None)
         stopped = next((e for e in events if e[0] == "recording_stopped"), None)
         if started is None or stopped is None:

@@ -463,12 +463,20 @@ def test_a_short_file_says_whether_its_audio_began_late_or_ended_early(tmp_path:
     step = StepMeasure("consentd", 60, "jitter", LoadResult(plan, 0.0, 1.0, 0))
     step.audio_start_late_ms = [84.0, 212.0, 380.0]
     step.stop_after_last_write_ms = [-2.0, -1.0, -15.0]
+    step.greeting_overlap_ms = [0.0, 0.0, 3.0, 12.0]
 
     figures = step.as_json()
 
     assert figures["audio_start_late_p50_ms"] == 212.0
     assert figures["audio_start_late_p99_ms"] == 380.0
     assert figures["stop_after_last_write_p50_ms"] == -2.0
+    assert (figures["greeting_overlap_ms_p99"], figures["greeting_overlap_ms_max"]) == (12.0, 12.0)
+    assert (
+        StepMeasure("consentd", 60, "jitter", LoadResult(plan, 0.0, 1.0, 0)).as_json()[
+            "greeting_overlap_ms_max"
+        ]
+        is None
+    )
     table = markdown(
         {
             "created_at": "2026-11-30T00:00:00+00:00",

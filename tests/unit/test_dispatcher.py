@@ -16,7 +16,7 @@ import structlog
 import structlog.testing
 
 from consentd.ami import AmiNotSent, Recorder
-from consentd.ari import CONNECTED, AriClient, AriError, AriNotFound
+from consentd.ari import CONNECTED, AriClient, AriError, AriNotFound, AriNotSent
 from consentd.call_model import Media, Phase
 from consentd.dispatcher import Dispatcher, NodeConfig, clean_caller, parse_ari_time
 from consentd.greetings import GreetingLibrary
@@ -484,6 +484,22 @@ async def test_a_greetings_stop_that_asterisk_does_not_answer_delays_the_recordi
         "recording_started"
     ]
     await until(lambda: not node.ari.playbacks)  # the stop ends after all
+
+
+async def test_a_greetings_stop_that_fails_lets_the_recording_start_at_once(node: Node) -> None:
+    """ARI down as the caller consents: the stop is lost (the greeting ends on its own),
+    and the consented recording neither waits out the 0.1 s nor fails."""
+    seen = playing_when_mixmonitor_starts(node)
+    node.ari.failing["stop_playback"] = AriNotSent("DELETE /playbacks/x: websocket down")
+    loop = asyncio.get_running_loop()
+    pressed = loop.time()
+
+    await node.feed(stasis_start("1764432000.1", "+4930100002"), dtmf("1764432000.1", "3"))
+    await until(lambda: bool(seen))
+
+    assert loop.time() - pressed < 0.09
+    assert seen == [{"1764432000.1-greeting"}]
+    assert (await node.kinds()).count("recording_started") == 1
 
 
 async def test_recording_started_is_stamped_with_asterisks_start_time_not_the_amis_answer(

@@ -689,9 +689,10 @@ def _decide(t: _Transition, event: DtmfReceived, where: str) -> None:
     greeting = call.greeting_playback
     stop_greeting = greeting == call.playback_id(CONSENT)
     if action is ConsentAction.CALLER_OPTED_IN:
-        # The greeting stops first (see StopPlayback.before_recording).
+        # The greeting stops first (see StopPlayback.before_recording); a caller
+        # already hanging up gets no recording, so nothing waits for the stop.
         if stop_greeting and greeting is not None:
-            t.do(StopPlayback(greeting, before_recording=True))
+            t.do(StopPlayback(greeting, before_recording=not call.hanging_up))
         t.start_recording()
     else:
         # A refusal stops the recording before anything else: nothing more is captured.

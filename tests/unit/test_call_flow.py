@@ -205,6 +205,18 @@ def test_opt_in_press_3_during_greeting_stops_it_and_starts_recording(facts: Fac
     assert call.decision is not None and call.decision.value == "caller_opted_in"
 
 
+def test_a_3_that_reaches_consentd_after_the_hangup_request_stops_the_greeting_unwaited(
+    facts: Facts,
+) -> None:
+    """The BYE came first: no recording follows, so the stop holds nothing up."""
+    call = arrived(facts("opt_in"))
+    call, _ = handle(call, HangupRequested(at(2.4)))
+
+    _, commands = press(call, "3", seconds=2.5)
+
+    assert actions(commands) == [StopPlayback(GREETING, before_recording=False)]
+
+
 def test_opt_in_press_3_after_greeting_starts_recording_without_stopping_playback(
     facts: Facts,
 ) -> None:

@@ -1071,8 +1071,10 @@ def _end(t: _Transition, event: CallEnded) -> None:
         )
         t.update(voicemail_active=False)
     found = event.untracked_recordings
-    untracked = {"untracked_recordings": list(found)} if found else {}
-    t.ledger("call_ended", event.at, cause=event.cause, **untracked)
+    extra: dict[str, Any] = {"untracked_recordings": list(found)} if found else {}
+    if event.time_from is not None:
+        extra["time_from"] = event.time_from
+    t.ledger("call_ended", event.at, cause=event.cause, **extra)
     t.update(phase=Phase.ENDED, greeting_playback=None)
     # No empty files left behind: a bridged-only recording whose caller never
     # reached an agent, or a voicemail hung up at the beep, holds only a header.

@@ -356,6 +356,9 @@ class CallEnded:
     #: died between MixMonitor's start and its row, and the call ended before a
     #: consentd came back (its channel, and the id variables on it, are gone).
     untracked_recordings: tuple[int, ...] = ()
+    #: Where ``at`` came from when nobody saw the hangup (consentd was away): the
+    #: open recording's last audio ("recording"), or else consentd's return ("restart").
+    time_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -45,6 +45,7 @@ from consentd.call_model import (
     VoicemailStarted,
 )
 from consentd.greetings import GreetingLibrary
+from consentd.ledger import LedgerEvent
 from consentd.policy import GreetingKind, PolicyBook
 from consentd.recording_store import STORE_ERRORS
 from consentd.runner import MIXMONITOR_ID_PREFIX, CallRunner, Ports
@@ -582,8 +583,39 @@ class Dispatcher:
             }
             call = rebuild(self._facts(channel, [], call_id), rows)
             untracked = await self._untracked_files(call)
-            ended = CallEnded(now, "ended_while_consentd_was_away", untracked_recordings=untracked)
+            last_audio = await self._last_audio_at(call, rows)
+            ended = CallEnded(
+                # Never before a row the ledger has, never after now.
+                min(now, max(last_audio, max(r.occurred_at for r in rows)))
+                if last_audio is not None
+                else now,
+                "ended_while_consentd_was_away",
+                untracked_recordings=untracked,
+                time_from="recording" if last_audio is not None else "restart",
+            )
             self._launch(channel_id, CallRunner(call, self._ports), ended)
+
+    async def _last_audio_at(self, call: Call, rows: Sequence[LedgerEvent]) -> datetime | None:
+        """When the call's open recording stopped growing: its ``recording_started``
+        plus the seconds its file holds. MixMonitor writes until the channel hangs
+        up, so that is the hangup, far closer than the moment consentd came back.
+        None without an open recording, or when its file cannot be measured."""
+        segment = call.recording
+        if segment is None:
+            return None
+        started = [
+            r.occurred_at
+            for r in rows
+            if r.kind == "recording_started" and r.data.get("segment") == segment.number
+        ]
+        if not started:
+            return None
+        try:
+            seconds = await self._ports.recordings.audio_seconds(segment.file)
+        except STORE_ERRORS as exc:
+            self._log.warning("recording_length_unknown", file=segment.file, error=str(exc))
+            return None
+        return None if seconds is None else max(started) + timedelta(seconds=seconds)
 
     async def _adopt(
         self, channel: dict[str, Any], location: str, args: list[str], at: datetime

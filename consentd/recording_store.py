@@ -36,6 +36,11 @@ T = TypeVar("T")
 ASTERISK_RECORDING_DIR = "/var/spool/asterisk/recording"
 #: A WAV file this small holds its header and no audio.
 WAV_HEADER_BYTES = 44
+#: Asterisk's ``wav`` format (the ``.wav`` MixMonitor writes for consentd): 8 kHz,
+#: 16-bit, mono (formats/format_wav.c); ``wav16`` would have its own extension.
+WAV_BYTES_PER_SECOND = 16_000
+#: The longest recording whose length the ARI store reads without a Content-Length.
+_LONGEST_READ_BYTES = WAV_HEADER_BYTES + WAV_BYTES_PER_SECOND * 6 * 3600
 
 STORES = ("files", "ari")
 
@@ -64,6 +69,14 @@ class RecordingStore(Protocol):
         audio, None when it does not exist."""
         ...
 
+    async def audio_seconds(self, file: str) -> float | None:
+        """How many seconds of audio ``file`` holds, None when it does not exist.
+
+        A call that ended while no consentd ran has no hang-up time in the
+        ledger; its open recording's start plus this is when MixMonitor stopped
+        writing, which is when the channel hung up."""
+        ...
+
 
 class FileStore:
     """Recordings on a disk consentd shares with Asterisk (``asterisk_root`` is where
@@ -87,6 +100,12 @@ class FileStore:
     async def holds_no_audio(self, file: str) -> bool | None:
         try:
             return self.host_path(file).stat().st_size <= WAV_HEADER_BYTES
+        except FileNotFoundError:
+            return None
+
+    async def audio_seconds(self, file: str) -> float | None:
+        try:
+            return _seconds(self.host_path(file).stat().st_size)
         except FileNotFoundError:
             return None
 
@@ -161,6 +180,17 @@ class AriStore:
             lambda: self._ari.stored_recording_size(name, WAV_HEADER_BYTES + 1)
         )
         return None if size is None else size <= WAV_HEADER_BYTES
+
+    async def audio_seconds(self, file: str) -> float | None:
+        name = self._name(file)
+        size = await self._retrying(
+            lambda: self._ari.stored_recording_size(name, _LONGEST_READ_BYTES)
+        )
+        return None if size is None else _seconds(size)
+
+
+def _seconds(size: int) -> float:
+    return max(0, size - WAV_HEADER_BYTES) / WAV_BYTES_PER_SECOND
 
 
 async def wait_and_delete(store: RecordingStore, file: str, grace: float) -> bool:

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
@@ -1527,6 +1528,65 @@ async def test_a_call_that_ended_while_no_consentd_ran_gets_its_final_rows(node:
     await node.feed({"type": CONNECTED})  # the next reconnect finds nothing open
     await node.calls_done()
     assert len(by_kind(await node.ledger(), "call_ended")) == 1
+
+
+def _shift(store: MemoryLedger, call_id: str, by: timedelta) -> None:
+    for key, event in list(store.events.items()):
+        if event.call_id == call_id:
+            store.events[key] = replace(event, occurred_at=event.occurred_at + by)
+
+
+async def test_a_call_that_ended_while_no_consentd_ran_ends_where_its_recording_stopped(
+    node: Node,
+) -> None:
+    """Nobody saw its hang-up. MixMonitor wrote until the channel hung up, so the
+    open recording's start plus the seconds its file holds is when that was: not
+    the moment consentd came back (a minute later here)."""
+    chan = "1764432014.3"
+    call_id = earlier_run(
+        node.store, chan, "+4930100001",
+        ("recording_started", segment_row(chan, mixmonitor_id="0x9")),
+        policy="always",
+    )  # fmt: skip
+    _shift(node.store, call_id, timedelta(seconds=-60))
+    audio = node.recorder.host_path(recording_file(chan))
+    audio.parent.mkdir(parents=True, exist_ok=True)
+    audio.write_bytes(bytes(44 + 16_000 * 12 + 8_000))  # 12.5 s of 8 kHz 16-bit audio
+    node.ari.live_channels = []
+
+    await node.feed({"type": CONNECTED})
+    await node.calls_done()
+
+    rows = [e for e in await node.ledger() if e.call_id == call_id]
+    assert [e.kind for e in rows][-2:] == ["recording_stopped", "call_ended"]
+    hung_up = T0 - timedelta(seconds=60) + timedelta(seconds=12.5)
+    assert [e.occurred_at for e in rows[-2:]] == [hung_up, hung_up]
+    assert rows[-1].data["cause"] == "ended_while_consentd_was_away"
+    assert rows[-1].data["time_from"] == "recording"
+    assert audio.exists()  # "always": the recording is the call's, kept
+
+
+async def test_an_ended_call_without_a_recording_or_with_its_file_gone_ends_at_the_return(
+    node: Node,
+) -> None:
+    """No audio to tell the hang-up's time by: the moment consentd came back, said so."""
+    never = earlier_run(node.store, "1764432014.4", "+4930100004", policy="never")
+    gone = earlier_run(
+        node.store, "1764432014.5", "+4930100001",
+        ("recording_started", segment_row("1764432014.5")),
+        policy="always",
+    )  # fmt: skip
+    for call_id in (never, gone):
+        _shift(node.store, call_id, timedelta(seconds=-60))
+    node.ari.live_channels = []
+
+    await node.feed({"type": CONNECTED})
+    await node.calls_done()
+
+    for call_id in (never, gone):
+        ended = [e for e in await node.ledger() if e.call_id == call_id][-1]
+        assert ended.kind == "call_ended"
+        assert (ended.occurred_at, ended.data["time_from"]) == (T0, "restart")
 
 
 async def _ended_meanwhile_with_a_file(

@@ -136,6 +136,9 @@ class FlakyStore:
     async def holds_no_audio(self, file: str) -> bool | None:
         raise AssertionError("not asked")
 
+    async def audio_seconds(self, file: str) -> float | None:
+        raise AssertionError("not asked")
+
 
 @pytest.fixture
 async def ledger() -> AsyncIterator[tuple[MemoryLedger, LedgerWriter]]:

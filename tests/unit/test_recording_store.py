@@ -94,6 +94,23 @@ async def test_the_file_store_deletes_and_checks_under_asterisks_root(tmp_path: 
     assert await store.delete(audio) is False
 
 
+async def test_the_file_store_tells_the_seconds_of_audio_a_recording_holds(
+    tmp_path: Path,
+) -> None:
+    """8 kHz 16-bit mono past the header: what tells a restarted consentd when a
+    call it never saw end hung up."""
+    store = FileStore(tmp_path)
+    (tmp_path / REC.lstrip("/")).mkdir(parents=True)
+    store.host_path(f"{REC}/a-1.wav").write_bytes(HEADER + bytes(16_000 * 3))
+    store.host_path(f"{REC}/h-1.wav").write_bytes(HEADER)
+    store.host_path(f"{REC}/t-1.wav").write_bytes(b"RIFF")  # cut short: no audio
+
+    assert await store.audio_seconds(f"{REC}/a-1.wav") == 3.0
+    assert await store.audio_seconds(f"{REC}/h-1.wav") == 0.0
+    assert await store.audio_seconds(f"{REC}/t-1.wav") == 0.0
+    assert await store.audio_seconds(f"{REC}/missing-1.wav") is None
+
+
 async def test_a_file_mixmonitor_creates_late_is_still_deleted(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     file = f"{REC}/late-1.wav"
@@ -222,6 +239,17 @@ async def test_ari_sizes_a_stored_file_reading_no_more_than_a_header(
     if chunked:
         await asyncio.sleep(0.1)  # the server notices the closed connection
         assert stored.sent["big-1"] < len(AUDIO * 50) / 10, stored.sent
+
+
+async def test_the_ari_store_tells_the_seconds_of_audio_from_the_whole_file_s_size(
+    ari_http: tuple[AriClient, StoredRecordings],
+) -> None:
+    ari, stored = ari_http
+    (stored.dir / "consentd-x-1.wav").write_bytes(HEADER + bytes(16_000 * 2 + 8_000))
+    store = AriStore(ari)
+
+    assert await store.audio_seconds(f"{REC}/consentd-x-1.wav") == 2.5
+    assert await store.audio_seconds(f"{REC}/consentd-y-1.wav") is None
 
 
 async def test_ari_unreachable_is_not_sent(tmp_path: Path) -> None:

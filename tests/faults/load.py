@@ -13,6 +13,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,21 @@ class Verdict:
     forbidden: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     unended: list[str] = field(default_factory=list)
+    #: Calls that ended while no consentd ran, and of those the ones whose end the
+    #: open recording dated (``time_from: recording``).
+    ended_away: int = 0
+    dated_by_recording: int = 0
+    #: Those whose dated end is not where the caller hung up (CALL_MS after the start).
+    misdated: list[str] = field(default_factory=list)
 
     def line(self, case: str) -> str:
         return (
             f"{case}: placed {self.placed}, reached consentd {self.calls},"
             f" dialplan fallback {self.fallback},"
             f" outcomes {dict(self.outcomes)}, forbidden recordings {len(self.forbidden)},"
-            f" duplicates {len(self.duplicates)}, not ended {len(self.unended)}"
+            f" duplicates {len(self.duplicates)}, not ended {len(self.unended)},"
+            f" ended while consentd was away {self.ended_away}"
+            f" ({self.dated_by_recording} dated by their recording, {len(self.misdated)} misdated)"
         )
 
 
@@ -87,7 +96,8 @@ async def verdict(since: float, placed: int) -> Verdict:
     conn = await asyncpg.connect(database_url())
     try:
         rows = await conn.fetch(
-            "SELECT event_key, call_id, seq, kind, data::text AS data FROM call_events"
+            "SELECT event_key, call_id, seq, kind, occurred_at, data::text AS data"
+            " FROM call_events"
             " WHERE call_id IN (SELECT call_id FROM call_events WHERE kind = 'call_started'"
             "   AND data->>'did' = ANY($1::text[]) AND occurred_at >= to_timestamp($2))"
             " ORDER BY call_id, seq",
@@ -97,10 +107,12 @@ async def verdict(since: float, placed: int) -> Verdict:
     finally:
         await conn.close()
     calls: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+    times: dict[tuple[str, str], datetime] = {}
     for row in rows:
         calls.setdefault(row["call_id"], []).append(
             (row["seq"], row["kind"], json.loads(row["data"]))
         )
+        times[row["call_id"], row["kind"]] = row["occurred_at"]
     fallback = {
         call_id
         for call_id, events in calls.items()
@@ -112,7 +124,28 @@ async def verdict(since: float, placed: int) -> Verdict:
     for call_id, events in calls.items():
         if call_id not in fallback:
             _judge(result, call_id, events)
+            _judge_end(result, call_id, events, times)
     return result
+
+
+def _judge_end(
+    result: Verdict,
+    call_id: str,
+    events: list[tuple[int, str, dict[str, Any]]],
+    times: dict[tuple[str, str], datetime],
+) -> None:
+    """A call whose hang-up nobody saw is dated by its recording: within a second of
+    where SIPp hung up, CALL_MS after the answer (call_started)."""
+    ended = next((data for _, kind, data in events if kind == "call_ended"), None)
+    if ended is None or ended.get("cause") != "ended_while_consentd_was_away":
+        return
+    result.ended_away += 1
+    if ended.get("time_from") != "recording":
+        return
+    result.dated_by_recording += 1
+    lasted = (times[call_id, "call_ended"] - times[call_id, "call_started"]).total_seconds()
+    if abs(lasted - CALL_MS / 1000) > 1.0:
+        result.misdated.append(f"{call_id}: ended {lasted:.2f} s after its start")
 
 
 def _judge(result: Verdict, call_id: str, events: list[tuple[int, str, dict[str, Any]]]) -> None:

@@ -103,6 +103,7 @@ def _run_case(name: str, stack: Stack, tmp: Path, strike: Fault, repair: Fault) 
     assert result.forbidden == [], result.forbidden[:5]
     assert result.duplicates == [], result.duplicates[:5]
     assert result.unended == [], result.unended[:5]
+    assert result.misdated == [], result.misdated[:5]
     stray = subprocess.run(["pgrep", "-x", "sipp"], capture_output=True, text=True).stdout
     assert stray == "", f"SIPp processes left: {stray.split()}"
 

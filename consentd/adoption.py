@@ -45,7 +45,10 @@ def rebuild(facts: CallFacts, events: Sequence[LedgerEvent]) -> Call:
             # Never told, never recorded: no later key, answer or restart changes that.
             call = replace(call, decision=ConsentAction.NOTICE_FAILED)
         elif event.kind.startswith("recording_") and "segment" in data:
-            segments.setdefault(int(data["segment"]), {"file": data.get("file")})[event.kind] = data
+            segment = segments.setdefault(int(data["segment"]), {"file": data.get("file")})
+            segment[event.kind] = data
+            if event.kind == "recording_started":
+                segment["started_at"] = event.occurred_at
         elif event.kind == "greeting_finished" and str(data.get("playback_id", "")).endswith(
             f"-{CONSENT}"
         ):
@@ -89,6 +92,7 @@ def rebuild(facts: CallFacts, events: Sequence[LedgerEvent]) -> Call:
         call,
         phase=phase,
         next_seq=max((e.seq for e in ordered), default=-1) + 1,
+        last_row_at=max((e.occurred_at for e in ordered), default=None),
         segments_opened=max(segments, default=0),
         recording=open_segment,
         owed_deletions=owed,
@@ -144,7 +148,12 @@ def _segments(
     for number, rows in sorted(segments.items()):
         started = rows.get("recording_started")
         file = str(rows.get("file") or facts.recording_file(number))
-        segment = Segment(number, file, mixmonitor_id=(started or {}).get("mixmonitor_id") or None)
+        segment = Segment(
+            number,
+            file,
+            mixmonitor_id=(started or {}).get("mixmonitor_id") or None,
+            started_at=rows.get("started_at"),
+        )
         if "recording_stopped" not in rows and started is not None:
             open_segment = segment
         elif refused and "recording_deleted" not in rows:

@@ -398,7 +398,11 @@ def handle(call: Call, event: Event) -> tuple[Call, list[Command]]:
                 ids["late"] = True
             t.ledger("recording_started", event.at, **_segment_data(call, event.segment), **ids)
             if call.recording and call.recording.number == event.segment:
-                t.update(recording=replace(call.recording, mixmonitor_id=event.mixmonitor_id))
+                t.update(
+                    recording=replace(
+                        call.recording, mixmonitor_id=event.mixmonitor_id, started_at=event.at
+                    )
+                )
         case RecordingStopped():
             reason = call.decision.value if call.decision and call.refused else "stopped"
             t.ledger(

@@ -159,6 +159,9 @@ class Segment:
     #: MixMonitor's own id for this recording: every stop names it, so a stop
     #: never ends another recording on the same channel.
     mixmonitor_id: str | None = None
+    #: When it began (its ``recording_started``): with the seconds its file holds,
+    #: when it stopped, for a call whose hang-up consentd did not see.
+    started_at: datetime | None = None
 
 
 # ---------------------------------------------------------------- events

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -45,7 +45,6 @@ from consentd.call_model import (
     VoicemailStarted,
 )
 from consentd.greetings import GreetingLibrary
-from consentd.ledger import LedgerEvent
 from consentd.policy import GreetingKind, PolicyBook
 from consentd.recording_store import STORE_ERRORS
 from consentd.runner import MIXMONITOR_ID_PREFIX, CallRunner, Ports
@@ -539,7 +538,10 @@ class Dispatcher:
         now = self._ports.clock()
         for channel_id, runner in list(self.calls.items()):
             if channel_id not in channels:
-                runner.post(CallEnded(now, cause="gone_while_disconnected"))
+                at, dated = await self._ended_at(runner.call, now)
+                runner.post(
+                    CallEnded(at, "gone_while_disconnected", time_from=dated or "reconnect")
+                )
                 continue
             playback = runner.call.greeting_playback
             if playback and not await self._ports.ari.playback_exists(playback):
@@ -583,39 +585,39 @@ class Dispatcher:
             }
             call = rebuild(self._facts(channel, [], call_id), rows)
             untracked = await self._untracked_files(call)
-            last_audio = await self._last_audio_at(call, rows)
+            at, dated = await self._ended_at(call, now)
             ended = CallEnded(
-                # Never before a row the ledger has, never after now.
-                min(now, max(last_audio, max(r.occurred_at for r in rows)))
-                if last_audio is not None
-                else now,
+                at,
                 "ended_while_consentd_was_away",
                 untracked_recordings=untracked,
-                time_from="recording" if last_audio is not None else "restart",
+                time_from=dated or "restart",
             )
             self._launch(channel_id, CallRunner(call, self._ports), ended)
 
-    async def _last_audio_at(self, call: Call, rows: Sequence[LedgerEvent]) -> datetime | None:
+    async def _ended_at(self, call: Call, now: datetime) -> tuple[datetime, str | None]:
+        """When a call whose hang-up nobody saw ended, and "recording" when its open
+        recording told (never before a row it has, never after ``now``); else
+        ``now`` and None."""
+        last_audio = await self._last_audio_at(call)
+        if last_audio is None:
+            return now, None
+        floor = call.last_row_at or last_audio
+        return min(now, max(last_audio, floor)), "recording"
+
+    async def _last_audio_at(self, call: Call) -> datetime | None:
         """When the call's open recording stopped growing: its ``recording_started``
         plus the seconds its file holds. MixMonitor writes until the channel hangs
-        up, so that is the hangup, far closer than the moment consentd came back.
+        up, so that is the hangup, far closer than the moment consentd noticed.
         None without an open recording, or when its file cannot be measured."""
         segment = call.recording
-        if segment is None:
-            return None
-        started = [
-            r.occurred_at
-            for r in rows
-            if r.kind == "recording_started" and r.data.get("segment") == segment.number
-        ]
-        if not started:
+        if segment is None or segment.started_at is None:
             return None
         try:
             seconds = await self._ports.recordings.audio_seconds(segment.file)
         except STORE_ERRORS as exc:
             self._log.warning("recording_length_unknown", file=segment.file, error=str(exc))
             return None
-        return None if seconds is None else max(started) + timedelta(seconds=seconds)
+        return None if seconds is None else segment.started_at + timedelta(seconds=seconds)
 
     async def _adopt(
         self, channel: dict[str, Any], location: str, args: list[str], at: datetime

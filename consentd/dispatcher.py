@@ -608,9 +608,12 @@ class Dispatcher:
         """When the call's open recording stopped growing: its ``recording_started``
         plus the seconds its file holds. MixMonitor writes until the channel hangs
         up, so that is the hangup, far closer than the moment consentd noticed.
-        None without an open recording, or when its file cannot be measured."""
+        None without an open recording, or when its file cannot be measured; also for
+        a bridged-only one (MixMonitor b), which writes only while an agent talks."""
         segment = call.recording
         if segment is None or segment.started_at is None:
+            return None
+        if segment.number in call.bridged_segments:
             return None
         try:
             seconds = await self._ports.recordings.audio_seconds(segment.file)

@@ -1593,6 +1593,32 @@ async def test_a_call_that_ended_while_no_consentd_ran_ends_where_its_recording_
     assert audio.exists()  # "always": the recording is the call's, kept
 
 
+async def test_a_bridged_only_recording_does_not_date_the_end(node: Node) -> None:
+    """MixMonitor b writes only while the caller is bridged to an agent: its length
+    is the talk, not the call, so it says nothing of when the call ended."""
+    chan = "1764432014.6"
+    call_id = earlier_run(
+        node.store, chan, "+4930100001",
+        ("recording_started", {**segment_row(chan), "bridged_only": True}),
+        policy="always",
+    )  # fmt: skip
+    _shift(node.store, call_id, timedelta(seconds=-60))
+    audio = node.recorder.host_path(recording_file(chan))
+    audio.parent.mkdir(parents=True, exist_ok=True)
+    audio.write_bytes(bytes(44 + 16_000 * 5))
+    node.ari.live_channels = []
+
+    await node.feed({"type": CONNECTED})
+    await node.calls_done()
+
+    ended = [e for e in await node.ledger() if e.call_id == call_id][-1]
+    assert (ended.kind, ended.occurred_at, ended.data["time_from"]) == (
+        "call_ended",
+        T0,
+        "restart",
+    )
+
+
 async def test_an_ended_call_without_a_recording_or_with_its_file_gone_ends_at_the_return(
     node: Node,
 ) -> None:

@@ -71,8 +71,8 @@ class Verdict:
     forbidden: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     unended: list[str] = field(default_factory=list)
-    #: Calls that ended while no consentd ran, and of those the ones whose end the
-    #: open recording dated (``time_from: recording``).
+    #: Calls whose hang-up consentd did not see (it was away, or ARI was), and of
+    #: those the ones whose end the open recording dated (``time_from: recording``).
     ended_away: int = 0
     dated_by_recording: int = 0
     #: Those whose dated end is not where the caller hung up (CALL_MS after the start).
@@ -84,13 +84,16 @@ class Verdict:
             f" dialplan fallback {self.fallback},"
             f" outcomes {dict(self.outcomes)}, forbidden recordings {len(self.forbidden)},"
             f" duplicates {len(self.duplicates)}, not ended {len(self.unended)},"
-            f" ended while consentd was away {self.ended_away}"
+            f" hang-up unseen {self.ended_away}"
             f" ({self.dated_by_recording} dated by their recording, {len(self.misdated)} misdated)"
         )
 
 
-async def verdict(since: float, placed: int) -> Verdict:
-    """What the ledger and the disk say about every call since ``since``."""
+async def verdict(since: float, placed: int, *, callers_hang_up: bool = True) -> Verdict:
+    """What the ledger and the disk say about every call since ``since``.
+
+    ``callers_hang_up``: every call ends where its caller hangs up (CALL_MS after
+    the answer); not when the fault itself cuts calls (an Asterisk restart)."""
     await wait_idle(60)
     await ledger_drained(60)
     conn = await asyncpg.connect(database_url())
@@ -124,7 +127,7 @@ async def verdict(since: float, placed: int) -> Verdict:
     for call_id, events in calls.items():
         if call_id not in fallback:
             _judge(result, call_id, events)
-            _judge_end(result, call_id, events, times)
+            _judge_end(result, call_id, events, times, callers_hang_up)
     return result
 
 
@@ -133,14 +136,16 @@ def _judge_end(
     call_id: str,
     events: list[tuple[int, str, dict[str, Any]]],
     times: dict[tuple[str, str], datetime],
+    callers_hang_up: bool,
 ) -> None:
     """A call whose hang-up nobody saw is dated by its recording: within a second of
     where SIPp hung up, CALL_MS after the answer (call_started)."""
     ended = next((data for _, kind, data in events if kind == "call_ended"), None)
-    if ended is None or ended.get("cause") != "ended_while_consentd_was_away":
+    unseen = ("ended_while_consentd_was_away", "gone_while_disconnected")
+    if ended is None or ended.get("cause") not in unseen:
         return
     result.ended_away += 1
-    if ended.get("time_from") != "recording":
+    if ended.get("time_from") != "recording" or not callers_hang_up:
         return
     result.dated_by_recording += 1
     lasted = (times[call_id, "call_ended"] - times[call_id, "call_started"]).total_seconds()

@@ -80,7 +80,9 @@ def proxies(stack: Stack) -> Iterator[tuple[Proxy, Proxy]]:
     _daemon(stack)
 
 
-def _run_case(name: str, stack: Stack, tmp: Path, strike: Fault, repair: Fault) -> None:
+def _run_case(
+    name: str, stack: Stack, tmp: Path, strike: Fault, repair: Fault, *, cuts_calls: bool = False
+) -> None:
     since = time.time() - 1
 
     async def scenario() -> int:
@@ -95,7 +97,7 @@ def _run_case(name: str, stack: Stack, tmp: Path, strike: Fault, repair: Fault) 
         return sum(r.offered for r in results)
 
     placed = asyncio.run(scenario())
-    result = asyncio.run(verdict(since, placed))
+    result = asyncio.run(verdict(since, placed, callers_hang_up=not cuts_calls))
     print(result.line(name))
     REPORT.append(result.line(name))
     assert placed >= 4 * CALLS_PER_GROUP * 0.95
@@ -147,7 +149,7 @@ def test_asterisk_restarts(stack: Stack, tmp_path: Path) -> None:
     async def nothing() -> None:
         return None
 
-    _run_case("asterisk restart", stack, tmp_path, _thread(restart), nothing)
+    _run_case("asterisk restart", stack, tmp_path, _thread(restart), nothing, cuts_calls=True)
 
 
 def test_the_ari_websocket_drops(

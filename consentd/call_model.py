@@ -359,8 +359,9 @@ class CallEnded:
     #: died between MixMonitor's start and its row, and the call ended before a
     #: consentd came back (its channel, and the id variables on it, are gone).
     untracked_recordings: tuple[int, ...] = ()
-    #: Where ``at`` came from when nobody saw the hangup (consentd was away): the
-    #: open recording's last audio ("recording"), or else consentd's return ("restart").
+    #: Where ``at`` came from when nobody saw the hangup (consentd was away, or ARI
+    #: was): the open recording's last audio ("recording"), else the moment consentd
+    #: noticed, on its return ("restart") or on ARI's reconnect ("reconnect").
     time_from: str | None = None
 
 

@@ -97,17 +97,19 @@ class FileStore:
             return False
         return True
 
-    async def holds_no_audio(self, file: str) -> bool | None:
+    def _size(self, file: str) -> int | None:
         try:
-            return self.host_path(file).stat().st_size <= WAV_HEADER_BYTES
+            return self.host_path(file).stat().st_size
         except FileNotFoundError:
             return None
 
+    async def holds_no_audio(self, file: str) -> bool | None:
+        size = self._size(file)
+        return None if size is None else size <= WAV_HEADER_BYTES
+
     async def audio_seconds(self, file: str) -> float | None:
-        try:
-            return _seconds(self.host_path(file).stat().st_size)
-        except FileNotFoundError:
-            return None
+        size = self._size(file)
+        return None if size is None else _seconds(size)
 
 
 def stored_name(file: str, recording_dir: str = ASTERISK_RECORDING_DIR) -> str:
@@ -174,18 +176,17 @@ class AriStore:
         name = self._name(file)
         return await self._retrying(lambda: self._ari.delete_stored_recording(name))
 
-    async def holds_no_audio(self, file: str) -> bool | None:
+    async def _size(self, file: str, limit: int) -> int | None:
+        """The stored file's size, read no further than ``limit`` bytes."""
         name = self._name(file)
-        size = await self._retrying(
-            lambda: self._ari.stored_recording_size(name, WAV_HEADER_BYTES + 1)
-        )
+        return await self._retrying(lambda: self._ari.stored_recording_size(name, limit))
+
+    async def holds_no_audio(self, file: str) -> bool | None:
+        size = await self._size(file, WAV_HEADER_BYTES + 1)
         return None if size is None else size <= WAV_HEADER_BYTES
 
     async def audio_seconds(self, file: str) -> float | None:
-        name = self._name(file)
-        size = await self._retrying(
-            lambda: self._ari.stored_recording_size(name, _LONGEST_READ_BYTES)
-        )
+        size = await self._size(file, _LONGEST_READ_BYTES)
         return None if size is None else _seconds(size)
 
 
